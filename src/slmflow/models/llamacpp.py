@@ -1,0 +1,245 @@
+"""llama.cpp in-process: the fast CPU path for GGUF models (the embedded default runs here).
+
+Why we drive ``Llama.generate`` token by token instead of calling ``create_chat_completion``:
+confidence needs the probability of each produced token under the model's *raw* distribution,
+and llama-cpp-python only returns logprobs when the context was built with ``logits_all=True``
+(a logits row kept for every prompt token: ~200 MB at n_ctx=1024 for a 49k vocabulary, and
+slower prompt processing). Reading the last-position logits, which llama.cpp computes anyway,
+right after each token is sampled costs one log-sum-exp over the vocabulary per token. The loop
+keeps llama-cpp-python's prompt-prefix KV reuse (``reset=True`` matches the previous prompt).
+
+Structure: the JSON schema becomes a GBNF grammar (llama-cpp-python's converter), compiled once
+per schema and checked by llama.cpp before first use, so an unsupported schema is a `SchemaError`
+here, not a crash inside the sampler.
+
+Concurrency: one llama.cpp context runs one generation at a time. ``pool_size`` contexts share the
+memory-mapped weights; requests wait for a free context (a thread-safe queue, so the model
+works from any event loop), never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import (BackendUnavailableError, ContextLengthError, GenerationError,
+                      ModelLoadError, ModelNotFoundError, SchemaError)
+from ..structured import OutputSpec, generate_validated
+from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
+                     as_messages, confidence_from_logprobs)
+from .base import Model
+
+
+def _import_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"llama-cpp-python is not installed ({e}); pip install 'slmflow[llamacpp]'",
+            where="llamacpp") from None
+    return llama_cpp
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """llama.cpp prints model-loading chatter on fd 2; keep it unless loading fails."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+
+
+@lru_cache(maxsize=256)
+def _gbnf(schema_text: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return json_schema_to_gbnf(schema_text)
+    except Exception as e:  # the converter raises plain exceptions for unsupported keywords
+        raise SchemaError(f"llama.cpp cannot turn this schema into a grammar: {e}",
+                          where="llamacpp") from None
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+class LlamaCppModel(Model):
+    """A GGUF model run in-process by llama.cpp.
+
+    path: the GGUF file. lora_path: a LoRA adapter in GGUF form. pool_size: contexts (concurrent
+    generations). n_threads: per context (default: all cores / pool_size).
+    """
+
+    def __init__(self, path: str | Path, *, name: str | None = None, n_ctx: int = 2048,
+                 n_threads: int | None = None, pool_size: int = 1, lora_path: str | Path | None = None,
+                 adapter: str | None = None, chat: bool = True, n_batch: int = 512) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {self.path}", where=name or str(path))
+        self.lora_path = Path(lora_path) if lora_path else None
+        if self.lora_path is not None and not self.lora_path.is_file():
+            raise ModelNotFoundError(f"LoRA adapter file not found: {self.lora_path}",
+                                     where=name or str(path))
+        self.n_ctx = n_ctx
+        self.pool_size = max(1, pool_size)
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
+        self.n_batch = n_batch
+        self.chat = chat
+        adapter = adapter or (self.lora_path.stem if self.lora_path else None)
+        self.info = ModelInfo("llama.cpp", name or self.path.stem, adapter)
+        self._llamas: list[Any] = []
+        self._free: queue.Queue = queue.Queue()
+        self._formatter = None
+        self._load_lock = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------------------
+    def _new_llama(self):
+        llama_cpp = _import_llama_cpp()
+        try:
+            with _LOAD_LOCK, _quiet_stderr():
+                llm = llama_cpp.Llama(
+                    model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads, n_batch=self.n_batch, verbose=False,
+                    lora_path=str(self.lora_path) if self.lora_path else None, seed=0)
+        except Exception as e:
+            raise ModelLoadError(f"llama.cpp could not load {self.path.name}: {e}",
+                                 where=self.info.identity) from None
+        return llm
+
+    def load(self) -> "LlamaCppModel":
+        """Load the weights now (otherwise the first call does). Idempotent."""
+        with self._load_lock:
+            if not self._llamas:
+                self._llamas = [self._new_llama() for _ in range(self.pool_size)]
+                for llm in self._llamas:
+                    self._free.put(llm)
+                self._formatter = self._make_formatter(self._llamas[0])
+        return self
+
+    def _make_formatter(self, llm):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template or not self.chat:
+            return None
+        eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+        bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+    def prompt_text(self, messages: Sequence[Message]) -> str:
+        """The exact prompt string the model sees (chat template applied)."""
+        self.load()
+        if self._formatter is None:
+            # A base model without a chat template: plain completion of the concatenated text.
+            return "\n\n".join(m.content for m in messages)
+        return self._formatter(messages=[m.to_openai() for m in messages]).prompt
+
+    # -- generation ------------------------------------------------------------------------
+    def _run(self, llm, prompt: str, spec: OutputSpec | None, settings: Settings,
+             max_tokens: int) -> Response:
+        import llama_cpp
+
+        t0 = time.perf_counter()
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if len(tokens) + 1 > self.n_ctx:
+            raise ContextLengthError(
+                f"prompt is {len(tokens)} tokens; the context window is {self.n_ctx}",
+                where=self.info.identity, prompt_tokens=len(tokens), n_ctx=self.n_ctx)
+        max_tokens = min(max_tokens, self.n_ctx - len(tokens))
+        grammar = None
+        if spec is not None:
+            grammar = llama_cpp.LlamaGrammar.from_string(_gbnf(spec.schema_text), verbose=False)
+        vocab = llm._model.vocab
+        n_vocab = llm.n_vocab()
+        out: list[int] = []
+        logprobs: list[float] = []
+        finish = "length"
+        ttft = None
+        text = ""
+        gen = llm.generate(tokens, temp=settings.temperature, top_p=settings.top_p, top_k=0,
+                           min_p=0.0, repeat_penalty=1.0, grammar=grammar, reset=True)
+        try:
+            for tok in gen:
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+                # The context still holds the logits that produced `tok`: the raw distribution.
+                row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+                m = float(row.max())
+                logprobs.append(float(row[tok]) - m - float(np.log(np.exp(row - m).sum())))
+                if llama_cpp.llama_vocab_is_eog(vocab, tok):
+                    logprobs.pop()  # the end token is not part of the answer
+                    finish = "stop"
+                    break
+                out.append(tok)
+                if settings.stop:
+                    text = llm.detokenize(out).decode("utf-8", errors="ignore")
+                    hit = [text.index(s) for s in settings.stop if s in text]
+                    if hit:
+                        text = text[:min(hit)]
+                        finish = "stop"
+                        break
+                if len(out) >= max_tokens:
+                    break
+        except Exception as e:
+            raise GenerationError(f"llama.cpp failed while generating: {e}",
+                                  where=self.info.identity) from None
+        finally:
+            gen.close()
+        if not (settings.stop and finish == "stop"):
+            text = llm.detokenize(out).decode("utf-8", errors="replace")
+        return Response(
+            text=text, model=self.info, usage=Usage(len(tokens), len(out)),
+            latency_s=time.perf_counter() - t0, finish_reason=finish,
+            confidence=confidence_from_logprobs(logprobs), token_logprobs=tuple(logprobs),
+            time_to_first_token_s=ttft)
+
+    def _run_pooled(self, prompt: str, spec: OutputSpec | None, settings: Settings,
+                    max_tokens: int) -> Response:
+        llm = self._free.get()  # waits (in a worker thread) for a free context
+        try:
+            return self._run(llm, prompt, spec, settings, max_tokens)
+        finally:
+            self._free.put(llm)
+
+    async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                       tools: Sequence[ToolSpec] | None = None,
+                       settings: Settings | None = None) -> Response:
+        settings = settings or Settings()
+        spec = OutputSpec.build(schema, tools, settings.tool_choice)
+        msgs = as_messages(messages)
+        if not self._llamas:
+            await asyncio.to_thread(self.load)
+        if spec is not None:
+            _gbnf(spec.schema_text)  # schema errors surface before any work is queued
+            _gbnf(spec.tightened().schema_text)
+
+        async def attempt(s: OutputSpec | None, repair: bool) -> Response:
+            prompt = self.prompt_text(s.with_instruction(msgs) if s is not None else msgs)
+            max_tokens = settings.max_tokens * (2 if repair else 1)
+            return await asyncio.to_thread(self._run_pooled, prompt, s, settings, max_tokens)
+
+        return await generate_validated(attempt, spec, where=self.info.identity)
+
+    async def aclose(self) -> None:
+        for llm in self._llamas:
+            with contextlib.suppress(Exception):
+                llm.close()
+        self._llamas = []
+        self._free = queue.Queue()

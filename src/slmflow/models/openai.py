@@ -1,0 +1,178 @@
+"""Any OpenAI-compatible server: vLLM, TGI, llama.cpp server, Ollama, or a frontier API.
+
+Why plain httpx and not the `openai` package: we need exact control over what a failing server
+looks like to the user (unreachable vs overloaded vs garbage), retries on 429/503 that honour
+``Retry-After``, and no heavy import. The wire format is small.
+
+Structured output and tool calls both travel as a JSON schema in ``response_format`` (our tool
+schema is the same ``anyOf`` every backend uses), so a tool call is constrained on any server that
+can constrain to a schema, whether or not it implements native function calling. Servers differ in
+how they take a schema: OpenAI and vLLM take ``{"type": "json_schema", "json_schema": {...}}``,
+llama.cpp's Python server takes ``{"type": "json_object", "schema": {...}}``. ``schema_style="auto"``
+tries the first and, if the server rejects the request shape (400/422), remembers to use the
+second for that server.
+
+Confidence comes from ``logprobs`` when the server returns them, else it is ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Sequence
+
+from ..errors import (ContextLengthError, ServerResponseError, ServerUnreachableError)
+from ..structured import OutputSpec, generate_validated
+from ..types import (MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage, as_messages,
+                     confidence_from_logprobs)
+from .base import Model
+
+_RETRY_STATUS = {429, 502, 503, 504}
+
+
+class OpenAIModel(Model):
+    """A model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint."""
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 timeout_s: float = 60.0, max_retries: int = 3, schema_style: str = "auto",
+                 logprobs: bool = True, name: str | None = None, adapter: str | None = None,
+                 provider: str = "openai") -> None:
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL")
+                         or "https://api.openai.com/v1").rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.schema_style = schema_style
+        self.logprobs = logprobs
+        self.info = ModelInfo(provider, name or model, adapter)
+        self._clients: dict[int, Any] = {}
+
+    @property
+    def where(self) -> str:
+        return f"{self.info.identity} @ {self.base_url}"
+
+    def _client(self):
+        import httpx
+
+        key = id(asyncio.get_running_loop())
+        client = self._clients.get(key)
+        if client is None or client.is_closed:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
+                                       timeout=self.timeout_s)
+            self._clients[key] = client
+        return client
+
+    def _response_format(self, spec: OutputSpec, style: str) -> dict[str, Any]:
+        if style == "json_object":
+            return {"type": "json_object", "schema": spec.json_schema}
+        return {"type": "json_schema",
+                "json_schema": {"name": spec.name[:64] or "output", "schema": spec.json_schema,
+                                "strict": True}}
+
+    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        client = self._client()
+        delay = 0.5
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = await client.post("/chat/completions", json=payload)
+            except httpx.TimeoutException as e:
+                raise ServerUnreachableError(
+                    f"no answer within {self.timeout_s}s ({type(e).__name__})",
+                    where=self.where) from None
+            except httpx.HTTPError as e:
+                raise ServerUnreachableError(f"cannot reach the server: {e}",
+                                             where=self.where) from None
+            if r.status_code in _RETRY_STATUS and attempt < self.max_retries:
+                retry_after = r.headers.get("retry-after")
+                try:
+                    wait = float(retry_after) if retry_after else delay
+                except ValueError:
+                    wait = delay
+                await asyncio.sleep(min(wait, 30.0))
+                delay *= 2
+                continue
+            break
+        body = r.text
+        if r.status_code >= 400:
+            low = body.lower()
+            if "context" in low and ("length" in low or "window" in low or "exceed" in low):
+                raise ContextLengthError(f"the server says the prompt is too long: {body[:300]}",
+                                         where=self.where)
+            raise ServerResponseError(f"HTTP {r.status_code}: {body[:500]}", where=self.where,
+                                      status=r.status_code, body=body)
+        try:
+            data = r.json()
+            data["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ServerResponseError(
+                f"the server's answer is not an OpenAI chat completion: {body[:300]!r}",
+                where=self.where, status=r.status_code, body=body) from None
+        return data
+
+    async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                       tools: Sequence[ToolSpec] | None = None,
+                       settings: Settings | None = None) -> Response:
+        settings = settings or Settings()
+        spec = OutputSpec.build(schema, tools, settings.tool_choice)
+        msgs = as_messages(messages)
+
+        async def attempt(s: OutputSpec | None, repair: bool) -> Response:
+            sent = s.with_instruction(msgs) if s is not None else msgs
+            payload: dict[str, Any] = {
+                "model": self.model, "messages": [m.to_openai() for m in sent],
+                "max_tokens": settings.max_tokens * (2 if repair else 1),
+                "temperature": settings.temperature, "top_p": settings.top_p}
+            if settings.seed is not None:
+                payload["seed"] = settings.seed
+            if settings.stop:
+                payload["stop"] = list(settings.stop)
+            if self.logprobs:
+                payload["logprobs"] = True
+            t0 = time.perf_counter()
+            if s is not None:
+                style = "json_schema" if self.schema_style in ("auto", "json_schema") \
+                    else "json_object"
+                payload["response_format"] = self._response_format(s, style)
+                try:
+                    data = await self._post(payload)
+                except ServerResponseError as e:
+                    if self.schema_style != "auto" or e.status not in (400, 422):
+                        raise
+                    payload["response_format"] = self._response_format(s, "json_object")
+                    data = await self._post(payload)
+                    self.schema_style = "json_object"
+            else:
+                data = await self._post(payload)
+            return self._to_response(data, time.perf_counter() - t0)
+
+        return await generate_validated(attempt, spec, where=self.where)
+
+    def _to_response(self, data: dict[str, Any], latency: float) -> Response:
+        choice = data["choices"][0]
+        text = choice["message"].get("content") or ""
+        usage = data.get("usage") or {}
+        lps = None
+        content = (choice.get("logprobs") or {}).get("content") if isinstance(
+            choice.get("logprobs"), dict) else None
+        if content:
+            lps = tuple(float(c["logprob"]) for c in content if "logprob" in c)
+        return Response(
+            text=text, model=ModelInfo(self.info.provider, self.info.name, self.info.adapter),
+            usage=Usage(int(usage.get("prompt_tokens") or 0),
+                        int(usage.get("completion_tokens") or 0)),
+            latency_s=latency, finish_reason=choice.get("finish_reason") or "stop",
+            confidence=confidence_from_logprobs(lps), token_logprobs=lps)
+
+    async def aclose(self) -> None:
+        for c in self._clients.values():
+            try:
+                await c.aclose()
+            except RuntimeError:  # its loop is gone
+                pass
+        self._clients.clear()
+

@@ -1,0 +1,252 @@
+"""Structured output that never breaks: JSON schema in, validated object out.
+
+Why this lives apart from the backends: every backend turns the *same* `OutputSpec` into its own
+decoding constraint (a GBNF grammar for llama.cpp, an llguidance matcher on the transformers path,
+`response_format`/`tools` for an OpenAI-compatible server), and every backend's text is checked by
+the *same* validator, with the *same* single repair step. So "structured output" means one thing
+whatever runs the model.
+
+The guarantee and its limit: constrained decoding makes every emitted token keep the output a
+valid prefix of the schema's language. What it cannot do is make the model *finish* within
+`max_tokens` (a 135M model may ramble inside a free-text string), nor check rules the grammar
+cannot express (pydantic validators). Hence one repair step: re-generate once under a *tightened*
+schema (unbounded strings and arrays get bounds) with more room; if that also fails, raise
+`StructuredOutputError` carrying the text and the validation errors, never a half-parsed object.
+
+Tool calls are structured output too: the tools' argument schemas become one `anyOf` of
+`{"name": <const>, "arguments": <schema>}` objects, so a model can only name a tool that exists
+and only pass arguments that validate.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
+
+from .errors import SchemaError, StructuredOutputError
+from .types import Message, Response, ToolCall, ToolSpec
+
+RESPOND_TOOL = "respond"
+"""Pseudo-tool offered with ``tool_choice="auto"``: the model answers in text instead of calling."""
+
+_STRING_BOUND = 160
+_ARRAY_BOUND = 8
+
+
+def _is_pydantic_model(obj: Any) -> bool:
+    return isinstance(obj, type) and hasattr(obj, "model_json_schema") and hasattr(
+        obj, "model_validate")
+
+
+def check_schema(schema: dict[str, Any], where: str = "schema") -> None:
+    """Raise `SchemaError` (naming `where` and the offending path) if `schema` is not valid."""
+    if not isinstance(schema, dict):
+        raise SchemaError(f"a JSON schema must be an object, got {type(schema).__name__}",
+                          where=where)
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        path = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise SchemaError(f"invalid JSON schema at {path}: {e.message}", where=where) from None
+
+
+def _hoist_defs(schemas: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Move each sub-schema's ``$defs`` to one root, so ``#/$defs/X`` refs still resolve."""
+    defs: dict[str, Any] = {}
+    out = []
+    for s in schemas:
+        s = dict(s)
+        for k, v in (s.pop("$defs", None) or {}).items():
+            if k in defs and defs[k] != v:
+                raise SchemaError(f"two tools define different $defs named {k!r}",
+                                  where="tools")
+            defs[k] = v
+        out.append(s)
+    return out, defs
+
+
+def tool_call_schema(tools: Sequence[ToolSpec], tool_choice: str = "required") -> dict[str, Any]:
+    """The JSON schema a tool-calling answer must follow: one of the tools, with valid arguments."""
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise SchemaError(f"tool names must be unique, got {names}", where="tools")
+    params, defs = _hoist_defs([t.parameters for t in tools])
+    options = [
+        {"type": "object",
+         "properties": {"name": {"const": t.name}, "arguments": p},
+         "required": ["name", "arguments"], "additionalProperties": False}
+        for t, p in zip(tools, params)
+    ]
+    if tool_choice == "auto":
+        options.append({
+            "type": "object",
+            "properties": {"name": {"const": RESPOND_TOOL},
+                           "arguments": {"type": "object",
+                                         "properties": {"content": {"type": "string"}},
+                                         "required": ["content"],
+                                         "additionalProperties": False}},
+            "required": ["name", "arguments"], "additionalProperties": False})
+    schema: dict[str, Any] = {"anyOf": options} if len(options) > 1 else options[0]
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+def tightened(schema: Any) -> Any:
+    """A copy of `schema` whose unbounded strings and arrays get bounds (the repair step)."""
+    if isinstance(schema, list):
+        return [tightened(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: tightened(v) for k, v in schema.items()}
+    kind = out.get("type")
+    if kind == "string" and "maxLength" not in out and "enum" not in out and "const" not in out \
+            and "pattern" not in out and "format" not in out:
+        out["maxLength"] = _STRING_BOUND
+    if kind == "array" and "maxItems" not in out:
+        out["maxItems"] = max(_ARRAY_BOUND, out.get("minItems", 0))
+    return out
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What shape an answer must have: a schema, how to validate it, and whether it is a tool call."""
+
+    json_schema: dict[str, Any]
+    name: str = "output"
+    model_type: Any = None  # a pydantic model class, when one was given
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "required"
+    _validator: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, schema: Any = None, tools: Sequence[ToolSpec] | None = None,
+              tool_choice: str = "required") -> "OutputSpec | None":
+        if schema is not None and tools:
+            raise SchemaError("give either an output schema or tools, not both", where="generate")
+        if tools:
+            tools = tuple(tools)
+            js = tool_call_schema(tools, tool_choice)
+            check_schema(js, where="tools")
+            return cls(js, name="tool_call", tools=tools, tool_choice=tool_choice)
+        if schema is None:
+            return None
+        if _is_pydantic_model(schema):
+            try:
+                js = schema.model_json_schema()
+            except Exception as e:  # pydantic raises for types with no JSON form
+                raise SchemaError(f"{schema.__name__} has no JSON schema: {e}",
+                                  where=schema.__name__) from None
+            return cls(js, name=schema.__name__, model_type=schema)
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as e:
+                raise SchemaError(f"schema is not JSON: {e}", where="schema") from None
+        check_schema(schema)
+        import jsonschema
+
+        return cls(schema, name=str(schema.get("title") or "output"),
+                   _validator=jsonschema.Draft202012Validator(schema))
+
+    def tightened(self) -> "OutputSpec":
+        return OutputSpec(tightened(self.json_schema), self.name, self.model_type, self.tools,
+                          self.tool_choice, self._validator)
+
+    @property
+    def schema_text(self) -> str:
+        return json.dumps(self.json_schema, separators=(",", ":"))
+
+    def instruction(self) -> str:
+        """What the model is told, so that it knows the field names the constraint will force."""
+        if self.tools:
+            lines = ["You can call these tools. Reply with a JSON object "
+                     '{"name": <tool name>, "arguments": {...}}.']
+            for t in self.tools:
+                lines.append(f"- {t.name}: {t.description} Arguments schema: "
+                             f"{json.dumps(t.parameters, separators=(',', ':'))}")
+            if self.tool_choice == "auto":
+                lines.append(f'- {RESPOND_TOOL}: answer the user directly. Arguments: '
+                             '{"content": <your answer>}')
+            return "\n".join(lines)
+        return ("Reply with a JSON object that follows this JSON schema:\n" + self.schema_text)
+
+    def with_instruction(self, messages: Sequence[Message]) -> list[Message]:
+        """Prepend (or extend) the system message with the schema instruction."""
+        msgs = list(messages)
+        if msgs and msgs[0].role == "system":
+            return [Message("system", msgs[0].content + "\n\n" + self.instruction())] + msgs[1:]
+        return [Message("system", self.instruction())] + msgs
+
+    def parse(self, text: str) -> tuple[Any, tuple[ToolCall, ...], str | None, list[str]]:
+        """Validate `text`: (parsed object, tool calls, text answer, errors). Errors empty = valid."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            return None, (), None, [f"not valid JSON ({e.msg} at char {e.pos})"]
+        if self.tools:
+            import jsonschema
+
+            errs = [_fmt_error(e) for e in jsonschema.Draft202012Validator(
+                self.json_schema).iter_errors(data)]
+            if errs:
+                return None, (), None, errs
+            if data["name"] == RESPOND_TOOL:
+                return data, (), data["arguments"]["content"], []
+            return data, (ToolCall(data["name"], data["arguments"], id="call_0"),), None, []
+        if self.model_type is not None:
+            from pydantic import ValidationError
+
+            try:
+                return self.model_type.model_validate(data), (), None, []
+            except ValidationError as e:
+                return None, (), None, [
+                    f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                    for err in e.errors()]
+        errs = [_fmt_error(e) for e in self._validator.iter_errors(data)]
+        return (data if not errs else None), (), None, errs
+
+
+def _fmt_error(e: Any) -> str:
+    path = "/".join(str(p) for p in e.absolute_path) or "(root)"
+    return f"{path}: {e.message}"
+
+
+Attempt = Callable[["OutputSpec | None", bool], Awaitable[Response]]
+
+
+async def generate_validated(attempt: Attempt, spec: OutputSpec | None,
+                             where: str = "model") -> Response:
+    """Run `attempt(spec, repair=False)`; on an invalid answer, one repair attempt; else raise.
+
+    `attempt` is the backend's own constrained generation. The returned `Response` carries the
+    parsed object (or tool calls), and `repaired=True` when the second attempt was needed.
+    """
+    from dataclasses import replace
+
+    response = await attempt(spec, False)
+    if spec is None:
+        return response
+    parsed, calls, answer, errors = spec.parse(response.text)
+    if not errors:
+        return replace(response, parsed=parsed, tool_calls=calls,
+                       text=answer if answer is not None else response.text)
+    second = await attempt(spec.tightened(), True)
+    parsed, calls, answer, errors2 = spec.parse(second.text)
+    if not errors2:
+        return replace(second, parsed=parsed, tool_calls=calls, repaired=True,
+                       text=answer if answer is not None else second.text,
+                       usage=response.usage + second.usage,
+                       latency_s=response.latency_s + second.latency_s)
+    raise StructuredOutputError(
+        f"output does not validate against {spec.name} after one repair step: "
+        + "; ".join(errors2[:5]),
+        where=where, text=second.text, errors=errors2, first_errors=errors)
+
+
+def copy_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(schema)

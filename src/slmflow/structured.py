@@ -31,8 +31,9 @@ from .types import Message, Response, ToolCall, ToolSpec
 RESPOND_TOOL = "respond"
 """Pseudo-tool offered with ``tool_choice="auto"``: the model answers in text instead of calling."""
 
-_STRING_BOUND = 160
-_ARRAY_BOUND = 8
+_STRING_BOUND = 64
+_ARRAY_BOUND = 6
+_UNBOUNDED = 10_000
 
 
 def _is_pydantic_model(obj: Any) -> bool:
@@ -110,6 +111,49 @@ def tightened(schema: Any) -> Any:
     if kind == "array" and "maxItems" not in out:
         out["maxItems"] = max(_ARRAY_BOUND, out.get("minItems", 0))
     return out
+
+
+def token_bound(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> int:
+    """An upper estimate of the tokens a JSON value of `schema` takes (one token per character
+    of a bounded string, plus syntax). `_UNBOUNDED` where the schema allows unbounded text."""
+    if depth > 12 or not isinstance(schema, dict):
+        return _UNBOUNDED
+    defs = defs if defs is not None else schema.get("$defs", {})
+    if "$ref" in schema:
+        return token_bound(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs, depth + 1)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return max(token_bound(s, defs, depth + 1) for s in schema[key])
+    if "const" in schema or "enum" in schema:
+        values = schema.get("enum", [schema.get("const")])
+        return max(len(json.dumps(v)) for v in values) + 1
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return max(token_bound({**schema, "type": k}, defs, depth + 1) for k in kind)
+    if kind == "string":
+        return schema["maxLength"] + 3 if "maxLength" in schema else _UNBOUNDED
+    if kind in ("integer", "number"):
+        return 24
+    if kind in ("boolean", "null"):
+        return 2
+    if kind == "array":
+        if "maxItems" not in schema:
+            return _UNBOUNDED
+        return 2 + schema["maxItems"] * (token_bound(schema.get("items", {}), defs, depth + 1) + 1)
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        total = 2 + sum(len(k) + 4 + token_bound(v, defs, depth + 1) for k, v in props.items())
+        return min(total, _UNBOUNDED)
+    return _UNBOUNDED
+
+
+def attempt_budget(spec: "OutputSpec | None", max_tokens: int, repair: bool) -> int:
+    """Tokens allowed for one attempt: the caller's budget, and for the repair attempt at least
+    the tightened schema's bound, so that a bounded answer is never cut off."""
+    if not repair or spec is None:
+        return max_tokens
+    bound = token_bound(spec.json_schema)
+    return max(2 * max_tokens, min(bound + bound // 2 + 8, 4096))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import (BackendUnavailableError, ContextLengthError, GenerationError,
                       ModelLoadError, ModelNotFoundError, SchemaError)
-from ..structured import OutputSpec, generate_validated
+from ..structured import OutputSpec, attempt_budget, generate_validated
 from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
                      as_messages, confidence_from_logprobs)
 from .base import Model
@@ -232,7 +232,7 @@ class LlamaCppModel(Model):
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
             prompt = self.prompt_text(s.with_instruction(msgs) if s is not None else msgs)
-            max_tokens = settings.max_tokens * (2 if repair else 1)
+            max_tokens = attempt_budget(s, settings.max_tokens, repair)
             return await asyncio.to_thread(self._run_pooled, prompt, s, settings, max_tokens)
 
         return await generate_validated(attempt, spec, where=self.info.identity)

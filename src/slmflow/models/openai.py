@@ -9,7 +9,8 @@ schema is the same ``anyOf`` every backend uses), so a tool call is constrained 
 can constrain to a schema, whether or not it implements native function calling. Servers differ in
 how they take a schema: OpenAI and vLLM take ``{"type": "json_schema", "json_schema": {...}}``,
 llama.cpp's Python server takes ``{"type": "json_object", "schema": {...}}``. ``schema_style="auto"``
-tries the first and, if the server rejects the request shape (400/422), remembers to use the
+tries the first and, if the server rejects the request shape (400/422, or a 500 naming
+``response_format`` as llama.cpp's server sends), remembers to use the
 second for that server.
 
 Confidence comes from ``logprobs`` when the server returns them, else it is ``None``.
@@ -23,7 +24,7 @@ import time
 from typing import Any, Sequence
 
 from ..errors import (ContextLengthError, ServerResponseError, ServerUnreachableError)
-from ..structured import OutputSpec, generate_validated
+from ..structured import OutputSpec, attempt_budget, generate_validated
 from ..types import (MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage, as_messages,
                      confidence_from_logprobs)
 from .base import Model
@@ -125,7 +126,7 @@ class OpenAIModel(Model):
             sent = s.with_instruction(msgs) if s is not None else msgs
             payload: dict[str, Any] = {
                 "model": self.model, "messages": [m.to_openai() for m in sent],
-                "max_tokens": settings.max_tokens * (2 if repair else 1),
+                "max_tokens": attempt_budget(s, settings.max_tokens, repair),
                 "temperature": settings.temperature, "top_p": settings.top_p}
             if settings.seed is not None:
                 payload["seed"] = settings.seed
@@ -133,6 +134,7 @@ class OpenAIModel(Model):
                 payload["stop"] = list(settings.stop)
             if self.logprobs:
                 payload["logprobs"] = True
+                payload["top_logprobs"] = 1  # llama.cpp's server returns none without it
             t0 = time.perf_counter()
             if s is not None:
                 style = "json_schema" if self.schema_style in ("auto", "json_schema") \
@@ -141,7 +143,9 @@ class OpenAIModel(Model):
                 try:
                     data = await self._post(payload)
                 except ServerResponseError as e:
-                    if self.schema_style != "auto" or e.status not in (400, 422):
+                    # 400/422, or llama.cpp's server: a 500 whose body names response_format
+                    rejected = e.status in (400, 422) or "response_format" in (e.body or "")
+                    if self.schema_style != "auto" or not rejected:
                         raise
                     payload["response_format"] = self._response_format(s, "json_object")
                     data = await self._post(payload)

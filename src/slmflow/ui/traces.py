@@ -1,0 +1,172 @@
+"""The trace pages: a list of traces, and a waterfall per trace.
+
+Why the data is inlined into each page as JSON and the DOM is built by a few lines of JS: one
+request per page, nothing to fetch after load (so a headless browser's DOM dump sees the whole
+waterfall), and the same JSON is also served under ``/api/...`` for scripts.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..tracing import views
+from ..tracing.store import SpanStore
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.3em} a{color:#0b5ed7;text-decoration:none}
+table{border-collapse:collapse} td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
+.err{color:#c00;font-weight:bold} .esc{color:#b8860b}
+.summary{margin:.5em 0 1em;color:#555}
+.wf{border:1px solid #ddd;width:100%}
+.wf-row{display:flex;align-items:center;height:22px;border-bottom:1px solid #f3f3f3}
+.wf-row.error .wf-name{color:#c00;font-weight:bold}
+.wf-name{width:38%;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;font-size:12px}
+.wf-track{position:relative;flex:1;height:14px;background:#fafafa}
+.wf-bar{position:absolute;height:14px;min-width:2px;border-radius:2px;background:#6c9bd2}
+.wf-bar.chat{background:#7fbf7f}.wf-bar.handoff{background:#c9a0dc}
+.wf-bar.execute_tool{background:#f0b060}.wf-bar.error{background:#e05050}
+.wf-meta{width:26%;font-size:11px;color:#666;padding-left:8px;white-space:nowrap}
+"""
+
+_LIST_JS = """
+const data = JSON.parse(document.getElementById('data').textContent);
+const tb = document.getElementById('rows');
+if (!data.length) { tb.innerHTML = '<tr><td colspan=7>no traces yet</td></tr>'; }
+for (const t of data) {
+  const tr = document.createElement('tr'); tr.className = 'trace-row';
+  const cells = [null, t.root || '?', new Date(t.start_ns / 1e6).toLocaleString(),
+    t.duration_ms.toFixed(1) + ' ms', t.spans, t.input_tokens + '/' + t.output_tokens,
+    t.cost_usd == null ? '-' : '$' + t.cost_usd.toFixed(6)];
+  cells.forEach((c, i) => {
+    const td = document.createElement('td');
+    if (i === 0) { const a = document.createElement('a'); a.href = '/trace/' + t.trace_id;
+      a.textContent = t.trace_id.slice(0, 12); td.appendChild(a); }
+    else td.textContent = c;
+    tr.appendChild(td); });
+  const td = document.createElement('td');
+  td.textContent = t.errors ? t.errors + ' error(s)' : ''; td.className = t.errors ? 'err' : '';
+  tr.appendChild(td); tb.appendChild(tr);
+}
+"""
+
+_TRACE_JS = """
+const d = JSON.parse(document.getElementById('data').textContent);
+const s = d.summary, t0 = s.start_ns, total = Math.max(s.duration_ms, 1e-6);
+document.getElementById('summary').textContent =
+  `${s.spans} spans, ${s.duration_ms.toFixed(1)} ms, tokens ${s.input_tokens}/${s.output_tokens}` +
+  (s.cost_usd == null ? '' : `, cost $${s.cost_usd.toFixed(6)}`) +
+  (s.errors ? `, ${s.errors} error(s)` : '') + (s.escalations ? `, ${s.escalations} escalation(s)` : '');
+const wf = document.getElementById('waterfall');
+for (const sp of d.spans) {
+  const row = document.createElement('div');
+  row.className = 'wf-row' + (sp.status === 'ERROR' ? ' error' : '');
+  row.dataset.spanId = sp.span_id;
+  const name = document.createElement('div'); name.className = 'wf-name';
+  name.style.paddingLeft = (sp.depth * 14) + 'px'; name.textContent = sp.name;
+  name.title = JSON.stringify(sp.attributes, null, 1);
+  const track = document.createElement('div'); track.className = 'wf-track';
+  const bar = document.createElement('div');
+  bar.className = 'wf-bar ' + (sp.operation || '') + (sp.status === 'ERROR' ? ' error' : '');
+  bar.style.left = ((sp.start_ns - t0) / 1e6 / total * 100) + '%';
+  bar.style.width = (sp.duration_ms / total * 100) + '%';
+  track.appendChild(bar);
+  const meta = document.createElement('div'); meta.className = 'wf-meta';
+  const bits = [sp.duration_ms.toFixed(1) + ' ms'];
+  if (sp.total_input_tokens || sp.total_output_tokens)
+    bits.push('tok ' + sp.total_input_tokens + '/' + sp.total_output_tokens);
+  if (sp.total_cost_usd != null) bits.push('$' + sp.total_cost_usd.toFixed(6));
+  if (sp.confidence != null) bits.push('conf ' + sp.confidence.toFixed(2));
+  if (sp.status === 'ERROR') bits.push(sp.status_message || 'error');
+  meta.textContent = bits.join('  ');
+  row.append(name, track, meta); wf.appendChild(row);
+}
+"""
+
+
+def _page(title: str, body: str, data: Any, js: str) -> bytes:
+    blob = json.dumps(data, default=str).replace("</", "<\\/")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{_CSS}</style></head><body>{body}"
+            f"<script type='application/json' id='data'>{blob}</script>"
+            f"<script>{js}</script></body></html>").encode()
+
+
+def list_page(store: SpanStore) -> bytes:
+    rows = store.list_traces(limit=200)
+    body = ("<h1>slmflow traces</h1><table><thead><tr><th>trace</th><th>root</th><th>started"
+            "</th><th>duration</th><th>spans</th><th>tokens in/out</th><th>cost</th><th></th>"
+            "</tr></thead><tbody id='rows'></tbody></table>")
+    return _page("slmflow traces", body, rows, _LIST_JS)
+
+
+def trace_data(store: SpanStore, trace_id: str) -> dict[str, Any] | None:
+    spans = store.trace(trace_id)
+    if not spans:
+        return None
+    summary = views.trace_summary(spans)
+    flat = views.flatten(views.build_tree(spans))
+    return {"summary": summary,
+            "spans": [{k: v for k, v in s.items() if k != "children"} for s in flat]}
+
+
+def trace_page(store: SpanStore, trace_id: str) -> bytes | None:
+    data = trace_data(store, trace_id)
+    if data is None:
+        return None
+    tid = html.escape(data["summary"]["trace_id"])
+    body = (f"<p><a href='/'>&larr; all traces</a></p><h1>trace {tid}</h1>"
+            f"<div class='summary' id='summary'></div><div class='wf' id='waterfall'></div>")
+    return _page(f"trace {tid}", body, data, _TRACE_JS)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    store: SpanStore
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str = "text/html; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = urlparse(self.path).path
+        try:
+            if path in ("/", "/index.html"):
+                return self._send(200, list_page(self.store))
+            if path == "/api/traces":
+                return self._send(200, json.dumps(self.store.list_traces(limit=200)).encode(),
+                                  "application/json")
+            m = re.fullmatch(r"/(api/traces|trace)/([0-9a-fA-F]{1,32}|last)", path)
+            if m:
+                if m.group(1) == "trace":
+                    page = trace_page(self.store, m.group(2))
+                    if page is not None:
+                        return self._send(200, page)
+                else:
+                    data = trace_data(self.store, m.group(2))
+                    if data is not None:
+                        return self._send(200, json.dumps(data, default=str).encode(),
+                                          "application/json")
+            return self._send(404, b"<h1>not found</h1>")
+        except Exception as e:  # one bad request must not stop the server
+            return self._send(500, f"<h1>error</h1><pre>{html.escape(str(e))}</pre>".encode())
+
+
+def serve(host: str = "127.0.0.1", port: int = 6007, *,
+          db_path: str | Path | None = None) -> ThreadingHTTPServer:
+    """A server for the trace pages (not yet serving: call ``serve_forever``); port 0 = any."""
+    handler = type("Handler", (_Handler,), {"store": SpanStore(db_path)})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server

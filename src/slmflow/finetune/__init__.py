@@ -1,0 +1,1 @@
+"""Fine-tuning per agent: datasets, LoRA training, the adapter registry, GGUF export."""

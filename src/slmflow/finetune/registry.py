@@ -1,0 +1,264 @@
+"""The adapter registry: versioned LoRA adapters per agent, with lineage and a gated promotion.
+
+Layout under ``$SLMFLOW_HOME/adapters/<agent>/``::
+
+    v1/  adapter/ (PEFT)  adapter.gguf (llama.cpp)  card.json (lineage, metrics, eval scores)
+    v2/  ...
+    promoted.json        {"version": "v2", ...}: what agents load; replaced atomically
+    history.jsonl        every promotion / rejection / rollback, with the compared scores
+
+Why a gate in the registry and not in the trainer: promotion is the one decision that changes
+what production serves, so it is enforced in one place: `promote` refuses a version whose eval
+scores are below the currently promoted version's on any shared metric (beyond ``tolerance``), and
+records the comparison either way. `rollback` restores the previously promoted version.
+
+Why agents pick up a promotion without restart: `PromotedAdapterModel` is a `Model` wrapper that
+looks at ``promoted.json`` (its modification time, a stat call) before each generation and swaps
+the adapter-carrying model when it changed. Registration copies into a temporary folder and
+renames it into place, so a crash never leaves a half-written version visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError, SlmflowError
+from ..home import subdir
+from ..models.base import Model
+from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class PromotionRejected(SlmflowError):
+    """The eval gate refused a promotion: the candidate scores below the promoted version."""
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class AdapterRegistry:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root else subdir("adapters")
+        self._lock = threading.Lock()
+
+    # -- reading ---------------------------------------------------------------------------
+    def _agent_dir(self, agent: str) -> Path:
+        if not _NAME.match(agent):
+            raise ConfigError(f"invalid agent name {agent!r}", where="adapters")
+        return self.root / agent
+
+    def versions(self, agent: str) -> list[str]:
+        d = self._agent_dir(agent)
+        if not d.is_dir():
+            return []
+        vs = [p.name for p in d.iterdir() if p.is_dir() and re.fullmatch(r"v\d+", p.name)]
+        return sorted(vs, key=lambda v: int(v[1:]))
+
+    def agents(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() \
+            else []
+
+    def card(self, agent: str, version: str) -> dict[str, Any]:
+        p = self._agent_dir(agent) / version / "card.json"
+        if not p.is_file():
+            raise ConfigError(f"no adapter {agent}@{version}; known: {self.versions(agent)}",
+                              where="adapters")
+        return json.loads(p.read_text())
+
+    def path(self, agent: str, version: str) -> Path:
+        self.card(agent, version)
+        return self._agent_dir(agent) / version
+
+    def promoted(self, agent: str) -> str | None:
+        p = self._agent_dir(agent) / "promoted.json"
+        return json.loads(p.read_text())["version"] if p.is_file() else None
+
+    def history(self, agent: str) -> list[dict[str, Any]]:
+        p = self._agent_dir(agent) / "history.jsonl"
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    # -- writing ---------------------------------------------------------------------------
+    def register(self, agent: str, adapter_dir: str | Path, card: dict[str, Any], *,
+                 base_gguf: str | Path | None = None, parent: str | None = None,
+                 trace_ids: Sequence[str] = ()) -> str:
+        """Copy a trained PEFT adapter in as the next version; export its GGUF LoRA when the base
+        is a llama.cpp GGUF. Returns the version (``v1``, ``v2``, ...)."""
+        src = Path(adapter_dir)
+        if not (src / "adapter_config.json").is_file():
+            raise ConfigError("not a PEFT adapter folder", where=str(src))
+        d = self._agent_dir(agent)
+        d.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            existing = self.versions(agent)
+            version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
+            tmp = d / f".{version}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                shutil.copytree(src, tmp / "adapter")
+                if base_gguf is not None:
+                    from .gguf_export import export_lora_gguf
+
+                    export_lora_gguf(src, base_gguf, tmp / "adapter.gguf")
+                lineage = {"agent": agent, "version": version, "parent": parent,
+                           "trace_ids": list(trace_ids), "registered_at": time.time()}
+                _write_json_atomic(tmp / "card.json", {**card, "lineage": lineage})
+                tmp.rename(d / version)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return version
+
+    def _log(self, agent: str, entry: dict[str, Any]) -> None:
+        with open(self._agent_dir(agent) / "history.jsonl", "a") as f:
+            f.write(json.dumps({**entry, "at": time.time()}, default=str) + "\n")
+
+    def record_scores(self, agent: str, version: str, scores: dict[str, float]) -> None:
+        card = self.card(agent, version)
+        card["eval_scores"] = {**card.get("eval_scores", {}), **scores}
+        _write_json_atomic(self._agent_dir(agent) / version / "card.json", card)
+
+    def promote(self, agent: str, version: str, scores: dict[str, float] | None = None, *,
+                tolerance: float = 0.0, force: bool = False) -> dict[str, Any]:
+        """Promote `version` if its eval scores are at least the promoted version's on every
+        metric both have (higher is better). The comparison is stored either way."""
+        if scores:
+            self.record_scores(agent, version, scores)
+        cand = self.card(agent, version).get("eval_scores", {})
+        current = self.promoted(agent)
+        base_scores = self.card(agent, current).get("eval_scores", {}) if current else {}
+        shared = sorted(set(cand) & set(base_scores))
+        if current and not cand and not force:
+            raise PromotionRejected(f"{agent}@{version} has no eval scores; run its eval suite",
+                                    where=f"adapters/{agent}")
+        drops = {k: (base_scores[k], cand[k]) for k in shared
+                 if cand[k] < base_scores[k] - tolerance}
+        decision = {"agent": agent, "candidate": version, "current": current,
+                    "candidate_scores": cand, "current_scores": base_scores,
+                    "compared": shared, "drops": drops, "tolerance": tolerance}
+        if current and shared == [] and not force:
+            decision["action"] = "rejected"
+            self._log(agent, decision)
+            raise PromotionRejected(
+                f"{agent}@{version} shares no eval metric with {current}: nothing to compare",
+                where=f"adapters/{agent}")
+        if drops and not force:
+            decision["action"] = "rejected"
+            self._log(agent, decision)
+            worst = ", ".join(f"{k}: {a:.4f} -> {b:.4f}" for k, (a, b) in drops.items())
+            raise PromotionRejected(f"{agent}@{version} scores below {current}: {worst}",
+                                    where=f"adapters/{agent}", decision=decision)
+        decision["action"] = "promoted" + (" (forced)" if force and drops else "")
+        _write_json_atomic(self._agent_dir(agent) / "promoted.json",
+                           {"version": version, "previous": current, "at": time.time()})
+        self._log(agent, decision)
+        return decision
+
+    def rollback(self, agent: str) -> str:
+        """Restore the version promoted before the current one."""
+        p = self._agent_dir(agent) / "promoted.json"
+        if not p.is_file():
+            raise ConfigError(f"{agent} has no promoted adapter", where="adapters")
+        state = json.loads(p.read_text())
+        previous = state.get("previous")
+        if not previous:
+            raise ConfigError(f"{agent}@{state['version']} has no earlier promoted version",
+                              where="adapters")
+        earlier = [h for h in self.history(agent)
+                   if h.get("action", "").startswith("promoted") and h["candidate"] == previous]
+        before = earlier[-1]["current"] if earlier else None
+        _write_json_atomic(p, {"version": previous, "previous": before, "at": time.time()})
+        self._log(agent, {"action": "rollback", "from": state["version"], "to": previous})
+        return previous
+
+    # -- serving ---------------------------------------------------------------------------
+    def model_for(self, base: Model, agent: str, version: str) -> Model:
+        """`base` with `agent@version`'s adapter: a GGUF LoRA on llama.cpp, PEFT on transformers."""
+        d = self.path(agent, version)
+        adapter_name = f"{agent}@{version}"
+        from ..models.llamacpp import LlamaCppModel
+        from ..models.transformers import TransformersModel
+
+        if isinstance(base, LlamaCppModel):
+            if not (d / "adapter.gguf").is_file():
+                raise ConfigError(f"{adapter_name} has no GGUF LoRA (registered without a GGUF "
+                                  "base)", where=str(d))
+            return LlamaCppModel(base.path, name=base.info.name, n_ctx=base.n_ctx,
+                                 pool_size=base.pool_size, lora_path=d / "adapter.gguf",
+                                 adapter=adapter_name, chat=base.chat)
+        if isinstance(base, TransformersModel):
+            return TransformersModel(base.path, name=base.info.name, gguf=base.gguf,
+                                     adapter_path=d / "adapter", adapter=adapter_name,
+                                     dtype=base.dtype, device=base.device, n_ctx=base.n_ctx)
+        raise ConfigError(f"adapters load on llama.cpp or transformers models, not "
+                          f"{type(base).__name__} (serve adapters on vLLM by name instead)",
+                          where=adapter_name)
+
+    def resolver(self):
+        """The function agents use to turn (base model, adapter name) into a model.
+
+        ``"router"`` follows the promoted version (hot-swapped on promotion); ``"router@v3"``
+        pins a version."""
+        def resolve(base: Model, adapter: str) -> Model:
+            if "@" in adapter:
+                agent, version = adapter.split("@", 1)
+                return self.model_for(base, agent, version)
+            return PromotedAdapterModel(self, base, adapter)
+        return resolve
+
+
+class PromotedAdapterModel(Model):
+    """Serves an agent's currently promoted adapter, following promotions without a restart."""
+
+    def __init__(self, registry: AdapterRegistry, base: Model, agent: str) -> None:
+        self.registry, self.base, self.agent = registry, base, agent
+        self._stamp: float | None = None
+        self._model: Model | None = None
+        self._version: str | None = None
+        self._lock = threading.Lock()
+        if registry.promoted(agent) is None:
+            raise ConfigError(f"agent {agent!r} has no promoted adapter; promote one or pin "
+                              f"a version ({agent}@vN)", where="adapters")
+        self._current()
+
+    def _current(self) -> Model:
+        p = self.registry._agent_dir(self.agent) / "promoted.json"
+        stamp = p.stat().st_mtime_ns if p.exists() else None
+        with self._lock:
+            if self._model is None or stamp != self._stamp:
+                version = self.registry.promoted(self.agent)
+                if version is None:
+                    raise ConfigError(f"agent {self.agent!r} has no promoted adapter",
+                                      where="adapters")
+                if version != self._version:
+                    self._model = self.registry.model_for(self.base, self.agent, version)
+                    self._version = version
+                self._stamp = stamp
+            return self._model
+
+    @property
+    def info(self) -> ModelInfo:  # type: ignore[override]
+        return self._current().info
+
+    @property
+    def version(self) -> str | None:
+        self._current()
+        return self._version
+
+    async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                       tools: Sequence[ToolSpec] | None = None,
+                       settings: Settings | None = None) -> Response:
+        return await self._current().generate(messages, schema=schema, tools=tools,
+                                              settings=settings)

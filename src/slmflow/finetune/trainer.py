@@ -1,0 +1,255 @@
+"""LoRA training with Hugging Face PEFT: one agent, its own data, resumable, on CPU or GPU.
+
+Why a small explicit loop instead of `transformers.Trainer`: an agent's examples are short and
+of very different lengths (a router's utterance vs an extraction's ticket), so batches are padded
+only to their own longest sequence; a checkpoint is exactly what resuming needs (adapter weights,
+optimizer and scheduler state, the step, the RNG states) written atomically; and the loop is short
+enough to read. bench/finetune.py compares its tokens/s with a plain Trainer + PEFT script.
+
+Resume after a kill: the batch order is a pure function of the seed and the epoch, and the RNG
+states are restored, so a run killed at step k and resumed produces the same adapter as an
+uninterrupted run (a test holds this). A run directory remembers its configuration and data hash;
+resuming with different ones is refused rather than silently mixing two runs.
+
+A full disk (or any failed write) during a checkpoint raises `CheckpointError` naming the path;
+the previous checkpoint stays intact because a new one is written beside it and renamed over it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError, SlmflowError
+from ..types import Message
+from .data import ChatEncoder, Encoded, Example, data_hash
+
+
+class CheckpointError(SlmflowError):
+    """A checkpoint or the final adapter could not be written."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    lr: float = 1e-3
+    epochs: float = 1.0
+    batch_size: int = 8
+    max_len: int = 128
+    seed: int = 0
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    checkpoint_every: int = 50
+    max_steps: int | None = None
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.r < 1 or self.batch_size < 1 or self.epochs <= 0 or self.lr <= 0:
+            raise ConfigError(f"invalid training configuration: {self}", where="TrainConfig")
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    tokens_per_s: float
+    wall_s: float
+    resumed_from: int
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    idx = list(range(n))
+    random.Random(seed * 1000 + epoch).shuffle(idx)
+    return [idx[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _collate(items: Sequence[Encoded], pad_id: int):
+    import torch
+
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return ids, mask, labels
+
+
+def _atomic_dir_write(target: Path, write: Callable[[Path], None]) -> None:
+    new = target.with_name(target.name + ".new")
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(new, ignore_errors=True)
+    try:
+        new.mkdir(parents=True)
+        write(new)
+    except OSError as e:
+        shutil.rmtree(new, ignore_errors=True)
+        raise CheckpointError(f"could not write {target.name}: {e}", where=str(target)) from None
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def evaluate_loss(model: Any, encoded: Sequence[Encoded], batch_size: int, pad_id: int) -> float:
+    import torch
+
+    if not encoded:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(encoded), batch_size):
+            ids, mask, labels = _collate(encoded[i:i + batch_size], pad_id)
+            n = int((labels[:, 1:] != -100).sum())
+            total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
+            count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def train_lora(base_dir: str | Path, train: Sequence[Example], val: Sequence[Example],
+               format_fn: Callable[[Any], list[Message]], out_dir: str | Path,
+               config: TrainConfig = TrainConfig(), *, base_name: str = "",
+               progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a LoRA adapter on `train`, report `val` loss, checkpoint, resume; return the result.
+
+    base_dir: a Hugging Face model folder (for the embedded model, the dequantized safetensors
+    folder). out_dir: the run directory (checkpoints, the final ``adapter/``, ``card.json``).
+    """
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    say = log or (lambda s: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not train:
+        raise ConfigError("no training examples", where=str(out))
+    dhash = data_hash(list(train) + list(val))
+    run_meta = {"config": asdict(config), "data_hash": dhash, "base": str(base_dir)}
+    meta_path = out / "run.json"
+    ckpt = out / "checkpoint"
+    if meta_path.exists() and ckpt.exists():
+        prev = json.loads(meta_path.read_text())
+        if prev != json.loads(json.dumps(run_meta, default=list)):
+            raise ConfigError("this run directory holds a run with another configuration or "
+                              "data; use a new directory or delete it", where=str(out))
+    meta_path.write_text(json.dumps(run_meta, indent=2, default=list))
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    tok = transformers.AutoTokenizer.from_pretrained(str(base_dir))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(base_dir), dtype=torch.bfloat16 if config.bf16 else torch.float32)
+    model = get_peft_model(model, LoraConfig(
+        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
+    enc = ChatEncoder(tok, format_fn, config.max_len)
+    train_all = [enc.encode(ex) for ex in train]
+    train_enc = [e for e in train_all if e is not None]
+    val_enc = [e for e in (enc.encode(ex) for ex in val) if e is not None]
+    skipped = len(train_all) - len(train_enc)
+    if not train_enc:
+        raise ConfigError(f"every example is longer than max_len={config.max_len} tokens",
+                          where=str(out))
+    if skipped:
+        say(f"skipped {skipped} examples longer than max_len={config.max_len} tokens")
+
+    per_epoch = math.ceil(len(train_enc) / config.batch_size)
+    total = config.max_steps or max(1, int(per_epoch * config.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = transformers.get_linear_schedule_with_warmup(
+        opt, int(total * config.warmup_ratio), total)
+
+    step, losses, tokens_done, start_step = 0, [], 0, 0
+    if (ckpt / "state.pt").exists():
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" /
+                                                       "adapter_model.safetensors")))
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["py_rng"])
+        step, losses = state["step"], state["losses"]
+        start_step = step
+        say(f"resuming from checkpoint at step {step}/{total}")
+
+    def save_checkpoint() -> None:
+        def write(d: Path) -> None:
+            model.save_pretrained(d / "adapter")
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                        "step": step, "losses": losses}, d / "state.pt")
+        _atomic_dir_write(ckpt, write)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    model.train()
+    t0 = time.perf_counter()
+    while step < total:
+        epoch, offset = divmod(step, per_epoch)
+        batch_idx = _batches(len(train_enc), config.batch_size, config.seed, epoch)[offset]
+        ids, mask, labels = _collate([train_enc[i] for i in batch_idx], pad_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        tokens_done += int(mask.sum())
+        losses.append(float(loss))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+            save_checkpoint()
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    val_loss = evaluate_loss(model, val_enc, config.batch_size, pad_id) if val_enc else None
+    adapter_dir = out / "adapter"
+
+    def write_final(d: Path) -> None:
+        model.save_pretrained(d)
+    _atomic_dir_write(adapter_dir, write_final)
+    tail = losses[-max(1, min(len(losses), 20)):]
+    card = {
+        "base_model": base_name or str(base_dir), "data_hash": dhash,
+        "n_train": len(train_enc), "n_val": len(val_enc), "skipped_too_long": skipped, "config": asdict(config),
+        "metrics": {"train_loss": sum(tail) / len(tail), "val_loss": val_loss, "steps": step,
+                    "tokens_per_s": tokens_done / wall if wall > 0 else 0.0,
+                    "wall_s": wall, "resumed_from": start_step},
+        "sources": sorted({ex.source.split(":")[0] for ex in train if ex.source})[:50],
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2, default=list))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return TrainResult(adapter_dir, step, card["metrics"]["train_loss"], val_loss,
+                       card["metrics"]["tokens_per_s"], wall, start_step, card)

@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training rows")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (1 on a busy machine)")
     args = ap.parse_args()
     rows = router.load("train")
     examples = dedupe(Example(t, {"intent": c}, source=f"train.csv:{i + 2}")
@@ -34,13 +36,13 @@ def main() -> None:
     train, val = split(examples, 0.03, seed=0)
     if args.limit:
         train = train[: args.limit]
-    cfg = TrainConfig(r=16, alpha=32, lr=5e-4, batch_size=16, epochs=args.epochs, bf16=True,
+    cfg = TrainConfig(r=16, alpha=32, lr=args.lr, batch_size=16, epochs=args.epochs, bf16=True,
                       target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                       "up_proj", "down_proj"),
                       max_len=128, checkpoint_every=25, max_steps=args.max_steps or None)
     base = dequantized_base(embedded_gguf_path(), "smollm2-135m")
     res = train_lora(base, train, val, router.messages, args.out, cfg, base_name="smollm2-135m",
-                     log=print)
+                     log=print, threads=args.threads or None)
     print(f"steps={res.steps} train_loss={res.train_loss:.4f} val_loss={res.val_loss} "
           f"tokens/s={res.tokens_per_s:.0f} wall={res.wall_s:.0f}s resumed_from={res.resumed_from}")
 

@@ -122,6 +122,9 @@ class Settings:
     seed: int | None = 0
     stop: tuple[str, ...] = ()
     tool_choice: Literal["auto", "required"] = "required"
+    # Tell the model the schema in a system message (zero-shot models need it to know the field
+    # names); an adapter fine-tuned on the bare prompt turns it off (the constraint stays).
+    schema_hint: bool = True
 
     def replace(self, **changes: Any) -> "Settings":
         from dataclasses import replace

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, SlmflowError
 from ..home import subdir
-from ..models.base import Model
+from ..models.base import Model, SettingsOverride
 from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -191,20 +191,26 @@ class AdapterRegistry:
         from ..models.llamacpp import LlamaCppModel
         from ..models.transformers import TransformersModel
 
+        model: Model
         if isinstance(base, LlamaCppModel):
             if not (d / "adapter.gguf").is_file():
                 raise ConfigError(f"{adapter_name} has no GGUF LoRA (registered without a GGUF "
                                   "base)", where=str(d))
-            return LlamaCppModel(base.path, name=base.info.name, n_ctx=base.n_ctx,
-                                 pool_size=base.pool_size, lora_path=d / "adapter.gguf",
-                                 adapter=adapter_name, chat=base.chat)
-        if isinstance(base, TransformersModel):
-            return TransformersModel(base.path, name=base.info.name, gguf=base.gguf,
-                                     adapter_path=d / "adapter", adapter=adapter_name,
-                                     dtype=base.dtype, device=base.device, n_ctx=base.n_ctx)
-        raise ConfigError(f"adapters load on llama.cpp or transformers models, not "
-                          f"{type(base).__name__} (serve adapters on vLLM by name instead)",
-                          where=adapter_name)
+            model = LlamaCppModel(base.path, name=base.info.name, n_ctx=base.n_ctx,
+                                  pool_size=base.pool_size, lora_path=d / "adapter.gguf",
+                                  adapter=adapter_name, chat=base.chat)
+        elif isinstance(base, TransformersModel):
+            model = TransformersModel(base.path, name=base.info.name, gguf=base.gguf,
+                                      adapter_path=d / "adapter", adapter=adapter_name,
+                                      dtype=base.dtype, device=base.device, n_ctx=base.n_ctx)
+        else:
+            raise ConfigError(f"adapters load on llama.cpp or transformers models, not "
+                              f"{type(base).__name__} (serve adapters on vLLM by name instead)",
+                              where=adapter_name)
+        if not self.card(agent, version).get("schema_hint", True):
+            # trained on the agent's bare prompt: the schema is known, only the constraint stays
+            model = SettingsOverride(model, schema_hint=False)
+        return model
 
     def resolver(self):
         """The function agents use to turn (base model, adapter name) into a model.

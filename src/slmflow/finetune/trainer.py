@@ -129,11 +129,14 @@ def evaluate_loss(model: Any, encoded: Sequence[Encoded], batch_size: int, pad_i
 def train_lora(base_dir: str | Path, train: Sequence[Example], val: Sequence[Example],
                format_fn: Callable[[Any], list[Message]], out_dir: str | Path,
                config: TrainConfig = TrainConfig(), *, base_name: str = "",
-               progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+               progress: bool = True, log: Callable[[str], None] | None = None,
+               threads: int | None = None) -> TrainResult:
     """Train a LoRA adapter on `train`, report `val` loss, checkpoint, resume; return the result.
 
     base_dir: a Hugging Face model folder (for the embedded model, the dequantized safetensors
     folder). out_dir: the run directory (checkpoints, the final ``adapter/``, ``card.json``).
+    threads: torch CPU threads. On a machine where other processes compete for the cores, one
+    thread is steadier and often faster than all (measured here: 3.3 s vs 12-47 s per step).
     """
     import torch
     import transformers
@@ -156,6 +159,8 @@ def train_lora(base_dir: str | Path, train: Sequence[Example], val: Sequence[Exa
                               "data; use a new directory or delete it", where=str(out))
     meta_path.write_text(json.dumps(run_meta, indent=2, default=list))
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     tok = transformers.AutoTokenizer.from_pretrained(str(base_dir))

@@ -94,3 +94,19 @@ class WrapperModel(Model):
 
     async def aclose(self) -> None:
         await self.wrapped.aclose()
+
+
+class SettingsOverride(WrapperModel):
+    """A model whose calls always use some settings, e.g. ``schema_hint=False`` for an adapter
+    fine-tuned on the bare prompt."""
+
+    def __init__(self, wrapped: Model, **overrides: Any) -> None:
+        super().__init__(wrapped)
+        self.overrides = overrides
+
+    async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                       tools: Sequence[ToolSpec] | None = None,
+                       settings: Settings | None = None) -> Response:
+        settings = (settings or Settings()).replace(**self.overrides)
+        return await self.wrapped.generate(messages, schema=schema, tools=tools,
+                                           settings=settings)

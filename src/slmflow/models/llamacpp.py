@@ -231,7 +231,8 @@ class LlamaCppModel(Model):
             _gbnf(spec.tightened().schema_text)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
-            prompt = self.prompt_text(s.with_instruction(msgs) if s is not None else msgs)
+            hinted = s is not None and settings.schema_hint
+            prompt = self.prompt_text(s.with_instruction(msgs) if hinted else msgs)
             max_tokens = attempt_budget(s, settings.max_tokens, repair)
             return await asyncio.to_thread(self._run_pooled, prompt, s, settings, max_tokens)
 

@@ -123,7 +123,8 @@ class OpenAIModel(Model):
         msgs = as_messages(messages)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
-            sent = s.with_instruction(msgs) if s is not None else msgs
+            hinted = s is not None and settings.schema_hint
+            sent = s.with_instruction(msgs) if hinted else msgs
             payload: dict[str, Any] = {
                 "model": self.model, "messages": [m.to_openai() for m in sent],
                 "max_tokens": attempt_budget(s, settings.max_tokens, repair),

@@ -1,0 +1,112 @@
+"""`slmflow train agent` and `slmflow adapters list|show|promote|rollback`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+train_app = typer.Typer(help="Fine-tune an agent (LoRA on its own data).", no_args_is_help=True)
+adapters_app = typer.Typer(help="Versioned adapters per agent: list, show, promote, rollback.",
+                           no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
+    app.add_typer(adapters_app, name="adapters")
+
+
+@train_app.command("agent")
+def train_agent_cmd(
+    name: str = typer.Argument(..., help="the agent's name in the workflow"),
+    workflow: Path = typer.Option(..., "--workflow", "-w", help="the workflow YAML"),
+    data: Path = typer.Option(..., "--data", help="training pairs (.jsonl or .csv)"),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data",
+                                             help="held-out cases for the gate"),
+    input_field: str = typer.Option("input", "--input-field"),
+    target_field: str = typer.Option("target", "--target-field"),
+    target_key: Optional[str] = typer.Option(None, "--target-key",
+                                             help="wrap a scalar target as {key: value}"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (resumes if present)"),
+    epochs: float = typer.Option(1.0), lr: float = typer.Option(5e-4), r: int = typer.Option(16),
+    batch_size: int = typer.Option(8, "--batch-size"), max_len: int = typer.Option(256),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
+    bf16: bool = typer.Option(True, help="bfloat16 weights (fast on CPUs with AVX-512 BF16)"),
+    threads: int = typer.Option(0, help="torch threads (1 on a busy machine)"),
+    promote: bool = typer.Option(True, help="promote through the eval gate"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train a LoRA adapter for one agent, register it, and promote it only through its gate."""
+    from ..finetune.agent_train import find_agent, train_agent
+    from ..finetune.data import load_examples
+    from ..finetune.trainer import TrainConfig
+
+    agent = find_agent(workflow, name)
+    examples = load_examples(data, input_field=input_field, target_field=target_field,
+                             target_key=target_key)
+    cases = (load_examples(eval_data, input_field=input_field, target_field=target_field,
+                           target_key=target_key) if eval_data else [])
+    cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
+                      max_len=max_len, max_steps=max_steps, seed=seed, bf16=bf16,
+                      target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
+    res = train_agent(agent, examples, eval_cases=cases, config=cfg, run_dir=out,
+                      promote=promote, threads=threads or None, log=typer.echo)
+    typer.echo(json.dumps({"version": res.version, "promoted": res.promoted,
+                           "scores": res.scores, "baseline": res.baseline_scores,
+                           "metrics": res.card["metrics"]}, indent=2))
+
+
+def _registry():
+    from ..finetune.registry import AdapterRegistry
+
+    return AdapterRegistry()
+
+
+@adapters_app.command("list")
+def adapters_list(agent: Optional[str] = typer.Argument(None)) -> None:
+    """Adapters per agent, with the promoted version marked."""
+    from rich.console import Console
+    from rich.table import Table
+
+    reg = _registry()
+    t = Table(title="adapters")
+    for col in ("agent", "version", "promoted", "base", "train loss", "eval scores", "parent"):
+        t.add_column(col)
+    for a in ([agent] if agent else reg.agents()):
+        promoted = reg.promoted(a)
+        for v in reg.versions(a):
+            c = reg.card(a, v)
+            t.add_row(a, v, "*" if v == promoted else "", c.get("base_model", ""),
+                      f"{c.get('metrics', {}).get('train_loss', float('nan')):.4f}",
+                      json.dumps(c.get("eval_scores", {})),
+                      str(c.get("lineage", {}).get("parent") or ""))
+    Console().print(t)
+
+
+@adapters_app.command("show")
+def adapters_show(agent: str, version: str) -> None:
+    """The training card and lineage of one version."""
+    typer.echo(json.dumps(_registry().card(agent, version), indent=2))
+
+
+@adapters_app.command("promote")
+def adapters_promote(agent: str, version: str,
+                     score: List[str] = typer.Option([], "--score", help="metric=value"),
+                     tolerance: float = typer.Option(0.0),
+                     force: bool = typer.Option(False, help="skip the gate (recorded)")) -> None:
+    """Promote a version if its eval scores are at least the promoted version's."""
+    scores = {}
+    for s in score:
+        k, _, v = s.partition("=")
+        scores[k] = float(v)
+    d = _registry().promote(agent, version, scores or None, tolerance=tolerance, force=force)
+    typer.echo(json.dumps(d, indent=2, default=str))
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(agent: str) -> None:
+    """Serve the previously promoted version again."""
+    typer.echo(f"{agent} now serves {_registry().rollback(agent)}")

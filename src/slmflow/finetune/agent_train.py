@@ -1,0 +1,152 @@
+"""One agent, end to end: its data → a LoRA adapter → the registry → the eval gate.
+
+This is what `slmflow train agent` runs. The agent supplies the prompt (``agent.messages``), the
+output type (targets are validated against it) and the base model (a catalog name or a
+llama.cpp/transformers model); the adapter is registered with a GGUF LoRA beside it when the base
+is a GGUF, so the tuned agent serves on the fast llama.cpp path. Promotion is never implicit:
+`train_agent` scores the candidate and the currently served version on the same held-out cases
+and asks the registry's gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError, SlmflowError
+from ..home import subdir
+from .data import Example, check_leakage, dedupe, split, validate_targets
+from .registry import AdapterRegistry, PromotionRejected
+from .trainer import TrainConfig, train_lora
+
+
+def base_for(model: Any) -> tuple[Path, Path | None, str]:
+    """(Hugging Face folder to train on, the GGUF the adapter will serve on or None, name)."""
+    from ..models.catalog import resolve
+    from ..models.llamacpp import LlamaCppModel
+    from ..models.transformers import TransformersModel, dequantized_base
+
+    m = resolve(model) if isinstance(model, str) else model
+    if isinstance(m, LlamaCppModel):
+        return dequantized_base(m.path, m.info.name), m.path, m.info.name
+    if isinstance(m, TransformersModel):
+        if m.gguf:
+            return dequantized_base(m.path, m.info.name), m.path, m.info.name
+        return m.path, None, m.info.name
+    raise ConfigError(f"cannot fine-tune {type(m).__name__}: train on a llama.cpp GGUF or a "
+                      "transformers model", where=str(model))
+
+
+def find_agent(workflow_path: str | Path, name: str) -> Any:
+    """The agent called `name` in a workflow YAML."""
+    from ..workflow import load_workflow
+
+    wf = load_workflow(workflow_path)
+    agents = {s.agent.name: s.agent for s in wf.steps.values() if s.agent is not None}
+    if name not in agents:
+        raise ConfigError(f"no agent {name!r} in {workflow_path}; agents: {sorted(agents)}",
+                          where=str(workflow_path))
+    return agents[name]
+
+
+def exact_match_accuracy(agent: Any, cases: Sequence[Example], *, concurrency: int = 1,
+                         progress: bool = False) -> dict[str, float]:
+    """Share of cases whose output equals the target (structured outputs compared as dicts), and
+    the share that ran without error (a run that raises counts as wrong). Both: higher is better,
+    as the registry's gate expects."""
+    from ..models.base import run_sync
+
+    async def one(ex: Example, sem: asyncio.Semaphore) -> tuple[bool, bool]:
+        async with sem:
+            try:
+                r = await agent.run(ex.input)
+            except SlmflowError:
+                return False, True
+        out = r.output.model_dump(mode="json") if hasattr(r.output, "model_dump") else r.output
+        tgt = ex.target.model_dump(mode="json") if hasattr(ex.target, "model_dump") else ex.target
+        return out == tgt, False
+
+    async def main() -> list[tuple[bool, bool]]:
+        sem = asyncio.Semaphore(concurrency)
+        tasks = [one(ex, sem) for ex in cases]
+        if not progress:
+            return await asyncio.gather(*tasks)
+        from tqdm.auto import tqdm
+
+        out = []
+        for fut in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="eval"):
+            out.append(await fut)
+        return out
+
+    results = run_sync(main())
+    n = max(1, len(results))
+    return {"accuracy": sum(ok for ok, _ in results) / n,
+            "ok_rate": 1 - sum(err for _, err in results) / n}
+
+
+@dataclass
+class AgentTrainResult:
+    version: str
+    run_dir: Path
+    card: dict[str, Any]
+    scores: dict[str, float]
+    baseline_scores: dict[str, float] | None
+    promoted: bool
+    decision: dict[str, Any] | None
+
+
+def train_agent(agent: Any, examples: Sequence[Example], *, eval_cases: Sequence[Example] = (),
+                config: TrainConfig = TrainConfig(), run_dir: str | Path | None = None,
+                registry: AdapterRegistry | None = None, promote: bool = True,
+                tolerance: float = 0.0, threads: int | None = None, progress: bool = True,
+                trace_ids: Sequence[str] = (),
+                score: Callable[..., dict[str, float]] = exact_match_accuracy,
+                log: Callable[[str], None] = print) -> AgentTrainResult:
+    """Train `agent` on `examples`, register the adapter, gate it on `eval_cases`."""
+    registry = registry or AdapterRegistry()
+    validate_targets(examples, agent.output_type, where=f"agent {agent.name} data")
+    if eval_cases:
+        check_leakage(examples, [c.input for c in eval_cases], where=f"agent {agent.name}")
+    train, val = split(dedupe(examples), 0.05, seed=config.seed)
+    hf_dir, gguf, base_name = base_for(agent.model)
+    run_dir = Path(run_dir) if run_dir else subdir("runs") / f"{agent.name}"
+    fmt = lambda x: agent.messages(agent.coerce_input(x))  # noqa: E731  the agent's own prompt
+    res = train_lora(hf_dir, train, val, fmt, run_dir, config, base_name=base_name,
+                     progress=progress, log=log, threads=threads)
+    card = {**res.card, "agent": agent.name, "schema_hint": False}
+    parent = registry.promoted(agent.name)
+    version = registry.register(agent.name, res.adapter_dir, card, base_gguf=gguf,
+                                parent=parent, trace_ids=trace_ids)
+    log(f"registered {agent.name}@{version} (train loss {res.train_loss:.4f}, "
+        f"val loss {res.val_loss})")
+    scores: dict[str, float] = {}
+    baseline: dict[str, float] | None = None
+    decision = None
+    promoted = False
+    if eval_cases:
+        from ..agents import resolve_model
+
+        base_model = resolve_model(agent.model, where=f"agent {agent.name}")
+        candidate = replace(agent, model=registry.model_for(base_model, agent.name, version),
+                            adapter=None)
+        scores = score(candidate, eval_cases)
+        registry.record_scores(agent.name, version, scores)
+        log(f"{agent.name}@{version} on {len(eval_cases)} held-out cases: {scores}")
+        if parent is None:
+            baseline = score(replace(agent, adapter=None), eval_cases)
+            log(f"{agent.name} without adapter: {baseline}")
+    if promote and eval_cases:
+        try:
+            worse = [k for k, v in (baseline or {}).items() if scores.get(k, 0) < v - tolerance]
+            if parent is None and worse:
+                raise PromotionRejected(f"{agent.name}@{version} is worse than the base model: "
+                                        f"{scores} vs {baseline}", where=f"adapters/{agent.name}")
+            decision = registry.promote(agent.name, version, tolerance=tolerance)
+            promoted = True
+            log(f"promoted {agent.name}@{version}")
+        except PromotionRejected as e:
+            decision = e.details.get("decision") or {"action": "rejected", "reason": e.message}
+            log(f"not promoted: {e.message}")
+    return AgentTrainResult(version, run_dir, card, scores, baseline, promoted, decision)

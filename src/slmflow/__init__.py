@@ -26,7 +26,15 @@ __all__ = [
     "ModelLoadError", "BackendUnavailableError", "ContextLengthError", "GenerationError",
     "ServerError", "ServerUnreachableError", "ServerResponseError", "StructuredOutputError",
     "ToolError", "HandoffError",
+    "trace", "Traced",
+    "Agent", "AgentResult", "tool", "Tool", "ToolResult",
+    "Workflow", "Step", "Parallel", "Branch", "RunResult", "load_workflow",
 ]
+
+_WORKFLOW_API = {"Agent": "agents", "AgentResult": "agents", "tool": "tools", "Tool": "tools",
+                 "ToolResult": "tools", "Workflow": "workflow", "Step": "workflow",
+                 "Parallel": "workflow", "Branch": "workflow", "RunResult": "workflow",
+                 "load_workflow": "workflow"}
 
 
 def model(name: str = "smollm2-135m", **kwargs: Any) -> Model:
@@ -37,8 +45,40 @@ def model(name: str = "smollm2-135m", **kwargs: Any) -> Model:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _WORKFLOW_API:  # agents, tools, workflows: imported on first use
+        import importlib
+
+        return getattr(importlib.import_module(f".{_WORKFLOW_API[name]}", __name__), name)
     if name in ("LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models"):
         from . import models
 
         return getattr(models, name)
+    if name == "trace":  # @slmflow.trace.agent / .tool / .chain
+        from .tracing.decorators import trace
+
+        return trace
+    if name == "Traced":
+        from .tracing.model import Traced
+
+        return Traced
+    if name in ("Index", "Passage", "Passages", "retrieval_tool", "retrieval_step",
+                "RetrievalError"):  # retrieval: torch/usearch load on first use, not here
+        from . import retrieval
+
+        return getattr(retrieval, name)
     raise AttributeError(f"module 'slmflow' has no attribute {name!r}")
+
+
+# ---- evals (appended by the evals issue): lazy, so `import slmflow` stays light ----------------
+_EVALS_API = ("run_suite", "SuiteReport", "compare", "GateResult", "Evaluator", "EvalResult",
+              "run_scenarios")
+__all__ += list(_EVALS_API)
+_getattr_before_evals = __getattr__
+
+
+def __getattr__(name: str) -> Any:  # noqa: F811
+    if name in _EVALS_API:
+        from . import evals
+
+        return getattr(evals, name)
+    return _getattr_before_evals(name)

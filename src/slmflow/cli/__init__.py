@@ -13,11 +13,19 @@ import typer
 
 from ..errors import SlmflowError
 from . import models as _models
+from . import workflow as _workflow
 
 app = typer.Typer(
     name="slmflow", no_args_is_help=True, add_completion=False,
     help="Build, fine-tune, evaluate, trace and improve multi-agent workflows of small models.")
 _models.register(app)
+_workflow.register(app)
+from . import traces as _traces  # noqa: E402
+_traces.register(app)
+from . import index as _index  # noqa: E402
+_index.register(app)
+from . import finetune as _finetune  # noqa: E402
+_finetune.register(app)
 
 
 def main() -> None:
@@ -42,3 +50,7 @@ def main() -> None:
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)
         raise
+from . import evals as _evals  # noqa: E402
+_evals.register(app)
+from . import serve as _serve  # noqa: E402
+_serve.register(app)

@@ -1,0 +1,115 @@
+"""The example's plain-function steps: retrieval (BM25 over kb/*.md), the grounding check, the
+final answer. No model runs here.
+
+Why a pure-Python BM25 behind `search()`: the retrieval layer (embedder, vector store) is a later
+issue; this keeps the example self-contained and fast (the whole knowledge base indexes in about a
+millisecond) and the swap is one function.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+from support_schemas import Answer, AnswerInput, Passage, RetrievalInput, Retrieved
+
+KB = Path(__file__).parent / "kb"
+_STOP = set("a an the and or of to in on for is are was were be it its this that with you your "
+            "we our i my me at by from as can not no do does did has have had if after before "
+            "within when will".split())
+
+
+def tokens(text: str) -> list[str]:
+    return [t for t in re.findall(r"[a-z0-9]+", text.lower()) if t not in _STOP]
+
+
+class BM25:
+    def __init__(self, docs: list[dict[str, str]], k1: float = 1.2, b: float = 0.75) -> None:
+        self.docs = docs
+        self.k1, self.b = k1, b
+        self.tfs = [Counter(tokens(d["title"] + " " + d["text"])) for d in docs]
+        self.lens = [sum(tf.values()) for tf in self.tfs]
+        self.avg = sum(self.lens) / max(1, len(self.lens))
+        df: Counter = Counter()
+        for tf in self.tfs:
+            df.update(tf.keys())
+        n = len(docs)
+        self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
+
+    def search(self, query: str, k: int = 3) -> list[tuple[dict[str, str], float]]:
+        q = tokens(query)
+        scored = []
+        for d, tf, ln in zip(self.docs, self.tfs, self.lens):
+            s = 0.0
+            for t in q:
+                if t in tf:
+                    f = tf[t]
+                    s += self.idf[t] * f * (self.k1 + 1) / (
+                        f + self.k1 * (1 - self.b + self.b * ln / self.avg))
+            if s > 0:
+                scored.append((d, s))
+        scored.sort(key=lambda x: -x[1])
+        return scored[:k]
+
+
+@lru_cache(maxsize=1)
+def index() -> BM25:
+    """One passage per paragraph of every kb/*.md file; id = <file>#<paragraph>."""
+    docs = []
+    for f in sorted(KB.glob("*.md")):
+        title = f.stem.replace("-", " ")
+        paras = [p.strip() for p in f.read_text().split("\n\n") if p.strip()]
+        for i, p in enumerate(paras):
+            lines = [ln for ln in p.splitlines() if not ln.startswith("#")]
+            if p.startswith("# "):
+                title = p.splitlines()[0][2:].strip()
+            text = " ".join(lines).strip()
+            if text:
+                docs.append({"id": f"{f.stem}#{i}", "title": title, "text": text})
+    return BM25(docs)
+
+
+def search(query: str, k: int = 2) -> list[Passage]:
+    """Top-k passages for a query (swap this for the retrieval layer when it lands)."""
+    return [Passage(id=d["id"], title=d["title"], text=d["text"], score=round(s, 3))
+            for d, s in index().search(query, k)]
+
+
+def retrieve(q: RetrievalInput) -> Retrieved:
+    """Retrieval step: the ticket plus the routed category as the query."""
+    passages = search(f"{q.text} {q.category}", k=2)
+    if not passages:  # never hand an empty context on: fall back to the category alone
+        passages = search(q.category, k=1) or search("refund shipping account billing", k=1)
+    return Retrieved(passages=passages)
+
+
+def grounding_check(state: Mapping[str, Any]) -> str | None:
+    """Deterministic verifier half: ids in the ticket appear in the draft, and at least 20% of the
+    draft's content words come from the retrieved passages or the looked-up record. Returns the
+    reason for a rejection, or None."""
+    draft = (state.get("draft") or "").strip()
+    if len(draft) < 10:
+        return "draft is empty or too short"
+    for key in ("order_id", "account_id"):
+        v = state.get(key)
+        if v and v in (state.get("text") or "") and v not in draft:
+            return f"draft does not mention {key} {v}"
+    ctx = set()
+    for p in state.get("passages") or []:
+        ctx |= set(tokens(p["text"]))
+    if isinstance(state.get("lookup"), dict):  # the looked-up record is context too
+        ctx |= set(tokens(" ".join(str(v) for v in state["lookup"].values())))
+    words = set(tokens(draft))
+    overlap = len(words & ctx) / max(1, len(words))
+    if overlap < 0.2:
+        return f"draft is not grounded in the passages (word overlap {overlap:.2f} < 0.20)"
+    return None
+
+
+def compose(a: AnswerInput) -> Answer:
+    """The final answer: the verified draft and the passages it was drafted from."""
+    return Answer(reply=a.draft.strip(), sources=[p.id for p in a.passages])

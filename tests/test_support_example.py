@@ -1,0 +1,164 @@
+"""The reference support pipeline: BM25 retrieval, the full graph on fakes, and end to end on the
+real embedded model (SmolLM2-135M) with invariants that hold whatever the model answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slmflow import FunctionModel
+from slmflow.errors import HandoffError, SlmflowError
+from slmflow.workflow import RunResult, load_workflow
+from slmflow.workflow.report import COLUMNS, step_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "examples" / "support" / "workflow.yaml"
+sys.path.insert(0, str(SPEC.parent))
+
+import support_schemas as S  # noqa: E402
+import support_steps  # noqa: E402
+
+TICKETS = [t.strip() for t in (SPEC.parent / "tickets.txt").read_text().splitlines() if t.strip()]
+KB_IDS = {p.stem for p in (SPEC.parent / "kb").glob("*.md")}
+
+
+def test_bm25_finds_the_right_policy():
+    assert support_steps.search("how do I change my email address")[0].id == "change-email#0"
+    top = support_steps.search("my mug arrived broken, refund please")
+    assert top[0].id.startswith("damaged-items")
+    assert top[0].score >= top[1].score > 0
+    assert support_steps.search("zzzz qqqq") == []
+    r = support_steps.retrieve(S.RetrievalInput(text="zzzz", category="other"))
+    assert r.passages  # never an empty context
+
+
+def test_grounding_check():
+    passages = [p.model_dump() for p in support_steps.search("broken item refund")]
+    state = {"text": "order A-1042 broke", "order_id": "A-1042", "passages": passages,
+             "draft": "Damaged items are refunded in full, including shipping."}
+    assert "does not mention order_id A-1042" in support_steps.grounding_check(state)
+    state["draft"] = "Order A-1042: damaged items are refunded in full, including shipping."
+    assert support_steps.grounding_check(state) is None
+    state["draft"] = "Bananas are yellow and tasty today, friend A-1042."
+    assert "not grounded" in support_steps.grounding_check(state)
+
+
+def _fake(wf, extract_answers, draft):
+    calls = {"n": 0}
+
+    def extract(messages, spec):
+        calls["n"] += 1
+        return extract_answers[min(calls["n"], len(extract_answers)) - 1]
+
+    swaps = {
+        "router": FunctionModel(lambda m, s: {"category": "refund"}, name="fake-router"),
+        "extract": FunctionModel(extract, name="fake-extract"),
+        "reason": FunctionModel(lambda m, s: draft, name="fake-reason"),
+        "verify": FunctionModel(lambda m, s: {"approved": True}, name="fake-verify"),
+    }
+    for step, m in swaps.items():
+        wf = wf.with_agent(step, wf.agents[step].with_model(m).with_fallback(m))
+    return wf
+
+
+def test_full_graph_on_fakes_repairs_extraction_and_answers():
+    wf = _fake(load_workflow(SPEC),
+               [{"order_id": "A-1042", "account_id": "A-1042", "urgent": False},
+                {"order_id": "A-1042", "account_id": None, "urgent": False}],
+               "Order A-1042: damaged items are refunded in full, including shipping.")
+    r = wf.run_sync(TICKETS[0])
+    assert r.status == "ok", r.detail
+    assert r.answer.startswith("Order A-1042")
+    assert r.state["lookup"]["item"] == "ceramic mug set"
+    assert r.state["sources"][0].startswith("damaged-items")
+    rep = [h for h in r.handoffs if h.target == "reason"][0]
+    assert (rep.source, rep.status) == ("extract", "repaired")
+    assert [s.step for s in r.steps] == ["router", "retrieve", "extract", "route", "order_status",
+                                        "extract", "reason", "verify", "answer"]
+
+
+def test_ungrounded_draft_is_rejected_after_escalation():
+    wf = _fake(load_workflow(SPEC), [{"order_id": "A-1042", "account_id": None, "urgent": True}],
+               "I am a helpful assistant.")
+    r = wf.run_sync(TICKETS[0])
+    assert r.status == "rejected" and "does not mention order_id" in r.detail
+    assert [s.escalated for s in r.steps if s.step == "reason"] == [False, True]
+
+
+def test_oversized_ticket_fails_before_any_model_runs():
+    r = load_workflow(SPEC).run_sync("refund " * 400)
+    assert r.status == "failed" and isinstance(r.error, HandoffError)
+    assert r.steps == [] and "at most 2000" in r.detail
+
+
+# ---- the real embedded model -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_wf():
+    pytest.importorskip("llama_cpp")
+    from slmflow.models.catalog import resolve
+
+    resolve("smollm2-135m")  # raises ModelNotFoundError if the embedded model is missing
+    return load_workflow(SPEC)
+
+
+def _check_invariants(r: RunResult) -> None:
+    assert r.status in ("ok", "escalated", "rejected", "failed")
+    if r.status == "failed":
+        assert isinstance(r.error, SlmflowError) and r.detail and r.answer is None
+    else:
+        assert r.error is None
+        assert isinstance(r.answer, str) and r.answer.strip()
+    if r.status in ("ok", "escalated"):
+        assert support_steps.grounding_check(r.state) is None  # the verifier's check held
+    if r.status == "rejected":
+        assert r.detail
+    agent_rows = [s for s in r.steps if s.kind == "agent" and s.status != "failed"]
+    assert agent_rows
+    for s in agent_rows:
+        assert s.model == "smollm2-135m"
+        assert s.usage.input_tokens > 0 and s.usage.output_tokens > 0
+        assert s.confidence is not None and 0 < s.confidence <= 1
+        assert s.latency_s > 0 and s.agent_result is not None
+    # valid types at every edge that was crossed
+    assert S.Route(category=r.state["category"])
+    passages = [S.Passage(**p) for p in r.state["passages"]]
+    assert passages and all(p.id.split("#")[0] in KB_IDS for p in passages)
+    for h in r.handoffs:
+        assert h.status in ("validated", "repaired", "escalated", "failed")
+        if h.target == "reason" and h.status != "failed":
+            S.DraftInput.model_validate({k: r.state.get(k) for k in S.DraftInput.model_fields})
+    rows = step_rows(r)
+    assert rows and all(set(COLUMNS) <= set(row) for row in rows)
+    assert r.model_latency_s <= r.latency_s
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_on_embedded_model(real_wf):
+    r = real_wf.run_sync(TICKETS[0])
+    _check_invariants(r)
+    assert r.state["category"] in ("refund", "shipping", "billing", "account", "other")
+
+
+@pytest.mark.slow
+def test_cli_run_prints_answer_and_table(real_wf):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+    p = subprocess.run([str(Path(sys.executable).parent / "slmflow"), "run", str(SPEC), "--json",
+                        "--input", TICKETS[1]], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode in (0, 1), p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] in ("ok", "escalated", "rejected", "failed")
+    assert (p.returncode == 0) == (out["status"] in ("ok", "escalated"))
+    names = [row["step"] for row in out["steps"]]
+    assert names[:3] == ["router", "retrieve", "extract"]
+    for row in out["steps"]:
+        assert set(COLUMNS) <= set(row)
+    p2 = subprocess.run([str(Path(sys.executable).parent / "slmflow"), "run", str(SPEC), "--input", ""],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert p2.returncode == 1 and "failed" in p2.stdout and "at least 3" in p2.stdout

@@ -101,11 +101,11 @@ def test_swapping_model_touches_nothing_else():
         a.model = m2  # frozen
 
 
-def test_adapter_needs_a_registry_then_is_applied():
+def test_unknown_adapter_is_an_error_then_a_resolver_applies_it():
     base = FunctionModel(lambda m, s: "base", name="base")
     a = Agent("w", base, adapter="support-v1")
-    with pytest.raises(ConfigError, match="no adapter registry"):
-        a.run_sync("x")
+    with pytest.raises(ConfigError, match="no promoted adapter"):
+        a.run_sync("x")  # the default registry has no adapter of that name
 
     class Adapted(WrapperModel):
         def __init__(self, wrapped, adapter):

@@ -499,8 +499,6 @@ def test_reference_workflow_trace_has_workflow_agent_and_handoff_spans(support_t
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="agents.py calls models without tracing.Traced, so no "
-                   "`chat {model}` spans under agents yet (integration left to agents.py)")
 def test_reference_workflow_trace_has_chat_spans_under_agents(support_trace):
     ids = {s["span_id"]: s for s in support_trace}
     chats = [s for s in support_trace if s["operation"] == "chat"]

@@ -49,9 +49,21 @@ def main() -> None:
     ap.add_argument("--out", default="examples/banking77/results.json")
     a = ap.parse_args()
     run = Path(a.run)
-    card = json.loads((run / "card.json").read_text())
+    adapter_dir = run / "adapter"
+    if (run / "card.json").is_file():
+        card = json.loads((run / "card.json").read_text())
+    else:  # an unfinished run: score its last checkpoint, and say so on the card
+        import torch
+
+        adapter_dir = run / "checkpoint" / "adapter"
+        state = torch.load(run / "checkpoint" / "state.pt", weights_only=False)
+        meta = json.loads((run / "run.json").read_text())
+        losses = state["losses"][-20:]
+        card = {"base_model": "smollm2-135m", "data_hash": meta["data_hash"],
+                "config": meta["config"], "n_train": None, "partial": True,
+                "metrics": {"steps": state["step"], "train_loss": sum(losses) / len(losses)}}
     reg = AdapterRegistry()
-    version = reg.register("banking_router", run / "adapter",
+    version = reg.register("banking_router", adapter_dir,
                            {**card, "agent": "banking_router", "schema_hint": False},
                            base_gguf=embedded_gguf_path())
     set_adapter_resolver(reg.resolver())
@@ -59,7 +71,7 @@ def main() -> None:
     agent = Agent(name="banking_router", model="smollm2-135m", instructions=router.INSTRUCTIONS,
                   output_type=router.Route, max_tokens=24)
     results = {"adapter": f"banking_router@{version}", "train_card": card["metrics"],
-               "n_train": card["n_train"]}
+               "n_train": card["n_train"], "partial_run": card.get("partial", False)}
 
     def score(label, ag, cs):
         t0 = time.perf_counter()

@@ -52,8 +52,8 @@ _ADAPTER_RESOLVER: Callable[[Model, str], Model] | None = None
 def set_adapter_resolver(fn: Callable[[Model, str], Model] | None) -> None:
     """Install the function that turns (base model, adapter name) into a model with that adapter.
 
-    The adapter registry (fine-tuning issue) installs itself here; until then an agent that names an
-    adapter fails with a `ConfigError` that says so, instead of silently running the base model.
+    Without one, the default `AdapterRegistry` (under ``$SLMFLOW_HOME/adapters``) resolves names;
+    an unknown adapter is a `ConfigError`, never a silent run of the base model.
     """
     global _ADAPTER_RESOLVER
     _ADAPTER_RESOLVER = fn
@@ -79,10 +79,14 @@ def resolve_model(model: Model | str, adapter: str | None = None, *, where: str 
 
         base = resolve(model)
     if adapter is not None:
-        if _ADAPTER_RESOLVER is None:
-            raise ConfigError(f"adapter {adapter!r} cannot be resolved: no adapter registry is "
-                              "installed (fine-tuning lands it)", where=where)
-        base = _ADAPTER_RESOLVER(base, adapter)
+        resolver = _ADAPTER_RESOLVER
+        if resolver is None:
+            # The default registry ($SLMFLOW_HOME/adapters); imported here, on first use, so
+            # that agents do not depend on the fine-tuning package unless an adapter is named.
+            from .finetune.registry import AdapterRegistry
+
+            resolver = AdapterRegistry().resolver()
+        base = resolver(base, adapter)
     with _MODELS_LOCK:
         return _MODELS.setdefault(key, base)
 
@@ -348,6 +352,9 @@ class Agent:
             model = resolve_model(self.model, self.adapter, where=where)
         else:
             model = resolve_model(self.fallback, self.fallback_adapter, where=where)  # type: ignore[arg-type]
+        from .tracing.model import traced
+
+        model = traced(model)  # a `chat {model}` span under this agent's span
         settings = Settings(max_tokens=self.max_tokens, temperature=self.temperature,
                             stop=self.stop)
         t0 = time.perf_counter()

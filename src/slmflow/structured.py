@@ -20,7 +20,6 @@ and only pass arguments that validate.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
@@ -291,6 +290,3 @@ async def generate_validated(attempt: Attempt, spec: OutputSpec | None,
         + "; ".join(errors2[:5]),
         where=where, text=second.text, errors=errors2, first_errors=errors)
 
-
-def copy_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(schema)

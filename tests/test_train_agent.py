@@ -1,0 +1,73 @@
+"""`slmflow train agent` on the reference pipeline's router: data → adapter → registry → gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [
+    ("My order A-1042 arrived broken, refund please", "refund"),
+    ("I want my money back for the damaged lamp", "refund"),
+    ("Where is my package? It is late", "shipping"),
+    ("My parcel B-77 was lost in delivery", "shipping"),
+    ("I was charged twice this month", "billing"),
+    ("Why did my subscription payment fail?", "billing"),
+    ("I cannot log in to my account", "account"),
+    ("How do I change my email address?", "account"),
+    ("Do you sell gift cards?", "other"),
+    ("What are your opening hours?", "other"),
+]
+HELD_OUT = [("Refund my broken headphones", "refund"), ("My delivery has not arrived", "shipping"),
+            ("Double charge on my card", "billing"), ("Reset my password please", "account")]
+
+
+def _write(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps({"input": {"text": t}, "target": {"category": c}}) + "\n"
+                            for t, c in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_train_agent_cli_registers_and_gates(tmp_path):
+    home = tmp_path / "home"
+    env = {**os.environ, "SLMFLOW_HOME": str(home), "SLMFLOW_TRACING": "off"}
+    exe = str(Path(sys.executable).parent / "slmflow")
+    cmd = [exe, "train", "agent", "router", "--workflow",
+           str(ROOT / "examples/support/workflow.yaml"), "--data", str(_write(tmp_path / "t.jsonl",
+                                                                             TRAIN)),
+           "--eval-data", str(_write(tmp_path / "e.jsonl", HELD_OUT)), "--max-steps", "3",
+           "--batch-size", "4", "--r", "4", "--threads", "1", "--lr", "1e-3"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout[p.stdout.index("{\n"):])
+    assert out["version"] == "v1" and out["metrics"]["steps"] == 3
+    assert set(out["scores"]) == {"accuracy", "ok_rate"} and out["baseline"] is not None
+    d = home / "adapters" / "router" / "v1"
+    card = json.loads((d / "card.json").read_text())
+    assert (d / "adapter.gguf").is_file() and (d / "adapter" / "adapter_config.json").is_file()
+    assert card["schema_hint"] is False and card["eval_scores"]["accuracy"] == out["scores"][
+        "accuracy"]
+    assert card["lineage"]["agent"] == "router" and card["base_model"] == "smollm2-135m"
+    # the gate decided one way or the other, and the registry agrees with the CLI
+    promoted = (home / "adapters" / "router" / "promoted.json").exists()
+    assert promoted == out["promoted"]
+    if out["promoted"]:
+        assert all(out["scores"][k] >= v for k, v in out["baseline"].items())
+    else:
+        assert any(out["scores"][k] < v for k, v in out["baseline"].items())
+
+    listing = subprocess.run([exe, "adapters", "list", "router"], capture_output=True, text=True,
+                             env=env)
+    assert listing.returncode == 0 and "v1" in listing.stdout
+
+    bad = _write(tmp_path / "bad.jsonl", [("hello", "not-a-category")])
+    p = subprocess.run([exe, "train", "agent", "router", "--workflow",
+                        str(ROOT / "examples/support/workflow.yaml"), "--data", str(bad)],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 1 and "do not fit Route" in p.stderr and "Traceback" not in p.stderr

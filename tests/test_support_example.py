@@ -27,7 +27,18 @@ TICKETS = [t.strip() for t in (SPEC.parent / "tickets.txt").read_text().splitlin
 KB_IDS = {p.stem for p in (SPEC.parent / "kb").glob("*.md")}
 
 
-def test_bm25_finds_the_right_policy():
+def test_hybrid_retrieval_finds_the_right_policy():
+    """The example retrieves through slmflow.retrieval (MiniLM + BM25, fused)."""
+    top = support_steps.search("how do I change my email address")
+    assert top[0].id.startswith("change-email#")
+    top = support_steps.search("my mug arrived broken, refund please")
+    assert top[0].id.startswith("damaged-items") or top[1].id.startswith("damaged-items")
+    assert top[0].score >= top[1].score > 0
+    assert all(p.id.split("#")[0] in KB_IDS for p in top)
+
+
+def test_bm25_finds_the_right_policy(monkeypatch):
+    monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
     assert support_steps.search("how do I change my email address")[0].id == "change-email#0"
     top = support_steps.search("my mug arrived broken, refund please")
     assert top[0].id.startswith("damaged-items")
@@ -37,7 +48,8 @@ def test_bm25_finds_the_right_policy():
     assert r.passages  # never an empty context
 
 
-def test_grounding_check():
+def test_grounding_check(monkeypatch):
+    monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
     passages = [p.model_dump() for p in support_steps.search("broken item refund")]
     state = {"text": "order A-1042 broke", "order_id": "A-1042", "passages": passages,
              "draft": "Damaged items are refunded in full, including shipping."}

@@ -1,9 +1,9 @@
-"""The example's plain-function steps: retrieval (BM25 over kb/*.md), the grounding check, the
-final answer. No model runs here.
+"""The example's plain-function steps: retrieval over kb/*.md, the grounding check, the final
+answer. No language model runs here.
 
-Why a pure-Python BM25 behind `search()`: the retrieval layer (embedder, vector store) is a later
-issue; this keeps the example self-contained and fast (the whole knowledge base indexes in about a
-millisecond) and the swap is one function.
+Retrieval goes through slmflow's retrieval layer (hybrid BM25 + MiniLM vectors, passage ids and
+scores carried in the handoff for the verifier). The small pure-Python BM25 below stays as a
+no-dependency fallback (``SUPPORT_RETRIEVAL=bm25``) and as the reference the tests compare with.
 """
 
 from __future__ import annotations
@@ -73,10 +73,29 @@ def index() -> BM25:
     return BM25(docs)
 
 
+@lru_cache(maxsize=1)
+def kb_index() -> Any:
+    """The knowledge base in slmflow's retrieval index (MiniLM embeddings + BM25, hybrid search);
+    built once under $SLMFLOW_HOME/indexes, re-embedding only files that changed."""
+    from slmflow.retrieval import Index
+
+    ix = Index("support-kb")
+    ix.add([KB])
+    return ix
+
+
 def search(query: str, k: int = 2) -> list[Passage]:
-    """Top-k passages for a query (swap this for the retrieval layer when it lands)."""
-    return [Passage(id=d["id"], title=d["title"], text=d["text"], score=round(s, 3))
-            for d, s in index().search(query, k)]
+    """Top-k passages for a query: hybrid (BM25 + vector, reciprocal-rank fusion) search over the
+    knowledge base, passage ids and scores carried on. ``SUPPORT_RETRIEVAL=bm25`` uses the
+    in-file BM25 above instead (no embedding model to load)."""
+    import os
+
+    if os.environ.get("SUPPORT_RETRIEVAL") == "bm25":
+        return [Passage(id=d["id"], title=d["title"], text=d["text"], score=round(s, 3))
+                for d, s in index().search(query, k)]
+    hits = kb_index().search(query, k, mode="hybrid").passages
+    return [Passage(id=f"{Path(h.source).stem}#{h.position}", title=Path(h.source).stem
+                    .replace("-", " "), text=h.text, score=round(h.score, 4)) for h in hits]
 
 
 def retrieve(q: RetrievalInput) -> Retrieved:

@@ -73,7 +73,7 @@ def generate_cmd(
 
 
 def demo_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m")) -> None:
-    """The main job on the embedded model: typed fields from support tickets, no server."""
+    """The main job on the embedded model: the reference support workflow on sample tickets."""
     from ..demo import run_demo
 
     run_demo(model)

@@ -82,3 +82,22 @@ def __getattr__(name: str) -> Any:  # noqa: F811
 
         return getattr(evals, name)
     return _getattr_before_evals(name)
+
+
+# ---- gateway, guardrails, call-log store (issue 8/9): imported on first use ----------------------
+_GATEWAY_API = {"Gateway": "gateway", "GatewayConfig": "gateway", "Guarded": "guardrails",
+                "GuardPolicy": "guardrails", "GuardrailViolation": "guardrails",
+                "detect_pii": "guardrails", "redact_pii": "guardrails",
+                "toxicity": "guardrails", "injection": "guardrails",
+                "open_call_log": "store", "CallRecord": "store", "CallLogging": "store",
+                "record_agent_result": "store"}
+__all__ += list(_GATEWAY_API)
+_getattr_before_gateway = __getattr__
+
+
+def __getattr__(name: str) -> Any:  # noqa: F811 - extends the lazy table above
+    if name in _GATEWAY_API:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_GATEWAY_API[name]}", __name__), name)
+    return _getattr_before_gateway(name)

@@ -1,0 +1,219 @@
+"""Gateway benchmark: added latency over a direct backend call, requests/s at 1/16/64 concurrent
+clients, side by side with the LiteLLM proxy in front of the same backend, cache-hit latency, and
+a count of call-log records (none may be lost).
+
+Backend: llama.cpp's OpenAI server (``python -m llama_cpp.server``) on the embedded SmolLM2-135M.
+In front of it, in the same run: the slmflow gateway (guardrails on, auth on, call log on) and the
+LiteLLM proxy (installed in its own venv, ``.bench/venv-litellm``; skipped with a note if absent).
+
+    .venv/bin/python bench/gateway.py [--requests 64] [--max-tokens 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SLMFLOW_TRACING", "off")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str, proc: subprocess.Popen | None, timeout: float = 120,
+            headers: dict | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2, headers=headers).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up in {timeout} s")
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+async def load(url: str, model: str, n: int, conc: int, max_tokens: int, key: str,
+               same_prompt: bool = False, logprobs: bool = False) -> dict:
+    lat: list[float] = []
+    errors = 0
+    sem = asyncio.Semaphore(conc)
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=conc + 4)) as c:
+        async def one(i: int) -> None:
+            nonlocal errors
+            body = {"model": model, "max_tokens": max_tokens, "temperature": 0,
+                    "messages": [{"role": "user", "content": "Say hello." if same_prompt
+                                  else f"Say hello to customer number {i}."}]}
+            if logprobs:  # what the gateway's backend call asks for (confidence)
+                body.update(logprobs=True, top_logprobs=1)
+            async with sem:
+                t0 = time.perf_counter()
+                r = await c.post(f"{url}/chat/completions", json=body,
+                                 headers={"Authorization": f"Bearer {key}"})
+                dt = time.perf_counter() - t0
+            if r.status_code == 200:
+                lat.append(dt)
+            else:
+                errors += 1
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    return {"n": n, "concurrency": conc, "ok": len(lat), "errors": errors,
+            "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
+            "rps": len(lat) / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    ap.add_argument("--max-tokens", type=int, default=4)
+    ap.add_argument("--levels", default="1,16,64")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+
+    from slmflow.gateway.app import Gateway
+    from slmflow.gateway.auth import hash_key
+    from slmflow.gateway.config import GatewayConfig
+    from slmflow.gateway.server import GatewayServer
+    from slmflow.models.catalog import embedded_gguf_path
+    from slmflow.store import open_call_log
+
+    tmp = Path(tempfile.mkdtemp(prefix="slmflow-bench-gw-"))
+    os.environ.setdefault("SLMFLOW_HOME", str(tmp / "home"))
+    procs: list[subprocess.Popen] = []
+    results: dict = {"levels": {}, "notes": []}
+    try:
+        bport = free_port()
+        backend = f"http://127.0.0.1:{bport}/v1"
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
+             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(bport),
+             "--n_ctx", "2048", "--n_threads", "2"],
+            stdout=open(tmp / "llama.log", "w"), stderr=subprocess.STDOUT))
+        wait_up(f"{backend}/models", procs[-1])
+
+        litellm = ROOT / ".bench" / "venv-litellm" / "bin" / "litellm"
+        lurl = None
+        if litellm.exists():
+            lport = free_port()
+            (tmp / "litellm.yaml").write_text(
+                "model_list:\n  - model_name: smollm2\n    litellm_params:\n"
+                f"      model: openai/smollm2\n      api_base: {backend}\n"
+                "      api_key: none\n")
+            env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                   "DISABLE_SCHEMA_UPDATE": "true", "LITELLM_MASTER_KEY": "sk-bench"}
+            procs.append(subprocess.Popen(
+                [str(litellm), "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1",
+                 "--port", str(lport), "--num_workers", "1"], env=env,
+                stdout=open(tmp / "litellm.log", "w"), stderr=subprocess.STDOUT))
+            try:
+                wait_up(f"http://127.0.0.1:{lport}/health/liveliness", procs[-1], timeout=180)
+                lurl = f"http://127.0.0.1:{lport}/v1"
+            except RuntimeError as e:
+                results["notes"].append(f"LiteLLM proxy did not start: {e}; see litellm.log")
+        else:
+            results["notes"].append("LiteLLM proxy not installed in .bench/venv-litellm: "
+                                    "compared with the direct call only")
+
+        call_log = f"sqlite:///{tmp / 'calls.db'}"
+        cfg = GatewayConfig.model_validate({
+            "call_log": call_log,
+            "models": {"smollm2": {"model": f"openai:smollm2@{backend}", "cache_ttl_s": 0},
+                       "smollm2-cached": {"model": f"openai:smollm2@{backend}"}},
+            "auth": {"keys": [{"name": "bench", "sha256": hash_key("sk-bench")}]}})
+        gw = Gateway(cfg)
+        server = GatewayServer(gw).start()
+        gurl = server.url
+
+        # (url, model, logprobs): the gateway asks the backend for logprobs (its confidence),
+        # so the direct call and LiteLLM are measured both ways, to compare equal backend work.
+        targets = {"direct": (backend, "smollm2", False), "direct+lp": (backend, "smollm2", True),
+                   "slmflow": (gurl, "smollm2", False)}
+        if lurl:
+            targets["litellm"] = (lurl, "smollm2", False)
+            targets["litellm+lp"] = (lurl, "smollm2", True)
+        # warm-up
+        for name, (url, model, lp) in targets.items():
+            asyncio.run(load(url, model, 4, 1, args.max_tokens, "sk-bench", logprobs=lp))
+        gateway_requests = 4
+        for conc in levels:
+            row = {}
+            for name, (url, model, lp) in targets.items():
+                n = max(args.requests, conc) if conc > 1 else min(args.requests, 32)
+                row[name] = asyncio.run(load(url, model, n, conc, args.max_tokens, "sk-bench",
+                                             logprobs=lp))
+                if name == "slmflow":
+                    gateway_requests += n
+                print(f"c={conc:<3} {name:<10} p50 {row[name]['p50_ms']:7.1f} ms  "
+                      f"p99 {row[name]['p99_ms']:7.1f} ms  {row[name]['rps']:6.2f} req/s  "
+                      f"errors {row[name]['errors']}", flush=True)
+            results["levels"][conc] = row
+        one = results["levels"].get(1)
+        if one:
+            for name, base in (("slmflow", "direct+lp"), ("litellm", "direct"),
+                               ("litellm+lp", "direct+lp")):
+                if name in one:
+                    results[f"added_{name}_p50_ms"] = one[name]["p50_ms"] - one[base]["p50_ms"]
+                    results[f"added_{name}_p99_ms"] = one[name]["p99_ms"] - one[base]["p99_ms"]
+        # cache hits: one miss, then hits
+        asyncio.run(load(gurl, "smollm2-cached", 1, 1, args.max_tokens, "sk-bench", True))
+        hit = asyncio.run(load(gurl, "smollm2-cached", 50, 1, args.max_tokens, "sk-bench", True))
+        gateway_requests += 51
+        results["cache_hit"] = hit
+        print(f"cache hit      p50 {hit['p50_ms']:7.2f} ms  p99 {hit['p99_ms']:7.2f} ms",
+              flush=True)
+        server.stop()  # drains the call log
+        log = open_call_log(call_log)
+        logged = log.count()
+        results["call_log"] = {"requests_sent": gateway_requests, "records": logged,
+                               "lost": gateway_requests - logged}
+        print(f"call log: {gateway_requests} requests through the gateway, {logged} records, "
+              f"{gateway_requests - logged} lost", flush=True)
+        for k in [k for k in results if k.startswith("added_")]:
+            if k in results:
+                print(f"{k}: {results[k]:.1f}")
+        for n in results["notes"]:
+            print("note:", n)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

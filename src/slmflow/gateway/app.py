@@ -1,0 +1,748 @@
+"""The OpenAI-compatible gateway: a FastAPI app over models, agents and workflows.
+
+Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
+``POST /v1/workflows/{name}/runs``, ``POST /v1/feedback``, ``GET /v1/calls/{id}``, ``GET /healthz``,
+``GET /metrics`` (Prometheus), ``GET /openapi.json``.
+
+A request goes: body-size limit → JSON validation (400 on any error, OpenAI error body) → API key
+(401) → allowed model (403) → rate limit and token budget (429) → the target:
+
+* a model: ``Cached(Guarded(Resilient(Escalating(slm, strong))))``, each layer optional;
+* an agent (``<workflow>.<agent>``) or a workflow: input guardrails, ``agent.run`` /
+  ``workflow.run`` under the request timeout, output guardrails.
+
+Every request, failed ones included, is queued to the call log (the background writer batches
+and never drops; PII redacted unless ``guardrails.log_pii``); every agent call of a workflow run
+is logged too, with the run id and trace id. Streaming: the answer is generated first (the
+`Model` interface returns whole answers) and then sent as SSE chunks, so the call log and the
+cache see the complete answer even if the client disconnects mid-stream.
+
+Errors never leak a traceback: every exception maps to an OpenAI-style body
+``{"error": {"message", "type", "param", "code"}}``; an unexpected one is a 500 with a reference id
+(logged server-side with its traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import tracing
+from ..errors import (ConfigError, ContextLengthError, HandoffError, ModelError,
+                      ModelNotFoundError, ServerError, ServerUnreachableError, SlmflowError,
+                      StructuredOutputError, ToolError)
+from ..guardrails import (GuardPolicy, Guarded, GuardrailViolation, check_text,
+                          collect_decisions, redact_pii)
+from ..models.base import Model
+from ..store.calllog import (CallLog, CallLogWriter, CallRecord, Example, _cost, _value,
+                             open_call_log, record_agent_result)
+from ..types import Message, Settings, Usage
+from .auth import Authenticator, KeyInfo, RateLimiter, TokenBudget
+from .config import GatewayConfig
+from .metrics import Metrics
+from .wrappers import (BackendTimeoutError, Cached, CircuitBreaker, CircuitOpenError, Escalating,
+                       RequestInfo, Resilient, set_info)
+
+log = logging.getLogger("slmflow.gateway")
+
+__all__ = ["Gateway", "create_app", "ApiError"]
+
+
+# ---- wire format -------------------------------------------------------------------------------
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Wire):
+    type: str = Field(max_length=64)
+    text: Optional[str] = None
+
+
+class ChatMessage(_Wire):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[ContentPart], None] = None
+    name: Optional[str] = Field(None, max_length=256)
+    tool_call_id: Optional[str] = Field(None, max_length=256)
+
+
+class ResponseFormat(_Wire):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: Optional[dict[str, Any]] = None
+
+
+class StreamOptions(_Wire):
+    include_usage: bool = False
+
+
+class ChatRequest(_Wire):
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=512)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, ge=0, le=1)
+    seed: Optional[int] = Field(None, ge=-(2 ** 31), le=2 ** 31 - 1)
+    stop: Union[str, list[str], None] = None
+    n: Optional[int] = Field(None, ge=1, le=1)
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    response_format: Optional[ResponseFormat] = None
+    user: Optional[str] = Field(None, max_length=256)
+
+
+class Choice(BaseModel):
+    index: int
+    message: dict[str, Any]
+    finish_reason: str
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: ChatUsage
+    slmflow: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class RunRequest(_Wire):
+    input: Any = Field(..., description="the workflow's input: text or a JSON object")
+
+
+class RunStep(BaseModel):
+    step: str
+    kind: str
+    status: str
+    model: str
+    latency_ms: float
+    confidence: Optional[float] = None
+    escalated: bool = False
+    call_id: Optional[str] = None
+
+
+class RunResponse(BaseModel):
+    id: str
+    object: Literal["workflow.run"] = "workflow.run"
+    workflow: str
+    status: str
+    answer: Any = None
+    detail: str = ""
+    steps: list[RunStep]
+    usage: ChatUsage
+    latency_ms: float
+    trace_id: Optional[str] = None
+
+
+class FeedbackRequest(_Wire):
+    call_id: Optional[str] = Field(None, max_length=64)
+    run_id: Optional[str] = Field(None, max_length=64)
+    thumbs: Optional[Literal["up", "down"]] = None
+    label: Optional[str] = Field(None, max_length=256)
+    correction: Any = None
+    by: Optional[str] = Field(None, max_length=256)
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    object: Literal["feedback"] = "feedback"
+    call_id: Optional[str] = None
+    run_id: Optional[str] = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+_ERRORS = {s: {"model": ErrorBody, "description": d} for s, d in [
+    (400, "invalid request"), (401, "missing or invalid API key"),
+    (403, "the key may not use this model"), (404, "unknown model, workflow or id"),
+    (413, "request body too large"), (429, "rate limit or token budget exceeded"),
+    (500, "internal error (a reference id, never a traceback)"),
+    (503, "backend unavailable"), (504, "backend timeout")]}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.code, self.param, self.headers = code, param, headers
+
+
+def map_error(e: BaseException) -> ApiError:
+    """Our exception tree → HTTP status and OpenAI error type/code."""
+    if isinstance(e, ApiError):
+        return e
+    msg = getattr(e, "message", None) or str(e) or type(e).__name__
+    if isinstance(e, GuardrailViolation):
+        return ApiError(400, msg, "invalid_request_error", "content_policy_violation",
+                        f"guardrail.{e.stage}.{e.check}")
+    if isinstance(e, ContextLengthError):
+        return ApiError(400, msg, "invalid_request_error", "context_length_exceeded", "messages")
+    if isinstance(e, HandoffError):
+        return ApiError(400, msg, "invalid_request_error", "invalid_input", "input")
+    if isinstance(e, CircuitOpenError):
+        ra = int(e.details.get("retry_after") or 1) + 1
+        return ApiError(503, msg, "server_error", "backend_unavailable",
+                        headers={"Retry-After": str(ra)})
+    if isinstance(e, (BackendTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return ApiError(504, msg if isinstance(e, SlmflowError) else "the backend timed out",
+                        "server_error", "backend_timeout")
+    if isinstance(e, ServerUnreachableError):
+        return ApiError(503, msg, "server_error", "backend_unavailable")
+    if isinstance(e, ModelNotFoundError):
+        return ApiError(503, msg, "server_error", "model_unavailable")
+    if isinstance(e, (ServerError, ModelError, StructuredOutputError, ToolError)):
+        return ApiError(503, msg, "server_error", "backend_error")
+    if isinstance(e, ConfigError):
+        return ApiError(400, msg, "invalid_request_error", "invalid_request")
+    ref = uuid.uuid4().hex[:12]
+    log.error("unexpected error (ref %s)", ref, exc_info=e)
+    return ApiError(500, f"internal error (reference {ref})", "server_error", "internal_error")
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.text or "" for p in content if p.type in ("text", "input_text"))
+
+
+def _answer_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "model_dump_json"):
+        return value.model_dump_json()
+    if hasattr(value, "value") and hasattr(value, "error"):  # a ToolResult
+        value = value.value
+    try:
+        return json.dumps(_value(value), default=str, ensure_ascii=False)
+    except Exception:
+        return str(value)
+
+
+# ---- targets -----------------------------------------------------------------------------------
+
+class Target:
+    def __init__(self, name: str, kind: str, *, model: Model | None = None, workflow: Any = None,
+                 agent: Any = None, base: Model | None = None, timeout_s: float | None = None,
+                 description: str = "") -> None:
+        self.name, self.kind = name, kind
+        self.model, self.workflow, self.agent, self.base = model, workflow, agent, base
+        self.timeout_s = timeout_s
+        self.description = description
+
+
+# ---- the gateway -----------------------------------------------------------------------------------
+
+class Gateway:
+    """Builds the model stacks from the config and serves them (``gateway.app``).
+
+    models / workflows: ready objects by name, used instead of (or besides) the config's entries
+    (tests inject `FunctionModel`s this way). embed: the semantic cache's ``list[str] -> vectors``
+    (default: the retrieval package's MiniLM, loaded only if the semantic cache is on).
+    """
+
+    def __init__(self, config: GatewayConfig | None = None, *,
+                 models: dict[str, Model] | None = None, workflows: dict[str, Any] | None = None,
+                 embed: Any = None, call_log: CallLog | str | None = None) -> None:
+        self.config = cfg = config or GatewayConfig()
+        if cfg.prices:
+            from ..tracing.cost import configure_prices
+
+            configure_prices(cfg.resolve_path(cfg.prices))
+        log_ = call_log if isinstance(call_log, CallLog) else open_call_log(call_log or
+                                                                            cfg.call_log)
+        self.call_log = log_
+        self.writer = CallLogWriter(log_)
+        self.metrics = Metrics()
+        self.auth = Authenticator(log_, cfg.auth.keys) if cfg.auth.enabled else None
+        self.limiter = RateLimiter()
+        self.budget = TokenBudget(log_)
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.caches: dict[str, Cached] = {}
+        g = cfg.guardrails
+        self.in_policy = GuardPolicy(**g.input.model_dump()) if g.enabled else None
+        self.out_policy = GuardPolicy(**g.output.model_dump()) if g.enabled else None
+        self._embed = embed
+        self.targets: dict[str, Target] = {}
+        self._base: dict[str, Model] = {}
+        self._build_models(models or {})
+        self._build_workflows(workflows or {})
+        self.started = time.time()
+        self._register_gauges()
+        self.app = self._make_app()
+
+    # -- building ----------------------------------------------------------------------------------
+    def _base_model(self, name: str, injected: dict[str, Model]) -> Model:
+        if name in self._base:
+            return self._base[name]
+        if name in injected:
+            m = injected[name]
+        else:
+            from ..models.catalog import resolve
+
+            mc = self.config.models[name]
+            kwargs = {"pool_size": mc.pool_size} if mc.pool_size > 1 else {}
+            try:
+                m = resolve(mc.model, **kwargs)
+            except TypeError:
+                m = resolve(mc.model)
+        self._base[name] = m
+        return m
+
+    def _embedder(self) -> Any:
+        if self._embed is not None:
+            return self._embed
+        from ..retrieval.embedder import resolve_embedder
+
+        emb = resolve_embedder(self.config.cache.embedder)
+        return emb.embed
+
+    def _on_escalation(self, name: str):
+        def record(messages: Any, weak: Any, strong: Any, reason: str) -> None:
+            msgs = [{"role": m.role, "content": m.content} for m in _as_msgs(messages)]
+            inp, out = msgs, strong.text
+            if not self.config.guardrails.log_pii:
+                inp, out = _redact(inp), _redact(out)
+            self.writer.submit(Example(
+                agent=name, input=inp, output=out,
+                source_model=weak.model.identity if weak else self._base[name].info.identity,
+                target_model=strong.model.identity, reason=reason,
+                confidence=weak.confidence if weak else None))
+            self.metrics.inc("escalations", model=name, help="Answers escalated to a "
+                             "stronger model.")
+        return record
+
+    def _build_models(self, injected: dict[str, Model]) -> None:
+        cfg = self.config
+        from .config import ModelCfg
+
+        names = list(dict.fromkeys(list(cfg.models) + list(injected)))
+        for name in names:
+            mc = cfg.models.get(name) or ModelCfg()
+            base = self._base_model(name, injected)
+            m: Model = base
+            if mc.escalate_to:
+                strong = Resilient(self._base_model(mc.escalate_to, injected),
+                                   timeout_s=cfg.models[mc.escalate_to].timeout_s or
+                                   cfg.limits.request_timeout_s,
+                                   breaker=self._breaker(mc.escalate_to))
+                m = Escalating(Resilient(base, timeout_s=mc.timeout_s or
+                                         cfg.limits.request_timeout_s,
+                                         breaker=self._breaker(name)),
+                               strong, threshold=mc.confidence_threshold,
+                               on_escalation=self._on_escalation(name))
+            else:
+                m = Resilient(base, timeout_s=mc.timeout_s or cfg.limits.request_timeout_s,
+                              breaker=self._breaker(name))
+            if self.in_policy is not None:
+                m = Guarded(m, input=self.in_policy, output=self.out_policy)
+            ttl = mc.cache_ttl_s if mc.cache_ttl_s is not None else cfg.cache.ttl_s
+            if cfg.cache.enabled and ttl > 0:
+                m = Cached(m, ttl_s=ttl, max_entries=cfg.cache.max_entries,
+                           embed=self._embedder() if cfg.cache.semantic else None,
+                           threshold=cfg.cache.threshold)
+                self.caches[name] = m  # type: ignore[assignment]
+            self.targets[name] = Target(name, "model", model=m, base=base,
+                                        description=mc.description or mc.model)
+
+    def _breaker(self, name: str) -> CircuitBreaker:
+        lim = self.config.limits
+        return self.breakers.setdefault(name, CircuitBreaker(lim.breaker_failures,
+                                                             lim.breaker_reset_s))
+
+    def _build_workflows(self, injected: dict[str, Any]) -> None:
+        cfg = self.config
+        wfs: dict[str, tuple[Any, Any]] = {}
+        for name, wc in cfg.workflows.items():
+            from ..workflow import load_workflow
+
+            wfs[name] = (load_workflow(cfg.resolve_path(wc.path), fallback=wc.fallback,
+                                       model=wc.model), wc)
+        for name, wf in injected.items():
+            wfs[name] = (wf, None)
+        for name, (wf, wc) in wfs.items():
+            timeout = (wc.timeout_s if wc and wc.timeout_s else cfg.limits.request_timeout_s)
+            self.targets[name] = Target(name, "workflow", workflow=wf, timeout_s=timeout,
+                                        description=getattr(wf, "description", ""))
+            if wc is None or wc.expose_agents:
+                for aname, agent in wf.agents.items():
+                    self.targets[f"{name}.{aname}"] = Target(
+                        f"{name}.{aname}", "agent", agent=agent, workflow=wf, timeout_s=timeout)
+
+    def _register_gauges(self) -> None:
+        w = self.writer
+        self.metrics.gauge("calllog_records", lambda: {
+            (("state", "submitted"),): w.submitted, (("state", "written"),): w.written,
+            (("state", "pending"),): w.pending}, "Call-log records by state.")
+        self.metrics.gauge("calllog_failed_batches", lambda: {(): w.failed_batches},
+                           "Call-log batch writes that failed and were retried.")
+        self.metrics.gauge("circuit_open", lambda: {
+            (("model", n),): float(b.state != "closed") for n, b in self.breakers.items()},
+            "1 while a backend's circuit breaker is open.")
+        self.metrics.gauge("cache_entries", lambda: {
+            (("model", n),): len(c._exact) for n, c in self.caches.items()},
+            "Entries in the exact-match response cache.")
+
+    async def startup(self) -> None:
+        """Load every local model's weights now rather than on the first request."""
+        for m in self._base.values():
+            load = getattr(m, "load", None)
+            if callable(load):
+                await asyncio.to_thread(load)
+
+    async def shutdown(self) -> None:
+        await asyncio.to_thread(self.writer.close, 60.0)
+
+    # -- request handling helpers ------------------------------------------------------------------
+    def authenticate(self, request: Any) -> KeyInfo | None:
+        if self.auth is None:
+            return None
+        h = request.headers.get("authorization", "")
+        scheme, _, token = h.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
+                           "invalid_request_error", "missing_api_key")
+        info = self.auth.lookup(token)
+        if info is None:
+            raise ApiError(401, "invalid API key", "invalid_request_error", "invalid_api_key")
+        return info
+
+    def admit(self, key: KeyInfo | None, model: str) -> None:
+        if key is None:
+            return
+        if not key.allows(model):
+            raise ApiError(403, f"the key {key.name!r} may not use {model!r}",
+                           "permission_error", "model_not_allowed", "model")
+        wait = self.limiter.take(key.name, key.rpm)
+        if wait > 0:
+            raise ApiError(429, f"rate limit of {key.rpm} requests per minute reached for key "
+                           f"{key.name!r}; retry in {wait:.1f} s", "rate_limit_error",
+                           "rate_limit_exceeded", headers={"Retry-After": str(int(wait) + 1)})
+        if key.tokens_per_day is not None and self.budget.used(key.name) >= key.tokens_per_day:
+            raise ApiError(429, f"the daily token budget of key {key.name!r} "
+                           f"({key.tokens_per_day}) is spent", "insufficient_quota",
+                           "insufficient_quota")
+
+    def target(self, name: str) -> Target:
+        t = self.targets.get(name)
+        if t is None and self.config.expose_catalog:
+            from ..models.catalog import CATALOG
+
+            if name in CATALOG:
+                base = self._base_model(name, {})
+                self.targets[name] = t = Target(name, "model", model=Resilient(
+                    base, timeout_s=self.config.limits.request_timeout_s,
+                    breaker=self._breaker(name)), base=base)
+        if t is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self.targets), n=1)
+            raise ApiError(404, f"the model {name!r} does not exist"
+                           + (f"; did you mean {close[0]!r}?" if close else ""),
+                           "invalid_request_error", "model_not_found", "model")
+        return t
+
+    def _log_redact(self, v: Any) -> Any:
+        return v if self.config.guardrails.log_pii else _redact(v)
+
+    def _guard_text(self, text: str, stage: str, decisions: list) -> str:
+        pol = self.in_policy if stage == "input" else self.out_policy
+        if pol is None:
+            return text
+        out, ds = check_text(text, pol, stage, check_injection=stage == "input")
+        decisions.extend(ds)
+        for d in ds:
+            if d.action == "block":
+                raise GuardrailViolation(f"the {stage} was blocked by the {d.check} check"
+                                         + (f" ({d.detail})" if d.detail else ""),
+                                         stage=stage, check=d.check, score=d.score)
+        return out
+
+    # -- the three kinds of target ---------------------------------------------------------------
+    async def run_chat(self, req: ChatRequest, key: KeyInfo | None) -> tuple[dict, CallRecord]:
+        """Run a chat completion; returns (the response body, its call record)."""
+        t = self.target(req.model)
+        self.admit(key, req.model)
+        msgs = [Message("system" if m.role == "developer" else m.role, _text(m.content),
+                        name=m.name, tool_call_id=m.tool_call_id) for m in req.messages]
+        lim = self.config.limits
+        max_tokens = min(req.max_completion_tokens or req.max_tokens or 256, lim.max_tokens)
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())[:4]
+        settings = Settings(max_tokens=max_tokens, temperature=req.temperature or 0.0,
+                            top_p=req.top_p if req.top_p is not None else 1.0,
+                            seed=req.seed if req.seed is not None else 0, stop=stop)
+        schema = None
+        rf = req.response_format
+        if rf is not None and rf.type == "json_object":
+            schema = {"type": "object"}
+        elif rf is not None and rf.type == "json_schema":
+            js = rf.json_schema or {}
+            schema = js.get("schema") if isinstance(js.get("schema"), dict) else None
+            if schema is None:
+                raise ApiError(400, "response_format.json_schema.schema must be an object",
+                               param="response_format.json_schema.schema")
+        info = RequestInfo()
+        token = set_info(info)
+        t0 = time.perf_counter()
+        rec = CallRecord(kind=t.kind, key_name=key.name if key else None,
+                         input=self._log_redact([{"role": m.role, "content": m.content}
+                                                 for m in msgs]),
+                         meta={"target": t.name, "stream": bool(req.stream)})
+        decisions: list = []
+        try:
+            with tracing.span("gateway", "chat.completions", attributes={
+                    "slmflow.gateway.target": t.name, "slmflow.gateway.key":
+                    key.name if key else None}) as sp, collect_decisions() as decisions:
+                rec.trace_id = tracing.current_trace_id() or uuid.uuid4().hex
+                if t.kind == "model":
+                    r = await t.model.generate(msgs, schema=schema, settings=settings)
+                    text, usage, conf = r.text, r.usage, r.confidence
+                    finish = r.finish_reason or "stop"
+                    rec.model, rec.adapter = r.model.identity, r.model.adapter
+                    rec.confidence = conf
+                    rec.cost_usd = (None if info.cache in ("hit", "semantic")
+                                    else _cost(r.model, r.usage, r.latency_s))
+                    rec.output = self._log_redact(r.text if r.parsed is None else
+                                                  _value(r.parsed))
+                else:
+                    user = next((m.content for m in reversed(msgs) if m.role == "user"), "")
+                    user = self._guard_text(user, "input", decisions)
+                    value: Any = user
+                    if user.strip().startswith("{"):
+                        try:
+                            value = json.loads(user)
+                        except ValueError:
+                            pass
+                    if t.kind == "agent":
+                        res = await asyncio.wait_for(t.agent.run(value), t.timeout_s)
+                        text = _answer_text(res.output)
+                        text = self._guard_text(text, "output", decisions)
+                        usage, conf, finish = res.usage, res.confidence, "stop"
+                        rec.model, rec.adapter = res.model.identity, res.model.adapter
+                        rec.agent, rec.confidence = res.agent, conf
+                        rec.escalated = res.escalated
+                        rec.escalation_reason = res.escalation_reason
+                        rec.cost_usd = _cost(res.model, res.usage, res.latency_s)
+                        rec.output = self._log_redact(_value(res.output))
+                        if res.escalated:
+                            info.escalated = True
+                            info.escalation_reason = res.escalation_reason
+                    else:
+                        rr, run_id = await self._run_workflow(t, value, key, rec.trace_id)
+                        if rr.error is not None:
+                            raise rr.error
+                        text = _answer_text(rr.answer)
+                        text = self._guard_text(text, "output", decisions)
+                        usage, conf, finish = rr.usage, None, "stop"
+                        rec.run_id, rec.workflow = run_id, t.name
+                        rec.output = self._log_redact(_value(rr.answer))
+                        rec.status = rr.status
+                        rec.escalated = bool(rr.escalations)
+                        # agent records carry the tokens; this one would double-count them
+                        rec.meta["usage"] = {"input_tokens": usage.input_tokens,
+                                             "output_tokens": usage.output_tokens}
+                tracing.set_attributes(sp, {"slmflow.cache": info.cache,
+                                            "slmflow.escalated": info.escalated or None})
+        except BaseException as e:
+            rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
+            rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
+            rec.latency_s = time.perf_counter() - t0
+            rec.meta["guardrails"] = [d.as_dict() for d in decisions if d.action != "pass"]
+            self._finish(rec, t.name)
+            raise
+        finally:
+            from .wrappers import _INFO
+
+            _INFO.reset(token)
+        rec.latency_s = time.perf_counter() - t0
+        rec.cache = info.cache
+        if t.kind == "model":
+            rec.input_tokens, rec.output_tokens = usage.input_tokens, usage.output_tokens
+            rec.escalated = info.escalated
+            rec.escalation_reason = info.escalation_reason
+            if info.escalated:
+                rec.meta["primary"] = {"model": info.primary_model,
+                                       "confidence": info.primary_confidence}
+        shown = [d.as_dict() for d in decisions if d.action != "pass"]
+        if shown:
+            rec.meta["guardrails"] = shown
+        self._finish(rec, t.name, usage=usage)
+        if key is not None:
+            self.budget.add(key.name, usage.total_tokens)
+        body = {
+            "id": f"chatcmpl-{rec.id}", "object": "chat.completion", "created": int(rec.ts),
+            "model": t.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "length" if finish == "length" else "stop"}],
+            "usage": {"prompt_tokens": usage.input_tokens,
+                      "completion_tokens": usage.output_tokens,
+                      "total_tokens": usage.total_tokens},
+            "slmflow": {"call_id": rec.id, "trace_id": rec.trace_id, "cache": info.cache,
+                        "confidence": conf, "escalated": bool(rec.escalated),
+                        "model": rec.model, "run_id": rec.run_id, "guardrails": shown},
+        }
+        return body, rec
+
+    async def _run_workflow(self, t: Target, value: Any, key: KeyInfo | None,
+                            trace_id: str | None) -> tuple[Any, str]:
+        run_id = uuid.uuid4().hex
+        rr = await asyncio.wait_for(t.workflow.run(value), t.timeout_s)
+        for s in rr.steps:
+            if s.agent_result is not None:
+                rec = record_agent_result(s.agent_result, s.input, run_id=run_id,
+                                          trace_id=trace_id, key=key.name if key else None,
+                                          workflow=t.name, writer=self.writer,
+                                          redact=None if self.config.guardrails.log_pii
+                                          else _redact, meta={"step": s.step})
+                s.__dict__["_call_id"] = rec.id
+                self.metrics.inc("agent_calls", agent=s.agent_result.agent,
+                                 help="Agent calls inside workflow runs.")
+        return rr, run_id
+
+    async def run_workflow(self, name: str, value: Any, key: KeyInfo | None) -> dict:
+        t = self.targets.get(name)
+        if t is None or t.kind != "workflow":
+            raise ApiError(404, f"no workflow named {name!r}", "invalid_request_error",
+                           "workflow_not_found", "name")
+        self.admit(key, name)
+        t0 = time.perf_counter()
+        rec = CallRecord(kind="workflow", workflow=name, key_name=key.name if key else None,
+                         input=self._log_redact(_value(value)), meta={"target": name})
+        decisions: list = []
+        try:
+            with tracing.span("gateway", "workflow.run", attributes={
+                    "slmflow.gateway.target": name}), collect_decisions() as decisions:
+                rec.trace_id = tracing.current_trace_id() or uuid.uuid4().hex
+                if isinstance(value, str):
+                    value = self._guard_text(value, "input", decisions)
+                elif self.in_policy is not None:
+                    self._guard_text(json.dumps(value, default=str), "input", decisions)
+                rr, run_id = await self._run_workflow(t, value, key, rec.trace_id)
+                if rr.error is not None and isinstance(rr.error, HandoffError) and \
+                        rr.handoffs and rr.handoffs[0].source == "input":
+                    raise rr.error
+                if rr.error is not None and not isinstance(rr.error, (HandoffError,
+                                                                      StructuredOutputError)):
+                    raise rr.error
+                answer = rr.answer
+                if answer is not None and self.out_policy is not None:
+                    txt = _answer_text(answer)
+                    red = self._guard_text(txt, "output", decisions)
+                    if red != txt:
+                        answer = red if isinstance(answer, str) else _redact(_value(answer))
+        except BaseException as e:
+            rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
+            rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
+            rec.latency_s = time.perf_counter() - t0
+            self._finish(rec, name)
+            raise
+        rec.run_id, rec.status = run_id, rr.status
+        rec.output = self._log_redact(_value(rr.answer))
+        rec.escalated = bool(rr.escalations)
+        rec.latency_s = time.perf_counter() - t0
+        usage = rr.usage
+        rec.meta["usage"] = {"input_tokens": usage.input_tokens,
+                             "output_tokens": usage.output_tokens}
+        if rr.error is not None:
+            rec.error = f"{type(rr.error).__name__}: {getattr(rr.error, 'message', rr.error)}"
+        self._finish(rec, name, usage=usage)
+        if key is not None:
+            self.budget.add(key.name, usage.total_tokens)
+        steps = [{"step": s.step, "kind": s.kind, "status": s.status, "model": s.model,
+                  "latency_ms": round(s.latency_s * 1000, 2), "confidence": s.confidence,
+                  "escalated": s.escalated, "call_id": s.__dict__.get("_call_id")}
+                 for s in rr.steps]
+        return {"id": run_id, "object": "workflow.run", "workflow": name, "status": rr.status,
+                "answer": _value(answer), "detail": rr.detail or "", "steps": steps,
+                "usage": {"prompt_tokens": usage.input_tokens,
+                          "completion_tokens": usage.output_tokens,
+                          "total_tokens": usage.total_tokens},
+                "latency_ms": round(rec.latency_s * 1000, 2), "trace_id": rec.trace_id}
+
+    def _finish(self, rec: CallRecord, target: str, usage: Usage | None = None) -> None:
+        self.writer.submit(rec)
+        m = self.metrics
+        m.inc("calls", target=target, status=rec.status, help="Requests by target and outcome.")
+        if rec.cache:
+            m.inc("cache", target=target, result=rec.cache, help="Cache lookups by result.")
+        for d in (rec.meta or {}).get("guardrails", []):
+            m.inc("guardrail_decisions", stage=d["stage"], check=d["check"], action=d["action"],
+                  help="Guardrail decisions other than pass.")
+        if usage is not None:
+            k = rec.key_name or "-"
+            m.inc("tokens", usage.input_tokens, key=k, target=target, direction="input",
+                  help="Tokens by key, target and direction.")
+            m.inc("tokens", usage.output_tokens, key=k, target=target, direction="output")
+        if rec.cost_usd:
+            m.inc("cost_usd", rec.cost_usd, key=rec.key_name or "-", target=target,
+                  help="Estimated cost in USD (tracing/cost.py price table).")
+
+    # -- the app -------------------------------------------------------------------------------------
+    def _make_app(self) -> Any:
+        from .routes import make_app
+
+        return make_app(self)
+
+
+def _as_msgs(messages: Any) -> list[Message]:
+    from ..types import as_messages
+
+    return as_messages(messages)
+
+
+def _redact(v: Any) -> Any:
+    """PII-redact every string inside a JSON-able value."""
+    if isinstance(v, str):
+        return redact_pii(v)
+    if isinstance(v, list):
+        return [_redact(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _redact(x) for k, x in v.items()}
+    return v
+
+
+def create_app(config: GatewayConfig | str | None = None, **kwargs: Any) -> Any:
+    """The FastAPI app for a config (object or gateway.yaml path)."""
+    if isinstance(config, str):
+        from .config import load_config
+
+        config = load_config(config)
+    return Gateway(config, **kwargs).app

@@ -1,0 +1,16 @@
+"""Guardrails: offline detectors (PII, toxicity, prompt injection) and the `Guarded` wrapper.
+
+The detector functions are a stable API (the eval suite imports them):
+``detect_pii(text) -> list[Span]``, ``redact_pii(text) -> str``, ``toxicity(text) -> float``,
+``injection(text) -> float``. See `detectors` for what each catches and what it misses.
+"""
+
+from __future__ import annotations
+
+from .detectors import PII_KINDS, Span, detect_pii, injection, redact_pii, toxicity
+from .guarded import (Decision, GuardPolicy, Guarded, GuardrailViolation, check_text,
+                      collect_decisions)
+
+__all__ = ["Span", "detect_pii", "redact_pii", "toxicity", "injection", "PII_KINDS",
+           "Guarded", "GuardPolicy", "Decision", "GuardrailViolation", "check_text",
+           "collect_decisions"]

@@ -1,0 +1,998 @@
+"""The call log: every agent / model call, its feedback, escalation examples and API keys.
+
+Why one small interface with two backends: the improvement loop, the gateway, `slmflow usage` and
+the review UI all read and write the same records, on one laptop (embedded SQLite, no server) or
+on a fleet (PostgreSQL, many gateway processes writing concurrently). `CallLog` is that interface;
+`open_call_log(url)` picks the backend from a URL:
+
+    sqlite:///abs/path/calls.db       (default: $SLMFLOW_HOME/calls.db, WAL journal)
+    postgresql://user@host:port/db    (psycopg 3)
+
+Why a background writer (`CallLogWriter`): a request must not wait for a disk or network write,
+and under load many small transactions are slower than one batch. Records go into an unbounded
+in-memory queue and a single thread writes them in batches; a failed batch is retried (never
+dropped), `flush()` waits until everything submitted is written, and `close()` drains the queue
+(whatever still cannot be written after its timeout goes to ``calls.unsent.jsonl`` beside the
+home, so no record is silently lost).
+
+Agents and workflows land here through `record_agent_result` (one call per `AgentResult`) or the
+`CallLogging` model wrapper (one record per model call).
+"""
+
+from __future__ import annotations
+
+import abc
+import atexit
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from ..errors import ConfigError, SlmflowError
+from ..models.base import WrapperModel
+from ..types import MessageLike, Response, Settings, ToolSpec, as_messages
+from .schema import LATEST, MIGRATIONS, statements
+
+__all__ = ["CallRecord", "Feedback", "Example", "ApiKey", "CallLog", "SQLiteCallLog",
+           "PostgresCallLog", "open_call_log", "default_url", "CallLogWriter", "get_writer",
+           "set_writer", "record_agent_result", "CallLogging", "parse_since", "StoreError"]
+
+log = logging.getLogger("slmflow.store")
+
+
+class StoreError(SlmflowError):
+    """The call-log store failed (cannot open, migrate, read or write)."""
+
+
+# ---- records -----------------------------------------------------------------------------------
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _txt(v: Any) -> str | None:
+    """Text safe for both SQLite and PostgreSQL: no lone surrogates, no NUL bytes."""
+    if v is None:
+        return None
+    s = v if isinstance(v, str) else str(v)
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return s
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def _dumps(v: Any) -> str | None:
+    if v is None:
+        return None
+    return json.dumps(v, default=_json_default, ensure_ascii=True)
+
+
+def _loads(s: str | None) -> Any:
+    if s is None:
+        return None
+    try:
+        return json.loads(s)
+    except ValueError:
+        return s
+
+
+@dataclass
+class CallRecord:
+    """One call: ``kind`` is agent | model | gateway | workflow. ``input``/``output`` are any
+    JSON-able values (stored as JSON text)."""
+
+    kind: str = "agent"
+    agent: str | None = None
+    workflow: str | None = None
+    run_id: str | None = None
+    trace_id: str | None = None
+    key_name: str | None = None
+    model: str | None = None
+    adapter: str | None = None
+    input: Any = None
+    output: Any = None
+    latency_s: float | None = None
+    confidence: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    escalated: bool = False
+    escalation_reason: str | None = None
+    cache: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    meta: dict[str, Any] | None = None
+    id: str = field(default_factory=new_id)
+    ts: float = field(default_factory=time.time)
+    seq: int | None = None
+
+    COLUMNS = ("id", "ts", "kind", "agent", "workflow", "run_id", "trace_id", "key_name", "model",
+               "adapter", "input", "output", "latency_s", "confidence", "input_tokens",
+               "output_tokens", "cost_usd", "escalated", "escalation_reason", "cache", "status",
+               "error", "meta")
+
+    def to_row(self) -> tuple:
+        out = []
+        for c in self.COLUMNS:
+            v = getattr(self, c)
+            if c in ("input", "output", "meta"):
+                v = _dumps(v)
+            elif c == "escalated":
+                v = int(bool(v))
+            elif c in ("input_tokens", "output_tokens"):
+                v = int(v or 0)
+            elif isinstance(v, str):
+                v = _txt(v)
+            out.append(v)
+        return tuple(out)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> "CallRecord":
+        d = dict(zip(("seq",) + cls.COLUMNS, row))
+        for c in ("input", "output", "meta"):
+            d[c] = _loads(d[c])
+        d["escalated"] = bool(d["escalated"])
+        return cls(**d)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Feedback:
+    """A user signal attached to a call or a run: thumbs (up/down), a label, a correction."""
+
+    call_id: str | None = None
+    run_id: str | None = None
+    signal: str | None = None
+    label: str | None = None
+    correction: Any = None
+    by: str | None = None
+    id: str = field(default_factory=new_id)
+    ts: float = field(default_factory=time.time)
+
+    COLUMNS = ("id", "ts", "call_id", "run_id", "signal", "label", "correction", "by")
+
+
+@dataclass
+class Example:
+    """A training example produced by an escalation: the small model's input and the stronger
+    model's accepted output, for fine-tuning the small model."""
+
+    agent: str | None
+    input: Any
+    output: Any
+    source_model: str | None = None
+    target_model: str | None = None
+    reason: str | None = None
+    confidence: float | None = None
+    call_id: str | None = None
+    id: str = field(default_factory=new_id)
+    ts: float = field(default_factory=time.time)
+
+    COLUMNS = ("id", "ts", "call_id", "agent", "source_model", "target_model", "input", "output",
+               "reason", "confidence")
+
+
+@dataclass
+class ApiKey:
+    name: str
+    key_hash: str
+    prefix: str
+    models: list[str] | None = None
+    rpm: int | None = None
+    tokens_per_day: int | None = None
+    created: float = field(default_factory=time.time)
+    revoked: float | None = None
+
+    COLUMNS = ("name", "key_hash", "prefix", "models", "rpm", "tokens_per_day", "created",
+               "revoked")
+
+
+# ---- time ----------------------------------------------------------------------------------------
+
+_DUR = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+
+
+def parse_since(value: Any) -> float | None:
+    """None, epoch seconds, a datetime, an ISO date/time, or a duration back from now (``30m``,
+    ``24h``, ``7d``) → epoch seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    s = str(value).strip()
+    m = _DUR.match(s)
+    if m:
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return time.time() - float(m.group(1)) * mult
+    try:
+        return parse_since(datetime.fromisoformat(s))
+    except ValueError:
+        raise ConfigError(f"cannot read {s!r} as a time: use epoch seconds, an ISO date or a "
+                          "duration such as 24h or 7d", where="since") from None
+
+
+# ---- the interface -------------------------------------------------------------------------------
+
+_FILTERS = {"agent": "agent", "workflow": "workflow", "model": "model", "key": "key_name",
+            "run_id": "run_id", "trace_id": "trace_id", "kind": "kind", "status": "status"}
+_GROUPS = {"key": "key_name", "agent": "agent", "model": "model", "workflow": "workflow",
+           "kind": "kind", "day": None}
+
+
+class CallLog(abc.ABC):
+    """The storage interface. Backends implement the few primitive SQL hooks at the bottom;
+    everything else is shared, so SQLite and PostgreSQL behave the same."""
+
+    url: str
+    dialect: str
+
+    # -- calls --------------------------------------------------------------------------------
+    def append(self, records: Iterable[CallRecord | Example]) -> int:
+        """Write a batch in one transaction (calls and examples may be mixed); returns the count."""
+        records = list(records)
+        calls = [r.to_row() for r in records if isinstance(r, CallRecord)]
+        exs = [self._example_row(r) for r in records if isinstance(r, Example)]
+        if not calls and not exs:
+            return 0
+        with self._tx() as cur:
+            if calls:
+                self._many(cur, f"INSERT INTO calls ({', '.join(CallRecord.COLUMNS)}) VALUES "
+                           f"({', '.join('?' * len(CallRecord.COLUMNS))})", calls)
+            if exs:
+                self._many(cur, f"INSERT INTO examples ({', '.join(Example.COLUMNS)}) VALUES "
+                           f"({', '.join('?' * len(Example.COLUMNS))})", exs)
+        return len(calls) + len(exs)
+
+    def _example_row(self, e: Example) -> tuple:
+        return (e.id, e.ts, e.call_id, _txt(e.agent), _txt(e.source_model), _txt(e.target_model),
+                _dumps(e.input), _dumps(e.output), _txt(e.reason), e.confidence)
+
+    def get(self, call_id: str) -> CallRecord | None:
+        rows = self._all(f"SELECT seq, {', '.join(CallRecord.COLUMNS)} FROM calls WHERE id = ?",
+                         (call_id,))
+        return CallRecord.from_row(rows[0]) if rows else None
+
+    def _where(self, since: Any, until: Any, escalated: bool | None,
+               filters: dict[str, Any]) -> tuple[str, list[Any]]:
+        conds, params = [], []
+        s, u = parse_since(since), parse_since(until)
+        if s is not None:
+            conds.append("ts >= ?")
+            params.append(s)
+        if u is not None:
+            conds.append("ts < ?")
+            params.append(u)
+        if escalated is not None:
+            conds.append("escalated = ?")
+            params.append(int(escalated))
+        for k, v in filters.items():
+            if v is not None:
+                if k not in _FILTERS:
+                    raise ConfigError(f"unknown filter {k!r} (use {', '.join(_FILTERS)})",
+                                      where="CallLog.query")
+                conds.append(f"{_FILTERS[k]} = ?")
+                params.append(v)
+        return (" WHERE " + " AND ".join(conds)) if conds else "", params
+
+    def query(self, *, since: Any = None, until: Any = None, escalated: bool | None = None,
+              limit: int | None = 1000, newest_first: bool = False,
+              **filters: Any) -> list[CallRecord]:
+        """Calls matching every filter given (agent, workflow, model, key, run_id, trace_id,
+        kind, status), in time order."""
+        where, params = self._where(since, until, escalated, filters)
+        sql = (f"SELECT seq, {', '.join(CallRecord.COLUMNS)} FROM calls{where} ORDER BY seq"
+               + (" DESC" if newest_first else ""))
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [CallRecord.from_row(r) for r in self._all(sql, params)]
+
+    def count(self, *, since: Any = None, until: Any = None, escalated: bool | None = None,
+              **filters: Any) -> int:
+        where, params = self._where(since, until, escalated, filters)
+        return int(self._all(f"SELECT COUNT(*) FROM calls{where}", params)[0][0])
+
+    def iter_since(self, seq: int = 0, *, batch: int = 500) -> Iterator[CallRecord]:
+        """Every call written after cursor ``seq`` (a record's ``.seq``), oldest first, in pages:
+        the improvement loop keeps the last ``seq`` it saw and resumes from it."""
+        while True:
+            rows = self._all(f"SELECT seq, {', '.join(CallRecord.COLUMNS)} FROM calls "
+                             f"WHERE seq > ? ORDER BY seq LIMIT {int(batch)}", (seq,))
+            for r in rows:
+                rec = CallRecord.from_row(r)
+                seq = rec.seq or seq
+                yield rec
+            if len(rows) < batch:
+                return
+
+    def usage(self, by: Sequence[str] = ("key", "agent", "model"), *, since: Any = None,
+              until: Any = None, **filters: Any) -> list[dict[str, Any]]:
+        """Calls, tokens and cost summed per group (key, agent, model, workflow, kind, day)."""
+        cols = []
+        for b in by:
+            if b not in _GROUPS:
+                raise ConfigError(f"cannot group by {b!r} (use {', '.join(_GROUPS)})",
+                                  where="CallLog.usage")
+            cols.append(_GROUPS[b] or self._day_expr())
+        where, params = self._where(since, until, None, filters)
+        sel = ", ".join(f"{c} AS g{i}" for i, c in enumerate(cols))
+        grp = ", ".join(f"g{i}" for i in range(len(cols)))
+        sql = (f"SELECT {sel}{', ' if sel else ''}COUNT(*), COALESCE(SUM(input_tokens), 0), "
+               f"COALESCE(SUM(output_tokens), 0), SUM(cost_usd), "
+               f"COALESCE(SUM(escalated), 0), COALESCE(SUM(CASE WHEN cache IS NOT NULL AND "
+               f"cache <> 'miss' THEN 1 ELSE 0 END), 0) FROM calls{where}"
+               + (f" GROUP BY {grp} ORDER BY {grp}" if grp else ""))
+        out = []
+        for r in self._all(sql, params):
+            d = {b: r[i] for i, b in enumerate(by)}
+            n = len(by)
+            d.update(calls=int(r[n]), input_tokens=int(r[n + 1]), output_tokens=int(r[n + 2]),
+                     cost_usd=None if r[n + 3] is None else float(r[n + 3]),
+                     escalated=int(r[n + 4]), cache_hits=int(r[n + 5]))
+            out.append(d)
+        return out
+
+    def tokens_since(self, key_name: str, since: float) -> int:
+        r = self._all("SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM calls "
+                      "WHERE key_name = ? AND ts >= ?", (key_name, since))
+        return int(r[0][0])
+
+    # -- feedback --------------------------------------------------------------------------------
+    def add_feedback(self, call_id: str | None = None, *, run_id: str | None = None,
+                     signal: str | None = None, label: str | None = None,
+                     correction: Any = None, by: str | None = None) -> Feedback:
+        """Attach a user signal to a call (``call_id``) or a whole workflow run (``run_id``).
+        signal: "up" | "down" | None. Raises `ConfigError` for an unknown id or an empty signal."""
+        if (call_id is None) == (run_id is None):
+            raise ConfigError("feedback needs exactly one of call_id and run_id",
+                              where="add_feedback")
+        if signal not in (None, "up", "down"):
+            raise ConfigError(f"signal must be 'up' or 'down', got {signal!r}",
+                              where="add_feedback")
+        if signal is None and label is None and correction is None:
+            raise ConfigError("feedback needs a signal, a label or a correction",
+                              where="add_feedback")
+        if call_id is not None:
+            found = self._all("SELECT 1 FROM calls WHERE id = ?", (call_id,))
+        else:
+            found = self._all("SELECT 1 FROM calls WHERE run_id = ? LIMIT 1", (run_id,))
+        if not found:
+            what = f"call {call_id!r}" if call_id else f"run {run_id!r}"
+            raise ConfigError(f"no {what} in the call log", where=self.url_safe)
+        fb = Feedback(call_id=call_id, run_id=run_id, signal=signal, label=_txt(label),
+                      correction=correction, by=_txt(by))
+        with self._tx() as cur:
+            self._many(cur, f"INSERT INTO feedback ({', '.join(Feedback.COLUMNS)}) VALUES "
+                       f"({', '.join('?' * len(Feedback.COLUMNS))})",
+                       [(fb.id, fb.ts, fb.call_id, fb.run_id, fb.signal, fb.label,
+                         _dumps(fb.correction), fb.by)])
+        return fb
+
+    def feedback(self, call_id: str | None = None, *, run_id: str | None = None,
+                 since: Any = None) -> list[Feedback]:
+        conds, params = [], []
+        if call_id is not None:
+            conds.append("call_id = ?")
+            params.append(call_id)
+        if run_id is not None:
+            conds.append("run_id = ?")
+            params.append(run_id)
+        s = parse_since(since)
+        if s is not None:
+            conds.append("ts >= ?")
+            params.append(s)
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        rows = self._all(f"SELECT {', '.join(Feedback.COLUMNS)} FROM feedback{where} ORDER BY seq",
+                         params)
+        out = []
+        for r in rows:
+            d = dict(zip(Feedback.COLUMNS, r))
+            d["correction"] = _loads(d["correction"])
+            out.append(Feedback(**d))
+        return out
+
+    # -- escalation examples ---------------------------------------------------------------------
+    def examples(self, agent: str | None = None, *, since: Any = None) -> list[Example]:
+        conds, params = [], []
+        if agent is not None:
+            conds.append("agent = ?")
+            params.append(agent)
+        s = parse_since(since)
+        if s is not None:
+            conds.append("ts >= ?")
+            params.append(s)
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        rows = self._all(f"SELECT {', '.join(Example.COLUMNS)} FROM examples{where} ORDER BY seq",
+                         params)
+        out = []
+        for r in rows:
+            d = dict(zip(Example.COLUMNS, r))
+            d["input"], d["output"] = _loads(d["input"]), _loads(d["output"])
+            out.append(Example(**d))
+        return out
+
+    # -- API keys (hashes only) ------------------------------------------------------------------
+    def create_key(self, key: ApiKey) -> ApiKey:
+        if self._all("SELECT 1 FROM api_keys WHERE name = ?", (key.name,)):
+            raise ConfigError(f"an API key named {key.name!r} exists already", where="keys")
+        with self._tx() as cur:
+            self._many(cur, f"INSERT INTO api_keys ({', '.join(ApiKey.COLUMNS)}) VALUES "
+                       f"({', '.join('?' * len(ApiKey.COLUMNS))})",
+                       [(key.name, key.key_hash, key.prefix, _dumps(key.models), key.rpm,
+                         key.tokens_per_day, key.created, key.revoked)])
+        return key
+
+    def _key_rows(self, where: str, params: Sequence[Any]) -> list[ApiKey]:
+        out = []
+        for r in self._all(f"SELECT {', '.join(ApiKey.COLUMNS)} FROM api_keys{where} "
+                           "ORDER BY seq", params):
+            d = dict(zip(ApiKey.COLUMNS, r))
+            d["models"] = _loads(d["models"])
+            out.append(ApiKey(**d))
+        return out
+
+    def find_key(self, key_hash: str) -> ApiKey | None:
+        rows = self._key_rows(" WHERE key_hash = ?", (key_hash,))
+        return rows[0] if rows else None
+
+    def list_keys(self) -> list[ApiKey]:
+        return self._key_rows("", ())
+
+    def revoke_key(self, name: str) -> bool:
+        with self._tx() as cur:
+            n = self._exec(cur, "UPDATE api_keys SET revoked = ? WHERE name = ? AND revoked IS "
+                           "NULL", (time.time(), name))
+        return bool(n)
+
+    # -- migrations --------------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        rows = self._all("SELECT MAX(version) FROM schema_version", ())
+        return int(rows[0][0] or 0)
+
+    def _migrate(self) -> None:
+        with self._tx(lock=True) as cur:
+            self._exec(cur, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY "
+                       "KEY, applied DOUBLE PRECISION NOT NULL)", ())
+            self._lock_schema(cur)
+            self._exec(cur, "SELECT MAX(version) FROM schema_version", ())
+            current = int(cur.fetchone()[0] or 0)
+            if current > LATEST:
+                raise StoreError(f"the call log has schema version {current}, newer than this "
+                                 f"slmflow knows ({LATEST}): upgrade slmflow", where=self.url_safe)
+            for version, sql in MIGRATIONS:
+                if version <= current:
+                    continue
+                for stmt in statements(sql, self.dialect):
+                    self._exec(cur, stmt, ())
+                self._exec(cur, "INSERT INTO schema_version (version, applied) VALUES (?, ?)",
+                           (version, time.time()))
+
+    @property
+    def url_safe(self) -> str:
+        """The URL without a password, for messages."""
+        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.url)
+
+    # -- backend hooks -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _tx(self, lock: bool = False) -> Any:
+        """A context manager: a cursor inside one transaction (committed on exit)."""
+
+    @abc.abstractmethod
+    def _exec(self, cur: Any, sql: str, params: Sequence[Any]) -> int: ...
+
+    @abc.abstractmethod
+    def _many(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abc.abstractmethod
+    def _all(self, sql: str, params: Sequence[Any]) -> list[tuple]: ...
+
+    def _lock_schema(self, cur: Any) -> None:
+        pass
+
+    def _day_expr(self) -> str:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "CallLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url_safe!r})"
+
+
+# ---- SQLite ----------------------------------------------------------------------------------------
+
+class _SqliteTx:
+    def __init__(self, log: "SQLiteCallLog", lock: bool) -> None:
+        self.log, self.lock = log, lock
+
+    def __enter__(self) -> Any:
+        self.log._lock.acquire()
+        self.cur = self.log._conn.cursor()
+        try:
+            self.cur.execute("BEGIN IMMEDIATE")
+        except Exception:
+            self.log._lock.release()
+            raise
+        return self.cur
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self.log._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.log._lock.release()
+
+
+class SQLiteCallLog(CallLog):
+    """The embedded store: one SQLite file in WAL mode (readers never block the writer)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        import sqlite3
+
+        self.path = Path(path).expanduser()
+        self.url = f"sqlite:///{self.path}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), check_same_thread=False,
+                                         isolation_level=None, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot open the call log: {e}", where=self.url) from None
+        self._lock = threading.RLock()
+        try:
+            self._migrate()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot migrate the call log: {e}", where=self.url) from None
+
+    def _tx(self, lock: bool = False) -> Any:
+        return _SqliteTx(self, lock)
+
+    def _exec(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
+        cur.execute(sql, tuple(params))
+        return cur.rowcount
+
+    def _many(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        cur.executemany(sql, rows)
+
+    def _all(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _day_expr(self) -> str:
+        return "date(ts, 'unixepoch')"
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------------------
+
+class _PgTx:
+    def __init__(self, log: "PostgresCallLog") -> None:
+        self.log = log
+
+    def __enter__(self) -> Any:
+        self.log._lock.acquire()
+        try:
+            self.tx = self.log._conn.transaction()
+            self.tx.__enter__()
+            self.cur = self.log._conn.cursor()
+        except Exception:
+            self.log._lock.release()
+            raise
+        return self.cur
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self.cur.close()
+            self.tx.__exit__(exc_type, exc, tb)
+        finally:
+            self.log._lock.release()
+
+
+class PostgresCallLog(CallLog):
+    """The store at scale: PostgreSQL through psycopg 3 (one connection, serialised per process;
+    many gateway processes can write to one database)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError("PostgreSQL needs psycopg: pip install 'slmflow[store]'",
+                              where=url) from None
+        self.url = url
+        self._psycopg = psycopg
+        try:
+            self._conn = psycopg.connect(url, autocommit=True,
+                                         connect_timeout=int(max(1, connect_timeout)))
+        except psycopg.Error as e:
+            raise StoreError(f"cannot connect to PostgreSQL: {str(e).strip()}",
+                             where=self.url_safe) from None
+        self._lock = threading.RLock()
+        try:
+            self._migrate()
+        except psycopg.Error as e:
+            raise StoreError(f"cannot migrate the call log: {str(e).strip()}",
+                             where=self.url_safe) from None
+
+    @staticmethod
+    def _q(sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _tx(self, lock: bool = False) -> Any:
+        return _PgTx(self)
+
+    def _lock_schema(self, cur: Any) -> None:
+        # Two processes opening a fresh database at once: one migrates, the other waits.
+        cur.execute("SELECT pg_advisory_xact_lock(727350011)")
+
+    def _exec(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
+        cur.execute(self._q(sql), tuple(params))
+        return cur.rowcount
+
+    def _many(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        cur.executemany(self._q(sql), rows)
+
+    def _all(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        with self._lock:
+            try:
+                with self._conn.cursor() as cur:
+                    cur.execute(self._q(sql), tuple(params))
+                    return cur.fetchall()
+            except self._psycopg.Error as e:
+                raise StoreError(f"query failed: {str(e).strip()}", where=self.url_safe) from None
+
+    def _day_expr(self) -> str:
+        return "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+
+
+# ---- opening -----------------------------------------------------------------------------------------
+
+def default_url() -> str:
+    """``$SLMFLOW_CALLS_URL`` or ``sqlite:///$SLMFLOW_HOME/calls.db``."""
+    import os
+
+    url = os.environ.get("SLMFLOW_CALLS_URL")
+    if url:
+        return url
+    from ..home import home
+
+    return f"sqlite:///{home() / 'calls.db'}"
+
+
+def open_call_log(url: str | Path | None = None) -> CallLog:
+    """Open (creating and migrating as needed) the call log at ``url``; see the module doc."""
+    if url is None:
+        url = default_url()
+    if isinstance(url, Path):
+        return SQLiteCallLog(url)
+    u = str(url)
+    if u.startswith("sqlite:///"):
+        return SQLiteCallLog(u[len("sqlite:///"):] if u.startswith("sqlite:////")
+                             else u[len("sqlite://"):])
+    if u.startswith("sqlite://"):
+        raise ConfigError("write SQLite URLs as sqlite:///absolute/path.db", where=u)
+    if u.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        return PostgresCallLog(u.replace("postgresql+psycopg://", "postgresql://"))
+    if "://" not in u:
+        return SQLiteCallLog(u)
+    raise ConfigError(f"unknown call-log URL {u!r}: use sqlite:///path or postgresql://...",
+                      where="call log")
+
+
+# ---- the background writer ----------------------------------------------------------------------------
+
+_STOP = object()
+
+
+class CallLogWriter:
+    """Queue + one background thread writing batches; never drops a record (see module doc)."""
+
+    def __init__(self, log: CallLog | str | None = None, *, batch_size: int = 256,
+                 max_wait_s: float = 0.05, unsent_path: str | Path | None = None) -> None:
+        self.log = log if isinstance(log, CallLog) else open_call_log(log)
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cv = threading.Condition()
+        self.submitted = 0
+        self.written = 0
+        self.failed_batches = 0
+        self.last_error: str | None = None
+        self._closed = False
+        self._unsent = Path(unsent_path) if unsent_path else None
+        self._thread = threading.Thread(target=self._run, name="slmflow-calllog", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self.submitted - self.written
+
+    def submit(self, record: CallRecord | Example) -> str:
+        if self._closed:
+            # After close, write synchronously rather than lose it.
+            self.log.append([record])
+            with self._cv:
+                self.submitted += 1
+                self.written += 1
+            return record.id
+        with self._cv:
+            self.submitted += 1
+        self._q.put(record)
+        return record.id
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._q.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.batch_size:
+                try:
+                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._write(batch, final=stop)
+        # drain anything left after the stop marker
+        rest = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                rest.append(item)
+        if rest:
+            self._write(rest, final=True)
+
+    def _write(self, batch: list[Any], final: bool) -> None:
+        delay = 0.05
+        tries = 0
+        while True:
+            try:
+                self.log.append(batch)
+                with self._cv:
+                    self.written += len(batch)
+                    self._cv.notify_all()
+                return
+            except Exception as e:  # retried: a record is never dropped on a transient error
+                tries += 1
+                self.failed_batches += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("call log write failed (try %d): %s", tries, self.last_error)
+                if final and tries >= 5:
+                    self._spill(batch)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _spill(self, batch: list[Any]) -> None:
+        from ..home import home
+
+        path = self._unsent or (home() / "calls.unsent.jsonl")
+        with open(path, "a", encoding="utf-8") as f:
+            for r in batch:
+                f.write(json.dumps({"type": type(r).__name__, **asdict(r)},
+                                   default=_json_default, ensure_ascii=True) + "\n")
+        with self._cv:
+            self.written += len(batch)
+            self._cv.notify_all()
+        log.error("call log unreachable at shutdown: %d records saved to %s", len(batch), path)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every submitted record is written; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self.written < self.submitted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def close(self, timeout: float = 30.0, *, close_log: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+        if close_log:
+            self.log.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {"submitted": self.submitted, "written": self.written, "pending": self.pending,
+                "failed_batches": self.failed_batches, "last_error": self.last_error}
+
+
+_WRITER: CallLogWriter | None = None
+_WRITER_LOCK = threading.Lock()
+
+
+def get_writer() -> CallLogWriter:
+    """The process-wide writer on the default call log (opened on first use, drained at exit)."""
+    global _WRITER
+    with _WRITER_LOCK:
+        if _WRITER is None or _WRITER._closed:
+            _WRITER = CallLogWriter(default_url())
+            atexit.register(_WRITER.close)
+        return _WRITER
+
+
+def set_writer(writer: CallLogWriter | None) -> CallLogWriter | None:
+    """Make ``writer`` the process-wide one (the gateway installs its own); returns the old one."""
+    global _WRITER
+    with _WRITER_LOCK:
+        old, _WRITER = _WRITER, writer
+        return old
+
+
+# ---- hooks for agents and models ----------------------------------------------------------------------
+
+def _value(v: Any) -> Any:
+    if hasattr(v, "model_dump"):
+        return v.model_dump(mode="json")
+    if hasattr(v, "__dataclass_fields__"):
+        try:
+            return asdict(v)
+        except Exception:
+            return str(v)
+    return v
+
+
+def _cost(info: Any, usage: Any, latency_s: float) -> float | None:
+    try:
+        from ..tracing.cost import prices
+
+        return prices().cost(info, usage, latency_s)
+    except Exception:
+        return None
+
+
+def record_agent_result(result: Any, input: Any, run_id: str | None = None,
+                        trace_id: str | None = None, key: str | None = None, *,
+                        workflow: str | None = None, writer: CallLogWriter | None = None,
+                        redact: Callable[[Any], Any] | None = None,
+                        meta: dict[str, Any] | None = None) -> CallRecord:
+    """Log one `AgentResult` (and, when it escalated to a fallback that answered, a training
+    example for the agent's primary model). Non-blocking: the record is queued to the writer.
+
+    trace_id defaults to the current span's trace. redact: applied to input and output before
+    they are stored (the gateway passes the PII redactor)."""
+    from .. import tracing
+
+    w = writer or get_writer()
+    inp, out = _value(input), _value(result.output)
+    if redact is not None:
+        inp, out = redact(inp), redact(out)
+    attempts = list(getattr(result, "attempts", ()) or ())
+    m = dict(meta or {})
+    if attempts:
+        m["attempts"] = [{"model": a.model, "ok": a.ok, "confidence": a.confidence,
+                          "role": a.role, "latency_s": round(a.latency_s, 4),
+                          "error": a.error} for a in attempts]
+    if getattr(result, "repaired", False):
+        m["repaired"] = True
+    if getattr(result, "low_confidence", False):
+        m["low_confidence"] = True
+    rec = CallRecord(
+        kind="agent", agent=result.agent, workflow=workflow, run_id=run_id,
+        trace_id=trace_id or tracing.current_trace_id(), key_name=key,
+        model=result.model.identity, adapter=result.model.adapter, input=inp, output=out,
+        latency_s=result.latency_s, confidence=result.confidence,
+        input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens,
+        cost_usd=_cost(result.model, result.usage, result.latency_s),
+        escalated=bool(result.escalated), escalation_reason=result.escalation_reason,
+        meta=m or None)
+    w.submit(rec)
+    if result.escalated:
+        primary = next((a for a in attempts if a.role == "primary"), None)
+        final_fallback = attempts and attempts[-1].role == "fallback" and attempts[-1].ok
+        if final_fallback:
+            w.submit(Example(agent=result.agent, input=inp, output=out,
+                             source_model=primary.model if primary else None,
+                             target_model=attempts[-1].model,
+                             reason=result.escalation_reason,
+                             confidence=primary.confidence if primary else None,
+                             call_id=rec.id))
+    return rec
+
+
+def _messages_json(messages: Sequence[MessageLike] | str) -> list[dict[str, Any]]:
+    return [{"role": m.role, "content": m.content} for m in as_messages(messages)]
+
+
+class CallLogging(WrapperModel):
+    """A `Model` wrapper that logs every call (messages, answer, latency, confidence, usage,
+    cost, trace id) to the call log. ``agent`` names the job in the records."""
+
+    def __init__(self, wrapped: Any, *, agent: str | None = None, key: str | None = None,
+                 writer: CallLogWriter | None = None,
+                 redact: Callable[[Any], Any] | None = None) -> None:
+        super().__init__(wrapped)
+        self.agent = agent
+        self.key = key
+        self.writer = writer
+        self.redact = redact
+
+    async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                       tools: Sequence[ToolSpec] | None = None,
+                       settings: Settings | None = None) -> Response:
+        from .. import tracing
+
+        t0 = time.perf_counter()
+        inp: Any = _messages_json(messages)
+        if self.redact is not None:
+            inp = self.redact(inp)
+        w = self.writer or get_writer()
+        try:
+            r = await self.wrapped.generate(messages, schema=schema, tools=tools,
+                                            settings=settings)
+        except SlmflowError as e:
+            w.submit(CallRecord(kind="model", agent=self.agent, key_name=self.key,
+                                trace_id=tracing.current_trace_id(),
+                                model=self.wrapped.info.identity, input=inp, status="error",
+                                error=f"{type(e).__name__}: {e.message}"[:1000],
+                                latency_s=time.perf_counter() - t0))
+            raise
+        out: Any = r.text if r.parsed is None else _value(r.parsed)
+        if self.redact is not None:
+            out = self.redact(out)
+        w.submit(CallRecord(
+            kind="model", agent=self.agent, key_name=self.key,
+            trace_id=tracing.current_trace_id(), model=r.model.identity, adapter=r.model.adapter,
+            input=inp, output=out, latency_s=r.latency_s or (time.perf_counter() - t0),
+            confidence=r.confidence, input_tokens=r.usage.input_tokens,
+            output_tokens=r.usage.output_tokens, cost_usd=_cost(r.model, r.usage, r.latency_s)))
+        return r

@@ -1,0 +1,93 @@
+"""The call-log schema, as a list of versioned migrations applied on open.
+
+Why hand-written SQL and not Alembic: the schema is four tables, it must be identical on SQLite
+and PostgreSQL, and it must be applied by the library itself on open (a user of the embedded store
+never runs a migration tool). Each migration is a version number and its statements; the only
+dialect difference is the auto-increment primary key, written ``{SEQ}`` and filled in per dialect.
+``schema_version`` records what was applied; a migration and its version row commit together.
+
+Adding a migration: append ``(n + 1, [...])`` to `MIGRATIONS`; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+SEQ = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE calls (
+            seq {SEQ},
+            id TEXT NOT NULL UNIQUE,
+            ts DOUBLE PRECISION NOT NULL,
+            kind TEXT NOT NULL,
+            agent TEXT,
+            workflow TEXT,
+            run_id TEXT,
+            trace_id TEXT,
+            key_name TEXT,
+            model TEXT,
+            adapter TEXT,
+            input TEXT,
+            output TEXT,
+            latency_s DOUBLE PRECISION,
+            confidence DOUBLE PRECISION,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd DOUBLE PRECISION,
+            escalated INTEGER NOT NULL DEFAULT 0,
+            escalation_reason TEXT,
+            cache TEXT,
+            status TEXT NOT NULL DEFAULT 'ok',
+            error TEXT,
+            meta TEXT
+        )""",
+        "CREATE INDEX calls_ts ON calls (ts)",
+        "CREATE INDEX calls_agent_ts ON calls (agent, ts)",
+        "CREATE INDEX calls_run ON calls (run_id)",
+        "CREATE INDEX calls_key_ts ON calls (key_name, ts)",
+        """CREATE TABLE feedback (
+            seq {SEQ},
+            id TEXT NOT NULL UNIQUE,
+            ts DOUBLE PRECISION NOT NULL,
+            call_id TEXT,
+            run_id TEXT,
+            signal TEXT,
+            label TEXT,
+            correction TEXT,
+            by TEXT
+        )""",
+        "CREATE INDEX feedback_call ON feedback (call_id)",
+        "CREATE INDEX feedback_run ON feedback (run_id)",
+        """CREATE TABLE examples (
+            seq {SEQ},
+            id TEXT NOT NULL UNIQUE,
+            ts DOUBLE PRECISION NOT NULL,
+            call_id TEXT,
+            agent TEXT,
+            source_model TEXT,
+            target_model TEXT,
+            input TEXT,
+            output TEXT,
+            reason TEXT,
+            confidence DOUBLE PRECISION
+        )""",
+        "CREATE INDEX examples_agent ON examples (agent, ts)",
+        """CREATE TABLE api_keys (
+            seq {SEQ},
+            name TEXT NOT NULL UNIQUE,
+            key_hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            models TEXT,
+            rpm INTEGER,
+            tokens_per_day INTEGER,
+            created DOUBLE PRECISION NOT NULL,
+            revoked DOUBLE PRECISION
+        )""",
+    ]),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def statements(version_sql: list[str], dialect: str) -> list[str]:
+    return [s.replace("{SEQ}", SEQ[dialect]) for s in version_sql]

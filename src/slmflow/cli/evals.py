@@ -1,0 +1,241 @@
+"""`slmflow eval list|agent|workflow`: evaluators, per-agent suites, workflow scenarios, the gate.
+
+Exit status: 0 when the suite ran (and the gate, if ``--baseline`` is given, passed); 1 on a gate
+failure or a configuration error. Failed and errored rows alone do not change the exit status:
+the gate decides what a regression is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from ..errors import ConfigError
+
+eval_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                       help="Evaluate agents and workflows; gate on a baseline.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("list")
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List the registered evaluators, their kind and their measured agreement."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..evals import list_evaluators
+
+    rows = list_evaluators()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title="evaluators")
+    for c in ("name", "kind", "description", "agreement with human labels"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], r["kind"], r["description"], r["agreement"])
+    Console().print(t)
+
+
+def _import_ref(ref: str, base: Path) -> Any:
+    """``module:attr`` or ``path/file.py:attr`` (relative to ``base``)."""
+    mod, _, attr = ref.partition(":")
+    if not attr:
+        raise ConfigError(f"expected module:attribute or file.py:attribute, got {ref!r}",
+                          where="eval agent")
+    sys.path.insert(0, str(base.resolve()))
+    try:
+        if mod.endswith(".py"):
+            p = (base / mod) if not Path(mod).is_absolute() else Path(mod)
+            if not p.is_file():
+                raise ConfigError(f"file not found: {p}", where="eval agent")
+            sys.path.insert(0, str(p.parent.resolve()))
+            spec = importlib.util.spec_from_file_location(p.stem, p)
+            m = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[p.stem] = m
+            spec.loader.exec_module(m)  # type: ignore[union-attr]
+        else:
+            m = importlib.import_module(mod)
+    except ImportError as e:
+        raise ConfigError(f"cannot import {mod!r}: {e}", where="eval agent") from None
+    if not hasattr(m, attr):
+        raise ConfigError(f"{mod!r} has no attribute {attr!r}", where="eval agent")
+    return getattr(m, attr)
+
+
+def _finish(rep: Any, json_out: Optional[Path], html: Optional[Path], baseline: Optional[Path],
+            tolerance: float, metrics: Optional[List[str]], save_baseline: Optional[Path],
+            quiet: bool) -> None:
+    from rich.console import Console
+
+    from ..evals import compare, print_report, write_html
+
+    con = Console(stderr=quiet)
+    print_report(rep, con)
+    gate = compare(rep, baseline, tolerance, metrics or None) if baseline else None
+    if json_out:
+        d = rep.to_dict()
+        if gate is not None:
+            d["gate"] = gate.to_dict()
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(d, indent=2, default=str))
+        con.print(f"JSON report: {json_out}")
+    if html:
+        write_html(rep, html, gate)
+        con.print(f"HTML report: {html}")
+    if save_baseline:
+        rep.save(save_baseline, rows=False)
+        con.print(f"baseline saved: {save_baseline}")
+    if gate is not None:
+        for line in gate.lines():
+            con.print(("[red]" if line.startswith(("DROP", "MISS")) else "") + line,
+                      highlight=False)
+        if not gate.passed:
+            con.print(f"[bold red]regression gate FAILED[/] (tolerance {tolerance})")
+            raise typer.Exit(1)
+        con.print(f"[bold green]regression gate passed[/] (tolerance {tolerance})")
+
+
+_JSON = typer.Option(None, "--json", help="write the JSON report here")
+_HTML = typer.Option(None, "--html", help="write the self-contained HTML report here")
+_BASE = typer.Option(None, "--baseline", help="a saved report JSON to gate against")
+_TOL = typer.Option(0.02, "--tolerance", help="allowed drop per metric")
+_MET = typer.Option(None, "--metric", help="gate only these metrics (repeatable)")
+_SAVE = typer.Option(None, "--save-baseline", help="save this run's scores as a baseline")
+
+
+@eval_app.command("agent")
+def agent_cmd(
+    target: str = typer.Argument(..., help="a suite YAML file, module:attr / file.py:attr of an "
+                                 "Agent, or an agent name with --workflow"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="JSONL, CSV or YAML cases"),
+    evaluator: Optional[List[str]] = typer.Option(None, "--evaluator", "-e",
+                                                  help="evaluator name (repeatable)"),
+    workflow: Optional[Path] = typer.Option(None, "--workflow", "-w",
+                                            help="take the agent from this workflow YAML"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="run the agent on this model"),
+    field: Optional[str] = typer.Option(None, "--field", help="output field to compare"),
+    input_field: Optional[str] = typer.Option(None, "--input-field"),
+    expected_field: Optional[str] = typer.Option(None, "--expected-field"),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n",
+                                        help="fixed-seed stratified sample of N cases (0: all)"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds per case"),
+    json_out: Optional[Path] = _JSON, html: Optional[Path] = _HTML,
+    baseline: Optional[Path] = _BASE, tolerance: float = _TOL,
+    metric: Optional[List[str]] = _MET, save_baseline: Optional[Path] = _SAVE,
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Run one agent over a dataset and grade it: `slmflow eval agent router --data cases.jsonl`."""
+    from ..agents import Agent
+    from ..evals import create, load_cases, run_suite
+
+    suite: dict[str, Any] = {}
+    base = Path(".")
+    name = None
+    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
+        import yaml
+
+        suite = yaml.safe_load(Path(target).read_text()) or {}
+        if not isinstance(suite, dict) or "agent" not in suite:
+            raise ConfigError("a suite file is a mapping with agent, data and evaluators",
+                              where=target)
+        base = Path(target).parent
+        name = suite.get("name")
+        agent = _import_ref(suite["agent"], base)
+    elif workflow is not None:
+        from ..workflow import load_workflow
+
+        wf = load_workflow(workflow)
+        agents = dict(wf.agents)
+        agents.update({a.name: a for a in wf.agents.values() if a.name not in agents})
+        if target not in agents:
+            raise ConfigError(f"no agent step {target!r} in {workflow}; agent steps: "
+                              f"{', '.join(agents)}", where=str(workflow))
+        agent = agents[target]
+    else:
+        agent = _import_ref(target, Path("."))
+    if callable(agent) and not isinstance(agent, Agent):
+        agent = agent()
+    if not isinstance(agent, Agent):
+        raise ConfigError(f"{target} is not an Agent (got {type(agent).__name__})",
+                          where="eval agent")
+    conc = concurrency or int(suite.get("concurrency", 1))
+    m = model or (agent.model if isinstance(agent.model, str) else None)
+    if m is not None and (model or conc > 1):
+        from ..models.catalog import resolve
+
+        kw = {"pool_size": conc} if conc > 1 and not m.startswith("openai:") else {}
+        try:
+            agent = agent.with_model(resolve(m, **kw), agent.adapter)
+        except TypeError:
+            agent = agent.with_model(resolve(m), agent.adapter)
+    if data is None:
+        if "data" not in suite:
+            raise ConfigError("no dataset: pass --data (or a suite file with data:)",
+                              where="eval agent")
+        data = base / suite["data"]
+    lim = limit if limit is not None else suite.get("limit")
+    cases = load_cases(data, input_field=input_field or suite.get("input_field", "input"),
+                       expected_field=expected_field or suite.get("expected_field", "expected"),
+                       context_field=suite.get("context_field", "context"),
+                       limit=lim or None,
+                       seed=seed if seed is not None else int(suite.get("seed", 0)))
+    specs: list[Any] = list(evaluator or suite.get("evaluators") or ["exact_match"])
+    evs = []
+    for s in specs:
+        if isinstance(s, str) and field and s in ("routing", "exact_match", "groundedness"):
+            evs.append(create(s, field=field))
+        else:
+            evs.append(create(s))
+    rep = run_suite(agent, cases, evs, concurrency=conc, name=name or agent.name,
+                    progress=not no_progress, timeout_s=timeout)
+    rep.meta["data"] = str(data)
+    rep.meta["limit"] = lim
+    _finish(rep, json_out, html, baseline, tolerance, metric, save_baseline, quiet=False)
+
+
+@eval_app.command("workflow")
+def workflow_cmd(
+    spec: Path = typer.Argument(..., help="the workflow YAML (or a scenarios YAML that names it)"),
+    scenarios: Optional[Path] = typer.Option(None, "--scenarios", "-s",
+                                             help="scenarios YAML (default: scenarios.yaml "
+                                             "next to the workflow)"),
+    judge: Optional[str] = typer.Option(None, "--judge",
+                                        help="check faithfulness with this judge model "
+                                        "(default: lexical groundedness)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="run every agent on this model"),
+    concurrency: int = typer.Option(1, "--concurrency", "-c"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds per scenario"),
+    json_out: Optional[Path] = _JSON, html: Optional[Path] = _HTML,
+    baseline: Optional[Path] = _BASE, tolerance: float = _TOL,
+    metric: Optional[List[str]] = _MET, save_baseline: Optional[Path] = _SAVE,
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Run workflow scenarios end to end and check path, handoffs, outcome and faithfulness from
+    each run's trace: `slmflow eval workflow examples/support/workflow.yaml`."""
+    from ..evals.scenarios import load_scenarios, run_scenarios
+    from ..workflow import load_workflow
+
+    if scenarios is None:
+        sf, _ = load_scenarios(spec) if spec.name.startswith("scenario") else (None, None)
+        if sf is not None:
+            scenarios, wf_path = spec, spec.parent / (sf.workflow or "workflow.yaml")
+        else:
+            scenarios, wf_path = spec.parent / "scenarios.yaml", spec
+    else:
+        wf_path = spec
+    wf = load_workflow(wf_path, model=model)
+    rep = run_scenarios(wf, scenarios, judge=judge, concurrency=concurrency,
+                        progress=not no_progress, timeout_s=timeout)
+    _finish(rep, json_out, html, baseline, tolerance, metric, save_baseline, quiet=False)

@@ -64,7 +64,6 @@ def w_slmflow_llamacpp(reps: int) -> dict:
 
     from slmflow import Message, Settings
     from slmflow.models.catalog import resolve
-    from slmflow.structured import OutputSpec
 
     t = time.perf_counter()
     m = resolve("smollm2-135m").load()

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from slmflow import ModelNotFoundError
-from slmflow.models import catalog
 from slmflow.models.catalog import PartsSource, list_models, resolve
 
 

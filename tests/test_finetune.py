@@ -101,7 +101,7 @@ CFG = TrainConfig(r=4, alpha=8, batch_size=4, max_steps=6, checkpoint_every=2, l
 
 def test_training_writes_adapter_and_card(base_dir, tmp_path):
     res = train_lora(base_dir, examples(), examples()[:2], fmt, tmp_path / "run", CFG,
-                     base_name="smollm2-135m", progress=False)
+                     base_name="smollm2-135m", progress=False, threads=1)
     assert (res.adapter_dir / "adapter_model.safetensors").is_file()
     card = json.loads((tmp_path / "run" / "card.json").read_text())
     assert card["base_model"] == "smollm2-135m" and card["data_hash"] == data_hash(
@@ -126,7 +126,7 @@ def test_resume_after_sigkill_gives_the_same_adapter(base_dir, tmp_path):
             time.sleep(30)  # park after the first checkpoint so the test can kill us
         trainer._atomic_dir_write = slow_save
         trainer.train_lora({str(base_dir)!r}, examples(), [], fmt, sys.argv[1], CFG,
-                           progress=False)
+                           progress=False, threads=1)
     """))
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(script), str(run)], env=os.environ.copy())
@@ -136,10 +136,10 @@ def test_resume_after_sigkill_gives_the_same_adapter(base_dir, tmp_path):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    resumed = train_lora(base_dir, examples(), [], fmt, run, CFG, progress=False)
+    resumed = train_lora(base_dir, examples(), [], fmt, run, CFG, progress=False, threads=1)
     assert resumed.resumed_from == 2 and resumed.steps == 6
     straight = train_lora(base_dir, examples(), [], fmt, tmp_path / "straight", CFG,
-                          progress=False)
+                          progress=False, threads=1)
     a = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(straight.adapter_dir / "adapter_model.safetensors"))
     assert a.keys() == b.keys()

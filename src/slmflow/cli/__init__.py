@@ -12,20 +12,20 @@ import sys
 import typer
 
 from ..errors import SlmflowError
+from . import evals as _evals
+from . import finetune as _finetune
+from . import index as _index
 from . import models as _models
+from . import serve as _serve
+from . import traces as _traces
 from . import workflow as _workflow
 
 app = typer.Typer(
     name="slmflow", no_args_is_help=True, add_completion=False,
     help="Build, fine-tune, evaluate, trace and improve multi-agent workflows of small models.")
-_models.register(app)
-_workflow.register(app)
-from . import traces as _traces  # noqa: E402
-_traces.register(app)
-from . import index as _index  # noqa: E402
-_index.register(app)
-from . import finetune as _finetune  # noqa: E402
-_finetune.register(app)
+# In the order of the lifecycle: models, workflows, retrieval, traces, evals, fine-tuning, gateway.
+for _area in (_models, _workflow, _index, _traces, _evals, _finetune, _serve):
+    _area.register(app)
 
 
 def main() -> None:
@@ -50,7 +50,3 @@ def main() -> None:
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)
         raise
-from . import evals as _evals  # noqa: E402
-_evals.register(app)
-from . import serve as _serve  # noqa: E402
-_serve.register(app)

@@ -140,8 +140,6 @@ def train_lora(base_dir: str | Path, train: Sequence[Example], val: Sequence[Exa
     """
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     say = log or (lambda s: None)
     out = Path(out_dir)
@@ -159,8 +157,25 @@ def train_lora(base_dir: str | Path, train: Sequence[Example], val: Sequence[Exa
                               "data; use a new directory or delete it", where=str(out))
     meta_path.write_text(json.dumps(run_meta, indent=2, default=list))
 
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _train(torch, transformers, base_dir, train, val, format_fn, out, config,
+                      base_name, progress, say)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(torch: Any, transformers: Any, base_dir: str | Path, train: Sequence[Example],
+           val: Sequence[Example], format_fn: Callable[[Any], list[Message]], out: Path,
+           config: TrainConfig, base_name: str, progress: bool,
+           say: Callable[[str], None]) -> TrainResult:
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    dhash = data_hash(list(train) + list(val))
+    ckpt = out / "checkpoint"
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     tok = transformers.AutoTokenizer.from_pretrained(str(base_dir))

@@ -41,10 +41,11 @@ def sample(cases, n, seed=0):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default=".slmflow/runs/banking77-router")
-    ap.add_argument("--limit-tuned", type=int, default=0)
+    ap.add_argument("--limit-tuned", type=int, default=0, help="0 = all 3,080")
     ap.add_argument("--limit-zero-shot", type=int, default=300)
     ap.add_argument("--limit-peft", type=int, default=300)
     ap.add_argument("--qwen", action="store_true")
+    ap.add_argument("--limit-qwen", type=int, default=0)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--out", default="examples/banking77/results.json")
     a = ap.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
     score("smollm2-135m zero-shot", agent, sample(cases, a.limit_zero_shot, seed=2))
     if a.qwen:
         score("qwen2.5-coder-0.5b zero-shot", agent.with_model(resolve("qwen2.5-coder-0.5b")),
-              sample(cases, a.limit_zero_shot, seed=2))
+              sample(cases, a.limit_qwen or a.limit_zero_shot, seed=2))
     Path(a.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

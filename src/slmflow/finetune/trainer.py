@@ -243,7 +243,7 @@ def _train(torch: Any, transformers: Any, base_dir: str | Path, train: Sequence[
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens_done += int(mask.sum())
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")

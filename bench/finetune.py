@@ -79,7 +79,8 @@ def worker_trainer(steps: int, batch: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         args = transformers.TrainingArguments(
             output_dir=d, per_device_train_batch_size=batch, max_steps=steps, learning_rate=5e-4,
-            lr_scheduler_type="linear", warmup_ratio=0.05, logging_steps=10, save_strategy="no",
+            lr_scheduler_type="linear", warmup_steps=int(steps * 0.05), logging_steps=10,
+            save_strategy="no",
             report_to=[], seed=0, dataloader_num_workers=0, use_cpu=True,
             remove_unused_columns=False)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=ds,

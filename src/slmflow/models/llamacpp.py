@@ -14,7 +14,7 @@ here, not a crash inside the sampler.
 
 Concurrency: one llama.cpp context runs one generation at a time. ``pool_size`` contexts share the
 memory-mapped weights; requests wait for a free context (a thread-safe queue, so the model
-works from any event loop), never interleave.
+works from any event loop), never interleave, and each context always runs on its own thread.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,6 +107,7 @@ class LlamaCppModel(Model):
         self.info = ModelInfo("llama.cpp", name or self.path.stem, adapter)
         self._llamas: list[Any] = []
         self._free: queue.Queue = queue.Queue()
+        self._workers: dict[int, ThreadPoolExecutor] = {}
         self._formatter = None
         self._load_lock = threading.Lock()
 
@@ -130,6 +132,8 @@ class LlamaCppModel(Model):
                 self._llamas = [self._new_llama() for _ in range(self.pool_size)]
                 for llm in self._llamas:
                     self._free.put(llm)
+                    self._workers[id(llm)] = ThreadPoolExecutor(
+                        1, thread_name_prefix=f"llamacpp-{self.info.name}")
                 self._formatter = self._make_formatter(self._llamas[0])
         return self
 
@@ -210,11 +214,18 @@ class LlamaCppModel(Model):
             confidence=confidence_from_logprobs(logprobs), token_logprobs=tuple(logprobs),
             time_to_first_token_s=ttft)
 
-    def _run_pooled(self, prompt: str, spec: OutputSpec | None, settings: Settings,
-                    max_tokens: int) -> Response:
-        llm = self._free.get()  # waits (in a worker thread) for a free context
+    async def _run_async(self, prompt: str, spec: OutputSpec | None, settings: Settings,
+                         max_tokens: int) -> Response:
+        """Wait for a free context, then generate on that context's own worker thread.
+
+        One dedicated thread per context: handing a llama.cpp context from one OS thread to
+        another between requests cost 2x throughput here (8 concurrent requests: 77 tok/s through
+        a shared thread pool vs 173 tok/s one after another)."""
+        llm = await asyncio.to_thread(self._free.get)
         try:
-            return self._run(llm, prompt, spec, settings, max_tokens)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._workers[id(llm)], self._run, llm, prompt,
+                                              spec, settings, max_tokens)
         finally:
             self._free.put(llm)
 
@@ -234,7 +245,7 @@ class LlamaCppModel(Model):
             hinted = s is not None and settings.schema_hint
             prompt = self.prompt_text(s.with_instruction(msgs) if hinted else msgs)
             max_tokens = attempt_budget(s, settings.max_tokens, repair)
-            return await asyncio.to_thread(self._run_pooled, prompt, s, settings, max_tokens)
+            return await self._run_async(prompt, s, settings, max_tokens)
 
         return await generate_validated(attempt, spec, where=self.info.identity)
 
@@ -242,5 +253,8 @@ class LlamaCppModel(Model):
         for llm in self._llamas:
             with contextlib.suppress(Exception):
                 llm.close()
+        for ex in self._workers.values():
+            ex.shutdown(wait=False)
+        self._workers = {}
         self._llamas = []
         self._free = queue.Queue()

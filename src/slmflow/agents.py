@@ -296,6 +296,15 @@ class Agent:
                 escalated, esc_reason = True, reason or "requested"
                 self._record_escalation(sp, esc_reason)
             role = "fallback" if use_fallback else "primary"
+
+            async def on_fallback(why: str) -> tuple[Response, Any, tuple[ToolResult, ...]]:
+                self._record_escalation(sp, why)
+                try:
+                    return await self._attempt("fallback", msgs, out_type, attempts)
+                except SlmflowError as e2:
+                    e2.details.setdefault("attempts", [a.__dict__ for a in attempts])
+                    raise
+
             try:
                 r, value, tools_done = await self._attempt(role, msgs, out_type, attempts)
             except (StructuredOutputError, ModelError, ServerError) as e:
@@ -305,25 +314,13 @@ class Agent:
                 escalated = True
                 esc_reason = ("invalid_output" if isinstance(e, StructuredOutputError)
                               else "model_error") + f": {e.message}"[:300]
-                self._record_escalation(sp, esc_reason)
-                try:
-                    r, value, tools_done = await self._attempt("fallback", msgs, out_type,
-                                                               attempts)
-                except SlmflowError as e2:
-                    e2.details.setdefault("attempts", [a.__dict__ for a in attempts])
-                    raise
+                r, value, tools_done = await on_fallback(esc_reason)
             low = (r.confidence is not None and r.confidence < self.confidence_threshold)
             if low and not escalated and self.fallback is not None:
                 escalated = True
                 esc_reason = (f"low_confidence: {r.confidence:.3f} < "
                               f"{self.confidence_threshold:.3f}")
-                self._record_escalation(sp, esc_reason)
-                try:
-                    r, value, tools_done = await self._attempt("fallback", msgs, out_type,
-                                                               attempts)
-                except SlmflowError as e:
-                    e.details.setdefault("attempts", [a.__dict__ for a in attempts])
-                    raise
+                r, value, tools_done = await on_fallback(esc_reason)
                 low = (r.confidence is not None and r.confidence < self.confidence_threshold)
             usage = sum((a.usage for a in attempts), Usage())
             result = AgentResult(

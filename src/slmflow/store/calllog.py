@@ -47,6 +47,17 @@ __all__ = ["CallRecord", "Feedback", "Example", "ApiKey", "CallLog", "SQLiteCall
 log = logging.getLogger("slmflow.store")
 
 
+
+def _filters(equal: dict[str, Any], since: Any) -> tuple[str, list[Any]]:
+    """A WHERE clause (with placeholders) for column = value pairs (None skipped) and ts >= since."""
+    conds = [f"{col} = ?" for col, v in equal.items() if v is not None]
+    params: list[Any] = [v for v in equal.values() if v is not None]
+    s = parse_since(since)
+    if s is not None:
+        conds.append("ts >= ?")
+        params.append(s)
+    return (" WHERE " + " AND ".join(conds)) if conds else "", params
+
 class StoreError(SlmflowError):
     """The call-log store failed (cannot open, migrate, read or write)."""
 
@@ -394,18 +405,7 @@ class CallLog(abc.ABC):
 
     def feedback(self, call_id: str | None = None, *, run_id: str | None = None,
                  since: Any = None) -> list[Feedback]:
-        conds, params = [], []
-        if call_id is not None:
-            conds.append("call_id = ?")
-            params.append(call_id)
-        if run_id is not None:
-            conds.append("run_id = ?")
-            params.append(run_id)
-        s = parse_since(since)
-        if s is not None:
-            conds.append("ts >= ?")
-            params.append(s)
-        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        where, params = _filters({"call_id": call_id, "run_id": run_id}, since)
         rows = self._all(f"SELECT {', '.join(Feedback.COLUMNS)} FROM feedback{where} ORDER BY seq",
                          params)
         out = []
@@ -417,15 +417,7 @@ class CallLog(abc.ABC):
 
     # -- escalation examples ---------------------------------------------------------------------
     def examples(self, agent: str | None = None, *, since: Any = None) -> list[Example]:
-        conds, params = [], []
-        if agent is not None:
-            conds.append("agent = ?")
-            params.append(agent)
-        s = parse_since(since)
-        if s is not None:
-            conds.append("ts >= ?")
-            params.append(s)
-        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        where, params = _filters({"agent": agent}, since)
         rows = self._all(f"SELECT {', '.join(Example.COLUMNS)} FROM examples{where} ORDER BY seq",
                          params)
         out = []

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -110,6 +111,7 @@ class Attempt:
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
     role: str = "primary"  # primary | fallback
+    output: Any = None  # the parsed output (kept so a fallback's disagreement can be measured)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class AgentResult:
     text: str = ""
     attempts: tuple[Attempt, ...] = ()
     tool_results: tuple[ToolResult, ...] = ()
+    call_id: str | None = None  # the call-log record's id (attach feedback to it)
 
     @property
     def adapter(self) -> str | None:
@@ -327,7 +330,11 @@ class Agent:
                 agent=self.name, output=value, model=r.model, confidence=r.confidence,
                 usage=usage, latency_s=time.perf_counter() - t0, escalated=escalated,
                 escalation_reason=esc_reason, low_confidence=low, repaired=r.repaired,
-                text=r.text, attempts=tuple(attempts), tool_results=tools_done)
+                text=r.text, attempts=tuple(attempts), tool_results=tools_done,
+                call_id=uuid.uuid4().hex)
+            from .store.writer import log_agent_call
+
+            log_agent_call(self, result, inp)  # queued; never raises
             tracing.set_attributes(sp, {
                 attrs.RESPONSE_MODEL: r.model.identity, attrs.CONFIDENCE: r.confidence,
                 attrs.ESCALATED: escalated, attrs.REPAIRED: r.repaired,
@@ -387,5 +394,5 @@ class Agent:
                                     error=f"{type(e).__name__}: {e.message}"[:500], role=role))
             raise
         attempts.append(Attempt(model.info.identity, True, r.confidence,
-                                time.perf_counter() - t0, r.usage, role=role))
+                                time.perf_counter() - t0, r.usage, role=role, output=value))
         return r, value, tool_results

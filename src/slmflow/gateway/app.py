@@ -40,8 +40,9 @@ from ..errors import (ConfigError, ContextLengthError, HandoffError, ModelError,
 from ..guardrails import (GuardPolicy, Guarded, GuardrailViolation, check_text,
                           collect_decisions, redact_pii)
 from ..models.base import Model
-from ..store.calllog import (CallLog, CallLogWriter, CallRecord, Example, _cost, _value,
-                             open_call_log, record_agent_result)
+from ..store.calllog import CallLog, CallRecord, Example, open_call_log
+from ..store.writer import (CallLogWriter, _cost, _value, agent_meta, logging_context,
+                            note_agent)
 from ..types import Message, Settings, Usage
 from .auth import Authenticator, KeyInfo, RateLimiter, TokenBudget
 from .config import GatewayConfig
@@ -552,7 +553,11 @@ class Gateway:
                         except ValueError:
                             pass
                     if t.kind == "agent":
-                        res = await asyncio.wait_for(t.agent.run(value), t.timeout_s)
+                        with logging_context(enabled=False):  # this request's record is the log
+                            res = await asyncio.wait_for(t.agent.run(value), t.timeout_s)
+                        rec.id = res.call_id or rec.id
+                        rec.meta.update(agent_meta(res, self._log_redact))
+                        note_agent(self.writer, t.agent)
                         text = _answer_text(res.output)
                         text = self._guard_text(text, "output", decisions)
                         usage, conf, finish = res.usage, res.confidence, "stop"
@@ -623,16 +628,15 @@ class Gateway:
 
     async def _run_workflow(self, t: Target, value: Any, key: KeyInfo | None,
                             trace_id: str | None) -> tuple[Any, str]:
+        """Run a workflow target; every agent call inside it is logged by the agent itself, to
+        this gateway's writer, under this run id, key and redaction (the logging context)."""
         run_id = uuid.uuid4().hex
-        rr = await asyncio.wait_for(t.workflow.run(value), t.timeout_s)
+        with logging_context(run_id=run_id, workflow=t.name, key=key.name if key else None,
+                             writer=self.writer, enabled=True,
+                             redact=None if self.config.guardrails.log_pii else _redact):
+            rr = await asyncio.wait_for(t.workflow.run(value), t.timeout_s)
         for s in rr.steps:
             if s.agent_result is not None:
-                rec = record_agent_result(s.agent_result, s.input, run_id=run_id,
-                                          trace_id=trace_id, key=key.name if key else None,
-                                          workflow=t.name, writer=self.writer,
-                                          redact=None if self.config.guardrails.log_pii
-                                          else _redact, meta={"step": s.step})
-                s.__dict__["_call_id"] = rec.id
                 self.metrics.inc("agent_calls", agent=s.agent_result.agent,
                                  help="Agent calls inside workflow runs.")
         return rr, run_id
@@ -688,7 +692,8 @@ class Gateway:
             self.budget.add(key.name, usage.total_tokens)
         steps = [{"step": s.step, "kind": s.kind, "status": s.status, "model": s.model,
                   "latency_ms": round(s.latency_s * 1000, 2), "confidence": s.confidence,
-                  "escalated": s.escalated, "call_id": s.__dict__.get("_call_id")}
+                  "escalated": s.escalated,
+                  "call_id": s.agent_result.call_id if s.agent_result else None}
                  for s in rr.steps]
         return {"id": run_id, "object": "workflow.run", "workflow": name, "status": rr.status,
                 "answer": _value(answer), "detail": rr.detail or "", "steps": steps,

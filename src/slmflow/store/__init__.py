@@ -10,10 +10,12 @@ embedded SQLite by default and PostgreSQL at scale, one schema, migrations appli
 
 from __future__ import annotations
 
-from .calllog import (ApiKey, CallLog, CallLogging, CallLogWriter, CallRecord, Example, Feedback,
-                      PostgresCallLog, SQLiteCallLog, StoreError, default_url, get_writer,
-                      open_call_log, parse_since, record_agent_result, set_writer)
+from .calllog import (AgentInfo, ApiKey, CallLog, CallRecord, Example, Feedback, PostgresCallLog,
+                      SQLiteCallLog, StoreError, default_url, open_call_log, parse_since)
+from .writer import (CallLogging, CallLogWriter, LogContext, calllog_enabled, get_writer,
+                     log_agent_call, logging_context, record_agent_result, set_writer)
 
-__all__ = ["ApiKey", "CallLog", "CallLogging", "CallLogWriter", "CallRecord", "Example",
-           "Feedback", "PostgresCallLog", "SQLiteCallLog", "StoreError", "default_url",
-           "get_writer", "open_call_log", "parse_since", "record_agent_result", "set_writer"]
+__all__ = ["AgentInfo", "ApiKey", "CallLog", "CallLogging", "CallLogWriter", "CallRecord",
+           "Example", "Feedback", "LogContext", "PostgresCallLog", "SQLiteCallLog", "StoreError",
+           "calllog_enabled", "default_url", "get_writer", "log_agent_call", "logging_context",
+           "open_call_log", "parse_since", "record_agent_result", "set_writer"]

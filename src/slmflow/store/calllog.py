@@ -8,24 +8,15 @@ on a fleet (PostgreSQL, many gateway processes writing concurrently). `CallLog` 
     sqlite:///abs/path/calls.db       (default: $SLMFLOW_HOME/calls.db, WAL journal)
     postgresql://user@host:port/db    (psycopg 3)
 
-Why a background writer (`CallLogWriter`): a request must not wait for a disk or network write,
-and under load many small transactions are slower than one batch. Records go into an unbounded
-in-memory queue and a single thread writes them in batches; a failed batch is retried (never
-dropped), `flush()` waits until everything submitted is written, and `close()` drains the queue
-(whatever still cannot be written after its timeout goes to ``calls.unsent.jsonl`` beside the
-home, so no record is silently lost).
-
-Agents and workflows land here through `record_agent_result` (one call per `AgentResult`) or the
-`CallLogging` model wrapper (one record per model call).
+Writing without blocking a request (the background writer) and the hooks agents and models use
+live in `slmflow.store.writer`.
 """
 
 from __future__ import annotations
 
 import abc
-import atexit
 import json
 import logging
-import queue
 import re
 import threading
 import time
@@ -33,16 +24,13 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError, SlmflowError
-from ..models.base import WrapperModel
-from ..types import MessageLike, Response, Settings, ToolSpec, as_messages
 from .schema import LATEST, MIGRATIONS, statements
 
 __all__ = ["CallRecord", "Feedback", "Example", "ApiKey", "CallLog", "SQLiteCallLog",
-           "PostgresCallLog", "open_call_log", "default_url", "CallLogWriter", "get_writer",
-           "set_writer", "record_agent_result", "CallLogging", "parse_since", "StoreError"]
+           "PostgresCallLog", "AgentInfo", "open_call_log", "default_url", "parse_since", "StoreError"]
 
 log = logging.getLogger("slmflow.store")
 
@@ -206,6 +194,21 @@ class Example:
 
 
 @dataclass
+class AgentInfo:
+    """What the review UI needs to know about an agent: its output JSON schema (the correction
+    form is generated from it) and its instructions. Upserted by name, once per process."""
+
+    name: str
+    output_schema: dict[str, Any] | None = None
+    instructions: str | None = None
+    updated: float = field(default_factory=time.time)
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+@dataclass
 class ApiKey:
     name: str
     key_hash: str
@@ -263,21 +266,45 @@ class CallLog(abc.ABC):
     dialect: str
 
     # -- calls --------------------------------------------------------------------------------
-    def append(self, records: Iterable[CallRecord | Example]) -> int:
-        """Write a batch in one transaction (calls and examples may be mixed); returns the count."""
+    def append(self, records: Iterable[CallRecord | Example | Feedback | AgentInfo]) -> int:
+        """Write a batch in one transaction (calls, examples, feedback and agent infos may be
+        mixed, written in that order: feedback lands with or after its call); returns the count.
+        A record already stored (same id) is skipped, so a retried batch never duplicates."""
         records = list(records)
         calls = [r.to_row() for r in records if isinstance(r, CallRecord)]
         exs = [self._example_row(r) for r in records if isinstance(r, Example)]
-        if not calls and not exs:
+        fbs = [self._feedback_row(r) for r in records if isinstance(r, Feedback)]
+        infos = {r.name: r for r in records if isinstance(r, AgentInfo)}
+        if not calls and not exs and not fbs and not infos:
             return 0
         with self._tx() as cur:
-            if calls:
-                self._many(cur, f"INSERT INTO calls ({', '.join(CallRecord.COLUMNS)}) VALUES "
-                           f"({', '.join('?' * len(CallRecord.COLUMNS))})", calls)
-            if exs:
-                self._many(cur, f"INSERT INTO examples ({', '.join(Example.COLUMNS)}) VALUES "
-                           f"({', '.join('?' * len(Example.COLUMNS))})", exs)
-        return len(calls) + len(exs)
+            for table, cols, rows in (("calls", CallRecord.COLUMNS, calls),
+                                      ("examples", Example.COLUMNS, exs),
+                                      ("feedback", Feedback.COLUMNS, fbs)):
+                if rows:
+                    self._many(cur, f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                               f"({', '.join('?' * len(cols))}) ON CONFLICT (id) DO NOTHING",
+                               rows)
+            if infos:
+                self._many(cur, "INSERT INTO agents (name, output_schema, instructions, updated) "
+                           "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                           "output_schema = excluded.output_schema, "
+                           "instructions = excluded.instructions, updated = excluded.updated",
+                           [(_txt(i.name), _dumps(i.output_schema), _txt(i.instructions),
+                             i.updated) for i in infos.values()])
+        return len(calls) + len(exs) + len(fbs) + len(infos)
+
+    def _feedback_row(self, fb: Feedback) -> tuple:
+        return (fb.id, fb.ts, fb.call_id, fb.run_id, fb.signal, _txt(fb.label),
+                _dumps(fb.correction), _txt(fb.by))
+
+    def agent_info(self, name: str) -> AgentInfo | None:
+        rows = self._all("SELECT name, output_schema, instructions, updated FROM agents "
+                         "WHERE name = ?", (name,))
+        if not rows:
+            return None
+        n, sch, ins, up = rows[0]
+        return AgentInfo(n, _loads(sch), ins, up)
 
     def _example_row(self, e: Example) -> tuple:
         return (e.id, e.ts, e.call_id, _txt(e.agent), _txt(e.source_model), _txt(e.target_model),
@@ -398,9 +425,7 @@ class CallLog(abc.ABC):
                       correction=correction, by=_txt(by))
         with self._tx() as cur:
             self._many(cur, f"INSERT INTO feedback ({', '.join(Feedback.COLUMNS)}) VALUES "
-                       f"({', '.join('?' * len(Feedback.COLUMNS))})",
-                       [(fb.id, fb.ts, fb.call_id, fb.run_id, fb.signal, fb.label,
-                         _dumps(fb.correction), fb.by)])
+                       f"({', '.join('?' * len(Feedback.COLUMNS))})", [self._feedback_row(fb)])
         return fb
 
     def feedback(self, call_id: str | None = None, *, run_id: str | None = None,
@@ -716,275 +741,3 @@ def open_call_log(url: str | Path | None = None) -> CallLog:
         return SQLiteCallLog(u)
     raise ConfigError(f"unknown call-log URL {u!r}: use sqlite:///path or postgresql://...",
                       where="call log")
-
-
-# ---- the background writer ----------------------------------------------------------------------------
-
-_STOP = object()
-
-
-class CallLogWriter:
-    """Queue + one background thread writing batches; never drops a record (see module doc)."""
-
-    def __init__(self, log: CallLog | str | None = None, *, batch_size: int = 256,
-                 max_wait_s: float = 0.05, unsent_path: str | Path | None = None) -> None:
-        self.log = log if isinstance(log, CallLog) else open_call_log(log)
-        self.batch_size = batch_size
-        self.max_wait_s = max_wait_s
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._cv = threading.Condition()
-        self.submitted = 0
-        self.written = 0
-        self.failed_batches = 0
-        self.last_error: str | None = None
-        self._closed = False
-        self._unsent = Path(unsent_path) if unsent_path else None
-        self._thread = threading.Thread(target=self._run, name="slmflow-calllog", daemon=True)
-        self._thread.start()
-
-    @property
-    def pending(self) -> int:
-        return self.submitted - self.written
-
-    def submit(self, record: CallRecord | Example) -> str:
-        if self._closed:
-            # After close, write synchronously rather than lose it.
-            self.log.append([record])
-            with self._cv:
-                self.submitted += 1
-                self.written += 1
-            return record.id
-        with self._cv:
-            self.submitted += 1
-        self._q.put(record)
-        return record.id
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._q.get()
-            if item is _STOP:
-                break
-            batch = [item]
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.batch_size:
-                try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._write(batch, final=stop)
-        # drain anything left after the stop marker
-        rest = []
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                rest.append(item)
-        if rest:
-            self._write(rest, final=True)
-
-    def _write(self, batch: list[Any], final: bool) -> None:
-        delay = 0.05
-        tries = 0
-        while True:
-            try:
-                self.log.append(batch)
-                with self._cv:
-                    self.written += len(batch)
-                    self._cv.notify_all()
-                return
-            except Exception as e:  # retried: a record is never dropped on a transient error
-                tries += 1
-                self.failed_batches += 1
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("call log write failed (try %d): %s", tries, self.last_error)
-                if final and tries >= 5:
-                    self._spill(batch)
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _spill(self, batch: list[Any]) -> None:
-        from ..home import home
-
-        path = self._unsent or (home() / "calls.unsent.jsonl")
-        with open(path, "a", encoding="utf-8") as f:
-            for r in batch:
-                f.write(json.dumps({"type": type(r).__name__, **asdict(r)},
-                                   default=_json_default, ensure_ascii=True) + "\n")
-        with self._cv:
-            self.written += len(batch)
-            self._cv.notify_all()
-        log.error("call log unreachable at shutdown: %d records saved to %s", len(batch), path)
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every submitted record is written; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while self.written < self.submitted:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
-
-    def close(self, timeout: float = 30.0, *, close_log: bool = True) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._q.put(_STOP)
-        self._thread.join(timeout)
-        if close_log:
-            self.log.close()
-
-    def stats(self) -> dict[str, Any]:
-        return {"submitted": self.submitted, "written": self.written, "pending": self.pending,
-                "failed_batches": self.failed_batches, "last_error": self.last_error}
-
-
-_WRITER: CallLogWriter | None = None
-_WRITER_LOCK = threading.Lock()
-
-
-def get_writer() -> CallLogWriter:
-    """The process-wide writer on the default call log (opened on first use, drained at exit)."""
-    global _WRITER
-    with _WRITER_LOCK:
-        if _WRITER is None or _WRITER._closed:
-            _WRITER = CallLogWriter(default_url())
-            atexit.register(_WRITER.close)
-        return _WRITER
-
-
-def set_writer(writer: CallLogWriter | None) -> CallLogWriter | None:
-    """Make ``writer`` the process-wide one (the gateway installs its own); returns the old one."""
-    global _WRITER
-    with _WRITER_LOCK:
-        old, _WRITER = _WRITER, writer
-        return old
-
-
-# ---- hooks for agents and models ----------------------------------------------------------------------
-
-def _value(v: Any) -> Any:
-    if hasattr(v, "model_dump"):
-        return v.model_dump(mode="json")
-    if hasattr(v, "__dataclass_fields__"):
-        try:
-            return asdict(v)
-        except Exception:
-            return str(v)
-    return v
-
-
-def _cost(info: Any, usage: Any, latency_s: float) -> float | None:
-    try:
-        from ..tracing.cost import prices
-
-        return prices().cost(info, usage, latency_s)
-    except Exception:
-        return None
-
-
-def record_agent_result(result: Any, input: Any, run_id: str | None = None,
-                        trace_id: str | None = None, key: str | None = None, *,
-                        workflow: str | None = None, writer: CallLogWriter | None = None,
-                        redact: Callable[[Any], Any] | None = None,
-                        meta: dict[str, Any] | None = None) -> CallRecord:
-    """Log one `AgentResult` (and, when it escalated to a fallback that answered, a training
-    example for the agent's primary model). Non-blocking: the record is queued to the writer.
-
-    trace_id defaults to the current span's trace. redact: applied to input and output before
-    they are stored (the gateway passes the PII redactor)."""
-    from .. import tracing
-
-    w = writer or get_writer()
-    inp, out = _value(input), _value(result.output)
-    if redact is not None:
-        inp, out = redact(inp), redact(out)
-    attempts = list(getattr(result, "attempts", ()) or ())
-    m = dict(meta or {})
-    if attempts:
-        m["attempts"] = [{"model": a.model, "ok": a.ok, "confidence": a.confidence,
-                          "role": a.role, "latency_s": round(a.latency_s, 4),
-                          "error": a.error} for a in attempts]
-    if getattr(result, "repaired", False):
-        m["repaired"] = True
-    if getattr(result, "low_confidence", False):
-        m["low_confidence"] = True
-    rec = CallRecord(
-        kind="agent", agent=result.agent, workflow=workflow, run_id=run_id,
-        trace_id=trace_id or tracing.current_trace_id(), key_name=key,
-        model=result.model.identity, adapter=result.model.adapter, input=inp, output=out,
-        latency_s=result.latency_s, confidence=result.confidence,
-        input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens,
-        cost_usd=_cost(result.model, result.usage, result.latency_s),
-        escalated=bool(result.escalated), escalation_reason=result.escalation_reason,
-        meta=m or None)
-    w.submit(rec)
-    if result.escalated:
-        primary = next((a for a in attempts if a.role == "primary"), None)
-        final_fallback = attempts and attempts[-1].role == "fallback" and attempts[-1].ok
-        if final_fallback:
-            w.submit(Example(agent=result.agent, input=inp, output=out,
-                             source_model=primary.model if primary else None,
-                             target_model=attempts[-1].model,
-                             reason=result.escalation_reason,
-                             confidence=primary.confidence if primary else None,
-                             call_id=rec.id))
-    return rec
-
-
-def _messages_json(messages: Sequence[MessageLike] | str) -> list[dict[str, Any]]:
-    return [{"role": m.role, "content": m.content} for m in as_messages(messages)]
-
-
-class CallLogging(WrapperModel):
-    """A `Model` wrapper that logs every call (messages, answer, latency, confidence, usage,
-    cost, trace id) to the call log. ``agent`` names the job in the records."""
-
-    def __init__(self, wrapped: Any, *, agent: str | None = None, key: str | None = None,
-                 writer: CallLogWriter | None = None,
-                 redact: Callable[[Any], Any] | None = None) -> None:
-        super().__init__(wrapped)
-        self.agent = agent
-        self.key = key
-        self.writer = writer
-        self.redact = redact
-
-    async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
-                       tools: Sequence[ToolSpec] | None = None,
-                       settings: Settings | None = None) -> Response:
-        from .. import tracing
-
-        t0 = time.perf_counter()
-        inp: Any = _messages_json(messages)
-        if self.redact is not None:
-            inp = self.redact(inp)
-        w = self.writer or get_writer()
-        try:
-            r = await self.wrapped.generate(messages, schema=schema, tools=tools,
-                                            settings=settings)
-        except SlmflowError as e:
-            w.submit(CallRecord(kind="model", agent=self.agent, key_name=self.key,
-                                trace_id=tracing.current_trace_id(),
-                                model=self.wrapped.info.identity, input=inp, status="error",
-                                error=f"{type(e).__name__}: {e.message}"[:1000],
-                                latency_s=time.perf_counter() - t0))
-            raise
-        out: Any = r.text if r.parsed is None else _value(r.parsed)
-        if self.redact is not None:
-            out = self.redact(out)
-        w.submit(CallRecord(
-            kind="model", agent=self.agent, key_name=self.key,
-            trace_id=tracing.current_trace_id(), model=r.model.identity, adapter=r.model.adapter,
-            input=inp, output=out, latency_s=r.latency_s or (time.perf_counter() - t0),
-            confidence=r.confidence, input_tokens=r.usage.input_tokens,
-            output_tokens=r.usage.output_tokens, cost_usd=_cost(r.model, r.usage, r.latency_s)))
-        return r

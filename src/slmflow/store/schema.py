@@ -86,6 +86,48 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ]),
 ]
 
+# 2: the improvement loop. Agents' output schemas (the review form), the review queue (one item
+# per flagged call, ever: call_id is unique, so flagging twice is a no-op) and the flag runs.
+MIGRATIONS.append((2, [
+    """CREATE TABLE agents (
+        name TEXT PRIMARY KEY,
+        output_schema TEXT,
+        instructions TEXT,
+        updated DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE review_items (
+        seq {SEQ},
+        id TEXT NOT NULL UNIQUE,
+        ts DOUBLE PRECISION NOT NULL,
+        call_id TEXT NOT NULL UNIQUE,
+        agent TEXT,
+        reasons TEXT,
+        priority DOUBLE PRECISION NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'pending',
+        verdict TEXT,
+        correction TEXT,
+        reviewer TEXT,
+        reviewed_ts DOUBLE PRECISION,
+        note TEXT,
+        flag_run TEXT,
+        used_in TEXT
+    )""",
+    "CREATE INDEX review_agent_status ON review_items (agent, status, priority)",
+    """CREATE TABLE flag_runs (
+        seq {SEQ},
+        id TEXT NOT NULL UNIQUE,
+        ts DOUBLE PRECISION NOT NULL,
+        since DOUBLE PRECISION,
+        until DOUBLE PRECISION,
+        config TEXT,
+        scanned INTEGER NOT NULL DEFAULT 0,
+        candidates INTEGER NOT NULL DEFAULT 0,
+        flagged INTEGER NOT NULL DEFAULT 0,
+        wall_s DOUBLE PRECISION
+    )""",
+    "CREATE INDEX feedback_ts ON feedback (ts)",
+]))
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -34,11 +34,13 @@ import asyncio
 import inspect
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import tracing
 from ..agents import AgentResult, render_value
+from ..store.writer import current_context, logging_context, submit_feedback
 from ..errors import HandoffError, SlmflowError
 from ..tools import ToolResult
 from ..tracing import attrs
@@ -96,6 +98,7 @@ class RunResult:
     error: BaseException | None = None
     latency_s: float = 0.0
     detail: str = ""
+    run_id: str | None = None  # the call log's run id: feedback on the run attaches to it
 
     @property
     def ok(self) -> bool:
@@ -252,7 +255,8 @@ class _Run:
 
     async def execute(self, s: Step, inp: Any, rec: StepRecord) -> Any:
         if s.agent is not None:
-            res = await s.agent.run(inp)
+            with logging_context(step=s.name):
+                res = await s.agent.run(inp)
             self._fill(rec, res)
             out = res.output
             if isinstance(out, ToolResult):
@@ -367,10 +371,17 @@ class _Run:
                 rec = StepRecord(owner.name, "agent", detail=f"handoff {mode[:-2]} for {s.name}")
                 self.steps.append(rec)
                 t0 = time.perf_counter()
+                bad = self.latest[owner.name].agent_result
+                if mode == "repaired" and bad is not None and bad.call_id:
+                    # the call whose output broke the handoff: a weak output for the review queue
+                    _flag(bad.call_id, f"handoff:{edge}", "malformed_handoff: "
+                          + "; ".join(errors[:3]))
                 try:
-                    res = await agent.run(self.latest[owner.name].input, output_type=contract,
-                                          note=note, use_fallback=(mode == "escalated"),
-                                          reason=f"handoff {edge}: {'; '.join(errors[:2])}")
+                    with logging_context(step=owner.name):
+                        res = await agent.run(self.latest[owner.name].input,
+                                              output_type=contract, note=note,
+                                              use_fallback=(mode == "escalated"),
+                                              reason=f"handoff {edge}: {'; '.join(errors[:2])}")
                 except SlmflowError as e:
                     rec.status, rec.error = "failed", e
                     rec.latency_s = time.perf_counter() - t0
@@ -436,6 +447,8 @@ class _Run:
             rec.status, rec.detail = "approved", rec.detail or "approved"
             return
         rec.status, rec.detail = "rejected", reason
+        if trec.agent_result is not None and trec.agent_result.call_id:
+            _flag(trec.agent_result.call_id, f"verifier:{s.name}", f"verifier_rejected: {reason}")
         if s.name in self.reverified or target.agent.fallback is None:  # type: ignore[union-attr]
             self.rejected = reason + ("" if s.name in self.reverified else
                                       f" (no fallback model for {target.name!r} to escalate to)")
@@ -445,8 +458,10 @@ class _Run:
         self.steps.append(new)
         t0 = time.perf_counter()
         try:
-            res = await target.agent.run(  # type: ignore[union-attr]
-                trec.input, use_fallback=True, reason=f"verifier {s.name} rejected: {reason}")
+            with logging_context(step=target.name):
+                res = await target.agent.run(  # type: ignore[union-attr]
+                    trec.input, use_fallback=True,
+                    reason=f"verifier {s.name} rejected: {reason}")
         except BaseException as e:
             new.status, new.error = "failed", e
             raise
@@ -476,12 +491,23 @@ def contract_type(owner: Step, consumer: Any) -> Any:
     return create_model(f"{owner.name}_for_handoff", **fields)
 
 
+def _flag(call_id: str, by: str, label: str) -> None:
+    """A negative signal on an agent's call, from inside the run (a verifier's rejection, an
+    output that broke a handoff): the improvement loop's flagging job reads it."""
+    from ..store.calllog import Feedback
+
+    submit_feedback(Feedback(call_id=call_id, signal="down", label=label[:500], by=by))
+
+
 async def run_workflow(wf: Workflow, value: Any) -> RunResult:
     """Run ``wf`` on one request; see the module docstring for what can come back."""
     run = _Run(wf)
     t0 = time.perf_counter()
     error: BaseException | None = None
-    with tracing.span("invoke_workflow", wf.name, attributes={attrs.WORKFLOW_NAME: wf.name}) as sp:
+    ctx = current_context()
+    run_id = ctx.run_id or uuid.uuid4().hex
+    with logging_context(run_id=run_id, workflow=ctx.workflow or wf.name), \
+            tracing.span("invoke_workflow", wf.name, attributes={attrs.WORKFLOW_NAME: wf.name}) as sp:
         try:
             run.start(value)
             await run.walk()
@@ -508,4 +534,4 @@ async def run_workflow(wf: Workflow, value: Any) -> RunResult:
     answer = None if wf.output is None or error is not None else run.state.get(wf.output)
     detail = run.rejected or (f"{type(error).__name__}: {error}" if error else "")
     return RunResult(wf.name, status, answer, run.state, run.steps, run.handoffs, error,
-                     time.perf_counter() - t0, detail)
+                     time.perf_counter() - t0, detail, run_id)

@@ -131,14 +131,23 @@ class AdapterRegistry:
         _write_json_atomic(self._agent_dir(agent) / version / "card.json", card)
 
     def promote(self, agent: str, version: str, scores: dict[str, float] | None = None, *,
-                tolerance: float = 0.0, force: bool = False) -> dict[str, Any]:
+                tolerance: float = 0.0, force: bool = False,
+                baseline: dict[str, float] | None = None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Promote `version` if its eval scores are at least the promoted version's on every
-        metric both have (higher is better). The comparison is stored either way."""
+        metric both have (higher is better). The comparison is stored either way.
+
+        baseline: the promoted version's scores measured now on the same cases as ``scores``
+        (the improvement loop does this: its eval set grows with every reviewed batch, so the
+        scores stored on the old card are not comparable). extra: more context for the history
+        (which reviews and calls produced the candidate)."""
         if scores:
             self.record_scores(agent, version, scores)
-        cand = self.card(agent, version).get("eval_scores", {})
+        cand = dict(scores) if (scores and baseline is not None) else \
+            self.card(agent, version).get("eval_scores", {})
         current = self.promoted(agent)
-        base_scores = self.card(agent, current).get("eval_scores", {}) if current else {}
+        base_scores = (baseline if baseline is not None else
+                       self.card(agent, current).get("eval_scores", {}) if current else {})
         shared = sorted(set(cand) & set(base_scores))
         if current and not cand and not force:
             raise PromotionRejected(f"{agent}@{version} has no eval scores; run its eval suite",
@@ -147,7 +156,8 @@ class AdapterRegistry:
                  if cand[k] < base_scores[k] - tolerance}
         decision = {"agent": agent, "candidate": version, "current": current,
                     "candidate_scores": cand, "current_scores": base_scores,
-                    "compared": shared, "drops": drops, "tolerance": tolerance}
+                    "compared": shared, "drops": drops, "tolerance": tolerance,
+                    "same_cases": baseline is not None, **(extra or {})}
         if current and shared == [] and not force:
             decision["action"] = "rejected"
             self._log(agent, decision)

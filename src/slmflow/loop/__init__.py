@@ -1,0 +1,19 @@
+"""The improvement loop: flag weak calls, review them, retrain the agent that failed, gate, serve.
+
+    from slmflow.loop import flag_calls, FlagRules, retrain_agent, add_to_evals
+    from slmflow.store import open_call_log
+    log = open_call_log()
+    flag_calls(log, since="24h", rules=FlagRules(budget_per_agent=50))   # -> review queue
+    # ... reviewers decide in `slmflow ui` (the /review pages) ...
+    retrain_agent(router_agent, log, data=original, eval_cases=suite)   # -> gated adapter
+
+Each step is also a command: `slmflow loop flag|queue|review|retrain|add-to-evals|schedule`.
+"""
+
+from __future__ import annotations
+
+from .flag import RULES, WEIGHTS, FlagReport, FlagRules, flag_calls
+from .retrain import LoopError, RetrainResult, add_to_evals, retrain_agent, reviewed_examples
+
+__all__ = ["RULES", "WEIGHTS", "FlagReport", "FlagRules", "flag_calls", "LoopError",
+           "RetrainResult", "add_to_evals", "retrain_agent", "reviewed_examples"]

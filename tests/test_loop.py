@@ -1,0 +1,212 @@
+"""The improvement loop's core on both stores: agent calls land in the call log by themselves,
+flagging by rule with priority, budget and idempotence, reviews with conflicts, lineage tags.
+Models here are FunctionModels (unit tests); the real-model proof is tests/test_loop_e2e.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from slmflow import Agent, FunctionModel
+from slmflow.errors import ConfigError
+from slmflow.loop import FlagRules, LoopError, add_to_evals, flag_calls
+from slmflow.loop.retrain import is_held_out
+from slmflow.store import CallLogWriter, logging_context, open_call_log
+from slmflow.store.review import ReviewConflict, ReviewError, ReviewQueue
+from slmflow.workflow import Step, Workflow
+
+from .conftest import reset_pg
+
+
+class Route(BaseModel):
+    intent: str
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log(request, tmp_path):
+    if request.param == "sqlite":
+        lg = open_call_log(f"sqlite:///{tmp_path / 'calls.db'}")
+    else:
+        url = request.getfixturevalue("pg_url")
+        reset_pg(url)
+        lg = open_call_log(url)
+    yield lg
+    lg.close()
+
+
+def _router(conf_for, answer_for=None, fallback=None):
+    """A router whose confidence (and answer) depend on the text."""
+    def fn(msgs, spec):
+        text = msgs[-1].content
+        return {"intent": (answer_for or (lambda t: "card"))(text)}
+
+    m = FunctionModel(fn, name="slm")
+    orig = m.generate
+
+    async def gen(messages, **kw):  # per-call confidence
+        r = await orig(messages, **kw)
+        from dataclasses import replace
+
+        return replace(r, confidence=conf_for(messages[-1].content))
+
+    m.generate = gen  # type: ignore[method-assign]
+    return Agent("router", m, output_type=Route, fallback=fallback, confidence_threshold=0.2)
+
+
+def _traffic(log, agent, texts):
+    w = CallLogWriter(log)
+    with logging_context(writer=w, key="k1"):
+        results = [agent.run_sync(t) for t in texts]
+    assert w.flush()
+    w.close(close_log=False)
+    return results
+
+
+def test_agent_calls_are_logged_with_schema_and_run_context(log):
+    agent = _router(lambda t: 0.9)
+    wf = Workflow("wf", [Step("router", agent=agent)])
+    w = CallLogWriter(log)
+    with logging_context(writer=w):
+        rr = wf.run_sync("my card is lost")
+        res = agent.run_sync("another")
+    w.flush()
+    w.close(close_log=False)
+    call = log.get(rr.steps[0].agent_result.call_id)
+    assert call is not None and call.run_id == rr.run_id and call.workflow == "wf"
+    assert call.meta["step"] == "router" and call.output == {"intent": "card"}
+    assert log.get(res.call_id).run_id is None
+    info = log.agent_info("router")
+    assert info.output_schema["properties"]["intent"]["type"] == "string"
+
+
+def test_logging_can_be_turned_off(log, monkeypatch):
+    monkeypatch.setenv("SLMFLOW_CALLLOG", "off")
+    from slmflow.store.writer import log_agent_call
+
+    res = _router(lambda t: 0.9).run_sync("x")
+    assert log_agent_call(object(), res, "x") is None
+
+
+def test_flag_rules_priority_budget_and_idempotence(log):
+    strong = FunctionModel(lambda m, s: {"intent": "refund"}, name="strong", confidence=0.99)
+    agent = _router(lambda t: 0.05 if "low" in t else (0.3 if "mid" in t else 0.95),
+                    answer_for=lambda t: "card", fallback=strong)
+    texts = ["low one", "low two", "mid one", "fine one", "fine two", "fine three"]
+    res = dict(zip(texts, _traffic(log, agent, texts)))
+    assert res["low one"].escalated and not res["fine one"].escalated
+    # user feedback: a thumbs down, a correction, a verifier rejection
+    log.add_feedback(res["fine one"].call_id, signal="down", by="alice")
+    log.add_feedback(res["fine two"].call_id, correction={"intent": "refund"}, by="bob")
+    log.add_feedback(res["fine three"].call_id, signal="down", by="verifier:check",
+                     label="verifier_rejected")
+
+    rep = flag_calls(log, since="1h", rules=FlagRules(confidence_below=0.5, budget_per_agent=4))
+    assert rep.scanned == 6 and rep.candidates == 6
+    assert rep.flagged == {"router": 4} and rep.over_budget == {"router": 2}
+    q = ReviewQueue(log)
+    items = q.items("router")
+    assert [i.priority for i in items] == sorted((i.priority for i in items), reverse=True)
+    by_call = {i.call_id: i for i in items}
+    # a user's correction first (1.2), then escalated + the fallback disagreed (0.4 + 0.7)
+    assert items[0].reasons == ["user_correction"]
+    assert set(items[1].reasons) == {"escalated", "fallback_disagreement"}
+    assert by_call[res["fine two"].call_id].correction == {"intent": "refund"}  # pre-filled
+    assert "user_correction" in by_call[res["fine two"].call_id].reasons
+    # idempotent: nothing new while the budget is full; the rest once there is room
+    again = flag_calls(log, since="1h", rules=FlagRules(confidence_below=0.5,
+                                                        budget_per_agent=4))
+    assert again.total == 0 and again.already_queued == 4
+    more = flag_calls(log, since="1h", rules=FlagRules(confidence_below=0.5,
+                                                       budget_per_agent=None))
+    assert more.total == 2
+    assert flag_calls(log, since="1h", rules=FlagRules(budget_per_agent=None)).total == 0
+    reasons = {r for i in q.items("router", limit=None) for r in i.reasons}
+    assert {"verifier_rejection", "negative_feedback", "user_correction"} <= reasons
+    runs = log._all("SELECT flagged FROM flag_runs ORDER BY seq", ())
+    assert [r[0] for r in runs] == [4, 0, 2, 0]
+
+
+def test_flag_window_and_rule_selection(log):
+    agent = _router(lambda t: 0.1)
+    _traffic(log, agent, ["a", "b"])
+    assert flag_calls(log, since=time.time() + 10).total == 0  # window in the future
+    assert flag_calls(log, since="1h", rules=FlagRules(rules=("escalated",))).total == 0
+    assert flag_calls(log, since="1h", dry_run=True).total == 2
+    assert ReviewQueue(log).items() == []  # dry run wrote nothing
+    with pytest.raises(ConfigError, match="unknown flag rule"):
+        FlagRules(rules=("nope",))
+
+
+def test_run_feedback_flags_every_agent_call_of_the_run(log):
+    agent = _router(lambda t: 0.99)
+    wf = Workflow("wf", [Step("router", agent=agent)])
+    w = CallLogWriter(log)
+    with logging_context(writer=w):
+        rr = wf.run_sync("hello")
+    w.flush()
+    w.close(close_log=False)
+    log.add_feedback(run_id=rr.run_id, signal="down", by="carol")
+    rep = flag_calls(log, since="1h")
+    assert rep.flagged == {"router": 1} and rep.by_reason == {"negative_feedback": 1}
+
+
+def test_reviews_conflicts_orphans_and_bad_corrections(log):
+    agent = _router(lambda t: 0.1)
+    res = _traffic(log, agent, ["one", "two", "three"])
+    flag_calls(log, since="1h")
+    q = ReviewQueue(log)
+    items = {i.call_id: i for i in q.items()}
+    a, b, c = (items[r.call_id] for r in res)
+    done = q.review(a.id, "correct", reviewer="alice", correction={"intent": "refund"})
+    assert done.status == "reviewed" and done.correction == {"intent": "refund"}
+    assert done.target == {"intent": "refund"}
+    # a double submit of the same decision is answered, a different reviewer is refused
+    assert q.review(a.id, "correct", reviewer="alice",
+                    correction={"intent": "refund"}).reviewer == "alice"
+    with pytest.raises(ReviewConflict, match="already reviewed by alice"):
+        q.review(a.id, "accept", reviewer="bob")
+    # a correction must fit the agent's output schema
+    with pytest.raises(ReviewError, match="does not fit agent router"):
+        q.review(b.id, "correct", reviewer="bob", correction={"intent": 3})
+    with pytest.raises(ConfigError, match="reviewer"):
+        q.review(b.id, "accept", reviewer=" ")
+    with pytest.raises(ReviewError, match="no review item"):
+        q.review("nope", "accept", reviewer="bob")
+    assert q.review(b.id, "accept", reviewer="bob").target == {"intent": "card"}
+    # the call behind c is deleted: the review is refused and the item closed
+    with log._tx() as cur:
+        log._exec(cur, "DELETE FROM calls WHERE id = ?", (c.call_id,))
+    with pytest.raises(ReviewError, match="no longer exists"):
+        q.review(c.id, "accept", reviewer="bob")
+    assert q.get(c.id).status == "orphaned"
+    assert q.stats()["router"] == {"correct": 1, "accept": 1, "orphaned": 1}
+
+
+def test_add_to_evals_and_too_few_examples(log, tmp_path):
+    from slmflow.loop import retrain_agent
+
+    agent = _router(lambda t: 0.1)
+    res = _traffic(log, agent, ["one", "two"])
+    flag_calls(log, since="1h")
+    q = ReviewQueue(log)
+    for it in q.items():
+        q.review(it.id, "correct", reviewer="alice", correction={"intent": "refund"})
+    path = tmp_path / "evals.jsonl"
+    assert add_to_evals(log, "router", path) == 2
+    assert add_to_evals(log, "router", path) == 0  # de-duplicated by input
+    rows = path.read_text().splitlines()
+    assert len(rows) == 2 and '"intent": "refund"' in rows[0]
+    assert all(any(u.startswith("evals:") for u in i.used_in)
+               for i in q.items(status="reviewed"))
+    with pytest.raises(LoopError, match="needs at least 5"):
+        retrain_agent(agent, log, min_new=5)
+    assert {r.call_id for r in res} == {i.call_id for i in q.items(status=None)}
+
+
+def test_hold_out_is_stable():
+    ids = [f"{i:032x}" for i in range(2000)]
+    share = sum(is_held_out(i, 0.3) for i in ids) / len(ids)
+    assert 0.25 < share < 0.35
+    assert [is_held_out(i, 0.3) for i in ids] == [is_held_out(i, 0.3) for i in ids]

@@ -164,11 +164,16 @@ def stats_cmd(by: str = typer.Option("agent", "--by",
 
 
 def ui_cmd(host: str = typer.Option("127.0.0.1", "--host"),
-           port: int = typer.Option(6007, "--port"), db: Optional[Path] = DB) -> None:
-    """A small local web view: the trace list and a waterfall per trace."""
+           port: int = typer.Option(6007, "--port"), db: Optional[Path] = DB,
+           calls: Optional[str] = typer.Option(None, "--calls",
+                                               help="call-log URL for the review queue "
+                                                    "(default: $SLMFLOW_CALLS_URL or "
+                                                    "$SLMFLOW_HOME/calls.db)")) -> None:
+    """A small local web view: traces (waterfalls) and the review queue (/review)."""
+    from ..store import open_call_log
     from ..ui.traces import serve
 
-    server = serve(host, port, db_path=db)
+    server = serve(host, port, db_path=db, calls=open_call_log(calls))
     typer.echo(f"slmflow ui on http://{host}:{server.server_address[1]}  (Ctrl+C to stop)")
     try:
         server.serve_forever()

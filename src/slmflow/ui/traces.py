@@ -1,4 +1,5 @@
-"""The trace pages: a list of traces, and a waterfall per trace.
+"""The trace pages (a list of traces, and a waterfall per trace) and the server of `slmflow ui`,
+which also serves the review queue pages of `slmflow.ui.review`.
 
 Why the data is inlined into each page as JSON and the DOM is built by a few lines of JS: one
 request per page, nothing to fetch after load (so a headless browser's DOM dump sees the whole
@@ -13,7 +14,7 @@ import re
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from ..tracing import views
 from ..tracing.store import SpanStore
@@ -100,7 +101,8 @@ def _page(title: str, body: str, data: Any, js: str) -> bytes:
 
 def list_page(store: SpanStore) -> bytes:
     rows = store.list_traces(limit=200)
-    body = ("<h1>slmflow traces</h1><table><thead><tr><th>trace</th><th>root</th><th>started"
+    body = ("<p><a href='/'>traces</a> · <a href='/review'>review queue</a></p>"
+            "<h1>slmflow traces</h1><table><thead><tr><th>trace</th><th>root</th><th>started"
             "</th><th>duration</th><th>spans</th><th>tokens in/out</th><th>cost</th><th></th>"
             "</tr></thead><tbody id='rows'></tbody></table>")
     return _page("slmflow traces", body, rows, _LIST_JS)
@@ -128,6 +130,7 @@ def trace_page(store: SpanStore, trace_id: str) -> bytes | None:
 
 class _Handler(BaseHTTPRequestHandler):
     store: SpanStore
+    calls: Any = None  # a CallLog for the review pages (slmflow.ui.review)
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -139,9 +142,57 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def _json(self, code: int, data: Any) -> None:
+        self._send(code, json.dumps(data, default=str).encode(), "application/json")
+
+    def _review_get(self, path: str, query: str) -> bool:
+        from . import review
+
+        agent = parse_qs(query).get("agent", [None])[0] or None
+        if path == "/review":
+            self._send(200, review.list_page(self.calls, agent))
+        elif path == "/api/review":
+            self._json(200, review.list_data(self.calls, agent))
+        else:
+            m = re.fullmatch(r"/(api/review|review)/([0-9a-f]{8,40})", path)
+            if not m:
+                return False
+            try:
+                if m.group(1) == "review":
+                    self._send(200, review.item_page(self.calls, m.group(2), self.store))
+                else:
+                    self._json(200, review.item_data(self.calls, m.group(2), self.store))
+            except review.ReviewError as e:
+                self._send(404, f"<h1>{html.escape(e.message)}</h1>".encode())
+        return True
+
+    def do_POST(self) -> None:  # noqa: N802
+        from . import review
+
         path = urlparse(self.path).path
+        m = re.fullmatch(r"/api/review/([0-9a-f]{8,40})", path)
+        if not m or self.calls is None:
+            return self._json(404, {"error": "not found"})
         try:
+            n = int(self.headers.get("Content-Length") or 0)
+            if n > 1_000_000:
+                return self._json(413, {"error": "request body too large"})
+            try:
+                body = json.loads(self.rfile.read(n) or b"null")
+            except ValueError:
+                return self._json(400, {"error": "the body is not JSON"})
+            code, out = review.decide(self.calls, m.group(1), body)
+            return self._json(code, out)
+        except Exception as e:  # noqa: BLE001
+            return self._json(500, {"error": f"{type(e).__name__}: {e}"})
+
+    def do_GET(self) -> None:  # noqa: N802
+        u = urlparse(self.path)
+        path = u.path
+        try:
+            if self.calls is not None and path.startswith(("/review", "/api/review")) and \
+                    self._review_get(path, u.query):
+                return
             if path in ("/", "/index.html"):
                 return self._send(200, list_page(self.store))
             if path == "/api/traces":
@@ -164,9 +215,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(host: str = "127.0.0.1", port: int = 6007, *,
-          db_path: str | Path | None = None) -> ThreadingHTTPServer:
-    """A server for the trace pages (not yet serving: call ``serve_forever``); port 0 = any."""
-    handler = type("Handler", (_Handler,), {"store": SpanStore(db_path)})
+          db_path: str | Path | None = None, calls: Any = None) -> ThreadingHTTPServer:
+    """A server for the trace pages and, given a call log (a `CallLog` or its URL), the review
+    queue under ``/review`` (not yet serving: call ``serve_forever``); port 0 = any."""
+    if calls is not None and not hasattr(calls, "_all"):
+        from ..store import open_call_log
+
+        calls = open_call_log(calls)
+    handler = type("Handler", (_Handler,), {"store": SpanStore(db_path), "calls": calls})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

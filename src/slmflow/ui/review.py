@@ -1,0 +1,250 @@
+"""The review queue pages of `slmflow ui`: flagged calls per agent, one item at a time.
+
+An item page shows the call's input and output, why it was flagged, the model and adapter, a link to
+its trace waterfall, and its context (the other agent calls of the same workflow run, and the
+retrieval / tool spans of its trace when the span store has them). The reviewer accepts the output,
+corrects it in a form generated from the agent's output JSON schema (an enum becomes a select, a
+number a number field, anything nested a JSON box), or rejects it. Keyboard: ``a`` accept, ``c``
+edit the correction, ``Ctrl+Enter`` save the correction, ``r`` reject, ``j``/``k`` next/previous,
+``?`` help. The reviewer's name is asked once and kept in the browser (localStorage); every decision
+carries it.
+
+Decisions are POSTed as JSON to ``/api/review/<item>``; the answer names the next pending item, so
+a reviewer walks the queue without going back to the list. Conflicts (someone else decided first),
+orphaned calls and corrections that do not fit the schema come back as 409 / 410 / 422 with the
+message shown on the page; nothing is recorded twice.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from ..store.calllog import CallLog
+from ..store.review import ReviewConflict, ReviewError, ReviewQueue
+
+_CSS = """
+.q td{vertical-align:top} .reasons span{background:#fde8c8;border-radius:3px;padding:0 4px;
+margin-right:3px;font-size:12px} pre{background:#f6f8fa;padding:8px;white-space:pre-wrap;
+max-height:16em;overflow:auto;margin:.2em 0} .item{display:grid;grid-template-columns:1fr 1fr;
+gap:1em} .box{border:1px solid #ddd;border-radius:4px;padding:.5em 1em} label{display:block;
+margin:.3em 0} label b{display:inline-block;min-width:9em} .keys{color:#666;font-size:12px}
+#msg{margin:.5em 0;font-weight:bold} #msg.err{color:#c00} #msg.ok{color:#080}
+button{margin-right:.5em;padding:4px 12px} .ctx{font-size:12px}
+"""
+
+_LIST_JS = """
+const d = JSON.parse(document.getElementById('data').textContent);
+const tb = document.getElementById('rows');
+if (!d.items.length) tb.innerHTML = '<tr><td colspan=6>nothing to review</td></tr>';
+for (const it of d.items) {
+  const tr = document.createElement('tr'); tr.className = 'item-row';
+  const a = document.createElement('a'); a.href = '/review/' + it.id; a.textContent = it.id.slice(0, 10);
+  const cells = [a, it.agent, it.priority.toFixed(2), null, it.confidence == null ? '-' : it.confidence.toFixed(3), it.input];
+  cells.forEach((c, i) => { const td = document.createElement('td');
+    if (c instanceof Node) td.appendChild(c);
+    else if (i === 3) { td.className = 'reasons'; for (const r of it.reasons) { const s = document.createElement('span'); s.textContent = r; td.appendChild(s); } }
+    else td.textContent = c;
+    tr.appendChild(td); });
+  tb.appendChild(tr);
+}
+document.addEventListener('keydown', e => { if (e.key === 'j' && d.items.length) location.href = '/review/' + d.items[0].id; });
+"""
+
+_ITEM_JS = r"""
+const d = JSON.parse(document.getElementById('data').textContent);
+const $ = id => document.getElementById(id);
+const show = (id, v) => { $(id).textContent = typeof v === 'string' ? v : JSON.stringify(v, null, 2); };
+show('input', d.call.input); show('output', d.call.output);
+const who = $('reviewer'); who.value = new URLSearchParams(location.search).get('reviewer') || localStorage.getItem('slmflow.reviewer') || '';
+who.addEventListener('change', () => localStorage.setItem('slmflow.reviewer', who.value.trim()));
+function resolve(s) { if (s && s.$ref) { const n = s.$ref.split('/').pop(); return resolve((d.schema.$defs || {})[n] || {}); }
+  if (s && s.allOf && s.allOf.length === 1) return resolve(s.allOf[0]); return s || {}; }
+const start = d.item.correction != null ? d.item.correction : d.call.output;
+const form = $('form'); const fields = [];
+const root = resolve(d.schema || {});
+if (root.type === 'object' && root.properties) {
+  for (const [name, raw] of Object.entries(root.properties)) {
+    const s = resolve(raw); const lab = document.createElement('label');
+    const b = document.createElement('b'); b.textContent = name; lab.appendChild(b);
+    let el; const v = start && typeof start === 'object' ? start[name] : undefined;
+    if (s.enum) { el = document.createElement('select');
+      for (const o of s.enum) { const op = document.createElement('option'); op.value = JSON.stringify(o); op.textContent = o; el.appendChild(op); }
+      if (v !== undefined) el.value = JSON.stringify(v); el.dataset.kind = 'enum'; }
+    else if (s.type === 'boolean') { el = document.createElement('input'); el.type = 'checkbox'; el.checked = !!v; el.dataset.kind = 'bool'; }
+    else if (s.type === 'integer' || s.type === 'number') { el = document.createElement('input'); el.type = 'number'; el.step = s.type === 'integer' ? '1' : 'any'; if (v != null) el.value = v; el.dataset.kind = s.type; }
+    else if (s.type === 'string') { el = document.createElement('input'); el.type = 'text'; el.size = 60; if (v != null) el.value = v; el.dataset.kind = 'string'; }
+    else { el = document.createElement('textarea'); el.rows = 4; el.cols = 60; el.value = v === undefined ? '' : JSON.stringify(v); el.dataset.kind = 'json'; }
+    el.name = name; el.className = 'field'; lab.appendChild(el); form.appendChild(lab); fields.push(el);
+  }
+} else { const el = document.createElement('textarea'); el.rows = 5; el.cols = 70; el.name = '_value'; el.className = 'field';
+  el.value = typeof start === 'string' ? start : JSON.stringify(start); el.dataset.kind = root.type === 'string' || !d.schema ? 'string' : 'json';
+  form.appendChild(el); fields.push(el); }
+function readForm() {
+  const val = {}; for (const el of fields) { let v;
+    if (el.dataset.kind === 'enum') v = JSON.parse(el.value);
+    else if (el.dataset.kind === 'bool') v = el.checked;
+    else if (el.dataset.kind === 'integer') v = el.value === '' ? null : parseInt(el.value, 10);
+    else if (el.dataset.kind === 'number') v = el.value === '' ? null : parseFloat(el.value);
+    else if (el.dataset.kind === 'json') { try { v = el.value === '' ? null : JSON.parse(el.value); } catch (e) { throw new Error(el.name + ': not valid JSON'); } }
+    else v = el.value;
+    if (el.name === '_value') return v; val[el.name] = v; }
+  return val; }
+function msg(t, cls) { const m = $('msg'); m.textContent = t; m.className = cls; }
+async function decide(verdict) {
+  const reviewer = who.value.trim();
+  if (!reviewer) { msg('enter your name first (it is recorded with the review)', 'err'); who.focus(); return; }
+  localStorage.setItem('slmflow.reviewer', reviewer);
+  let correction = null;
+  if (verdict === 'correct') { try { correction = readForm(); } catch (e) { msg(e.message, 'err'); return; } }
+  const r = await fetch('/api/review/' + d.item.id, {method: 'POST', headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({verdict, correction, reviewer, note: $('note').value || null})});
+  const body = await r.json();
+  if (!r.ok) { msg(body.error || ('error ' + r.status), 'err'); return; }
+  msg(verdict + ' saved' , 'ok'); document.body.dataset.saved = verdict;
+  location.href = body.next ? '/review/' + body.next : '/review?done=1';
+}
+$('accept').onclick = () => decide('accept'); $('correct').onclick = () => decide('correct'); $('reject').onclick = () => decide('reject');
+document.addEventListener('keydown', e => {
+  const typing = ['INPUT', 'TEXTAREA', 'SELECT'].includes(document.activeElement.tagName);
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); decide('correct'); return; }
+  if (e.key === 'Escape') { document.activeElement.blur(); return; }
+  if (typing) return;
+  if (e.key === 'a') decide('accept'); else if (e.key === 'r') decide('reject');
+  else if (e.key === 'c') { e.preventDefault(); if (fields.length) fields[0].focus(); }
+  else if (e.key === 'j' && d.next) location.href = '/review/' + d.next;
+  else if (e.key === 'k' && d.prev) location.href = '/review/' + d.prev;
+  else if (e.key === '?') $('help').hidden = !$('help').hidden;
+});
+if (d.item.status !== 'pending') msg('already ' + (d.item.verdict || d.item.status) + (d.item.reviewer ? ' by ' + d.item.reviewer : ''), 'err');
+"""
+
+
+def _page(title: str, body: str, data: Any, js: str) -> bytes:
+    from .traces import _CSS as BASE
+
+    payload = json.dumps(data, default=str).replace("</", "<\\/")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{BASE}{_CSS}</style></head><body>{body}"
+            f"<script id='data' type='application/json'>{payload}</script>"
+            f"<script>{js}</script></body></html>").encode()
+
+
+def _short(v: Any, n: int = 120) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s if len(s) <= n else s[:n - 1] + "…"
+
+
+def list_data(log: CallLog, agent: str | None = None) -> dict[str, Any]:
+    q = ReviewQueue(log)
+    items = q.items(agent, "pending", limit=500)
+    calls = {i.call_id: log.get(i.call_id) for i in items}
+    return {"agent": agent, "stats": q.stats(), "items": [
+        {"id": i.id, "agent": i.agent, "priority": i.priority, "reasons": i.reasons,
+         "confidence": calls[i.call_id].confidence if calls[i.call_id] else None,
+         "input": _short(calls[i.call_id].input) if calls[i.call_id] else "(call deleted)"}
+        for i in items]}
+
+
+def list_page(log: CallLog, agent: str | None = None) -> bytes:
+    data = list_data(log, agent)
+    stats = " · ".join(f"<a href='/review?agent={html.escape(a)}'>{html.escape(a)}</a>: "
+                       + ", ".join(f"{k} {v}" for k, v in sorted(s.items()))
+                       for a, s in sorted(data["stats"].items())) or "no items yet"
+    body = (f"<p><a href='/'>traces</a> · <a href='/review'>review queue</a></p>"
+            f"<h1>review queue{' · ' + html.escape(agent) if agent else ''}</h1>"
+            f"<p class='summary'>{stats}</p><p class='keys'>j: open the first item</p>"
+            "<table class='q'><thead><tr><th>item</th><th>agent</th><th>priority</th>"
+            "<th>why flagged</th><th>confidence</th><th>input</th></tr></thead>"
+            "<tbody id='rows'></tbody></table>")
+    return _page("review queue", body, data, _LIST_JS)
+
+
+def item_data(log: CallLog, item_id: str, spans: Any = None) -> dict[str, Any]:
+    q = ReviewQueue(log)
+    item = q.get(item_id)
+    call = item.call
+    info = log.agent_info(item.agent) if item.agent else None
+    pend = [i.id for i in q.items(item.agent, "pending", limit=None)]
+    nxt = prev = None
+    if item.id in pend:
+        k = pend.index(item.id)
+        nxt = pend[k + 1] if k + 1 < len(pend) else None
+        prev = pend[k - 1] if k > 0 else None
+    elif pend:
+        nxt = pend[0]
+    context: list[dict[str, Any]] = []
+    if call is not None and call.run_id:
+        for c in log.query(run_id=call.run_id, kind="agent", limit=50):
+            if c.id != call.id:
+                context.append({"kind": "agent", "name": c.agent, "output": c.output})
+    if spans is not None and call is not None and call.trace_id:
+        try:
+            for s in spans.trace(call.trace_id):
+                op = (s.get("attributes") or {}).get("gen_ai.operation.name")
+                if op in ("retrieval", "execute_tool"):
+                    context.append({"kind": op, "name": s.get("name"),
+                                    "output": {k: v for k, v in s["attributes"].items()
+                                               if not k.startswith("gen_ai.operation")}})
+        except Exception:
+            pass
+    return {"item": item.as_dict() | {"call": None},
+            "call": call.as_dict() if call else {"input": "(deleted)", "output": None},
+            "schema": info.output_schema if info else None, "next": nxt, "prev": prev,
+            "context": context}
+
+
+def item_page(log: CallLog, item_id: str, spans: Any = None) -> bytes:
+    d = item_data(log, item_id, spans)
+    it, call = d["item"], d["call"]
+    reasons = "".join(f"<span>{html.escape(r)}</span>" for r in it["reasons"])
+    conf = call.get("confidence")
+    trace = (f"<a id='trace-link' href='/trace/{html.escape(call['trace_id'])}'>trace "
+             f"{html.escape(call['trace_id'][:12])}</a>" if call.get("trace_id") else "no trace")
+    ctx = "".join(f"<div class='ctx'><b>{html.escape(c['kind'])}</b> {html.escape(str(c['name']))}"
+                  f"<pre>{html.escape(_short(c['output'], 600))}</pre></div>"
+                  for c in d["context"]) or "<p class='ctx'>none recorded</p>"
+    body = (
+        f"<p><a href='/review?agent={html.escape(it['agent'] or '')}'>&larr; queue</a></p>"
+        f"<h1>review: {html.escape(it['agent'] or '?')} <small>{html.escape(it['id'][:10])}"
+        f"</small></h1><p class='reasons'>{reasons} priority {it['priority']:.2f} · "
+        f"confidence {'-' if conf is None else f'{conf:.3f}'} · model "
+        f"{html.escape(str(call.get('model')))}"
+        f"{' + ' + html.escape(call['adapter']) if call.get('adapter') else ''} · {trace}</p>"
+        "<div class='item'><div class='box'><h3>input</h3><pre id='input'></pre>"
+        "<h3>output</h3><pre id='output'></pre><h3>context</h3>" + ctx + "</div>"
+        "<div class='box'><h3>decision</h3><label><b>reviewer</b><input id='reviewer' "
+        "size=20></label><form id='form' onsubmit='return false'></form>"
+        "<label><b>note</b><input id='note' size=40></label><p>"
+        "<button id='accept'>Accept (a)</button><button id='correct'>Save correction "
+        "(Ctrl+Enter)</button><button id='reject'>Reject (r)</button></p><div id='msg'></div>"
+        "<p class='keys'>a accept · c edit correction · Ctrl+Enter save correction · r reject "
+        "· j/k next/previous · ? help</p><div id='help' hidden class='keys'>Accept: the output "
+        "is right (it becomes a training example as it is). Correct: fix the fields and save "
+        "(the corrected output becomes the example). Reject: wrong and not worth fixing (no "
+        "example).</div></div></div>")
+    return _page(f"review {it['id'][:10]}", body, d, _ITEM_JS)
+
+
+def decide(log: CallLog, item_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST /api/review/<item>: (HTTP status, JSON body)."""
+    from ..errors import ConfigError
+
+    if not isinstance(body, dict):
+        return 400, {"error": "send a JSON object {verdict, correction, reviewer, note}"}
+    q = ReviewQueue(log)
+    try:
+        item = q.review(item_id, str(body.get("verdict")), reviewer=body.get("reviewer") or "",
+                        correction=body.get("correction"), note=body.get("note"))
+    except ReviewConflict as e:
+        return 409, {"error": e.message}
+    except ReviewError as e:
+        if "no review item" in e.message:
+            return 404, {"error": e.message}
+        code = 410 if "no longer exists" in e.message else 422
+        return code, {"error": e.message}
+    except ConfigError as e:
+        return 400, {"error": e.message}
+    pend = q.items(item.agent, "pending", limit=1)
+    return 200, {"item": item.as_dict() | {"call": None}, "next": pend[0].id if pend else None}

@@ -15,6 +15,7 @@ from ..errors import SlmflowError
 from . import evals as _evals
 from . import finetune as _finetune
 from . import index as _index
+from . import loop as _loop
 from . import models as _models
 from . import serve as _serve
 from . import traces as _traces
@@ -23,8 +24,9 @@ from . import workflow as _workflow
 app = typer.Typer(
     name="slmflow", no_args_is_help=True, add_completion=False,
     help="Build, fine-tune, evaluate, trace and improve multi-agent workflows of small models.")
-# In the order of the lifecycle: models, workflows, retrieval, traces, evals, fine-tuning, gateway.
-for _area in (_models, _workflow, _index, _traces, _evals, _finetune, _serve):
+# In the order of the lifecycle: models, workflows, retrieval, traces, evals, fine-tuning, gateway,
+# the improvement loop.
+for _area in (_models, _workflow, _index, _traces, _evals, _finetune, _serve, _loop):
     _area.register(app)
 
 

@@ -1,0 +1,279 @@
+"""`slmflow loop ...`: the improvement loop from the shell (flag, queue, review, retrain,
+add-to-evals, schedule, status). The review UI itself is `slmflow ui` (/review)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+loop_app = typer.Typer(help="The improvement loop: flag weak calls, review, retrain, promote.",
+                       no_args_is_help=True)
+
+CALLS = typer.Option(None, "--calls", help="call-log URL (default: $SLMFLOW_CALLS_URL or "
+                                           "$SLMFLOW_HOME/calls.db)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(loop_app, name="loop")
+
+
+def _log(calls: Optional[str]):
+    from ..store import open_call_log
+
+    return open_call_log(calls)
+
+
+@loop_app.command("flag")
+def flag_cmd(since: str = typer.Option("24h", help="window start: 24h, 7d, an ISO time"),
+             until: Optional[str] = typer.Option(None, help="window end (default: now)"),
+             rules: Optional[str] = typer.Option(None, help="comma-separated rules (default: "
+                                                            "all)"),
+             confidence_below: float = typer.Option(0.5, "--confidence-below"),
+             budget: Optional[int] = typer.Option(50, "--budget",
+                                                  help="max pending items per agent (0 = none "
+                                                       "new; omit with --no-budget)"),
+             no_budget: bool = typer.Option(False, "--no-budget"),
+             agent: List[str] = typer.Option([], "--agent", help="only these agents"),
+             dry_run: bool = typer.Option(False, "--dry-run"),
+             as_json: bool = typer.Option(False, "--json"),
+             calls: Optional[str] = CALLS) -> None:
+    """Queue the window's weak calls for review, by rule, priority and per-agent budget."""
+    from ..loop import RULES, FlagRules, flag_calls
+
+    r = FlagRules(rules=tuple(x.strip() for x in rules.split(",") if x.strip()) if rules
+                  else RULES, confidence_below=confidence_below,
+                  budget_per_agent=None if no_budget else budget,
+                  agents=tuple(agent) or None)
+    log = _log(calls)
+    try:
+        rep = flag_calls(log, since=since, until=until, rules=r, dry_run=dry_run)
+    finally:
+        log.close()
+    if as_json:
+        typer.echo(json.dumps(rep.as_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    typer.echo(f"flag run {rep.run_id[:10]}{' (dry run)' if dry_run else ''}: "
+               f"{rep.scanned} calls scanned, {rep.candidates} matched, "
+               f"{rep.already_queued} already queued, {rep.total} queued now, "
+               f"{rep.wall_s * 1000:.0f} ms")
+    t = Table()
+    for col in ("agent", "flagged", "over budget"):
+        t.add_column(col)
+    for a in sorted(set(rep.flagged) | set(rep.over_budget)):
+        t.add_row(a, str(rep.flagged.get(a, 0)), str(rep.over_budget.get(a, 0)))
+    Console().print(t)
+    if rep.by_reason:
+        typer.echo("reasons: " + ", ".join(f"{k} {v}" for k, v in
+                                           sorted(rep.by_reason.items(), key=lambda x: -x[1])))
+
+
+@loop_app.command("queue")
+def queue_cmd(agent: Optional[str] = typer.Option(None, "--agent"),
+              status: str = typer.Option("pending", help="pending | reviewed | orphaned | all"),
+              limit: int = typer.Option(30, "--limit", "-n"),
+              calls: Optional[str] = CALLS) -> None:
+    """The review queue, highest priority first, with counts per agent."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..store.review import ReviewQueue
+
+    log = _log(calls)
+    try:
+        q = ReviewQueue(log)
+        items = q.items(agent, None if status == "all" else status, limit=limit)
+        stats = q.stats()
+        t = Table(title="review queue: " + ("; ".join(
+            f"{a}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.items()))
+            for a, s in sorted(stats.items())) or "empty"))
+        for col in ("item", "agent", "priority", "status", "reasons", "input"):
+            t.add_column(col)
+        for i in items:
+            c = log.get(i.call_id)
+            inp = "(deleted)" if c is None else (c.input if isinstance(c.input, str)
+                                                 else json.dumps(c.input))
+            t.add_row(i.id[:10], i.agent or "", f"{i.priority:.2f}",
+                      i.verdict or i.status, ", ".join(i.reasons), inp[:60])
+        Console().print(t)
+    finally:
+        log.close()
+
+
+@loop_app.command("review")
+def review_cmd(item: str = typer.Argument(..., help="item id (or a unique prefix)"),
+               accept: bool = typer.Option(False, "--accept"),
+               reject: bool = typer.Option(False, "--reject"),
+               correct: Optional[str] = typer.Option(None, "--correct",
+                                                     help="the corrected output, as JSON"),
+               reviewer: str = typer.Option(..., "--reviewer"),
+               note: Optional[str] = typer.Option(None, "--note"),
+               calls: Optional[str] = CALLS) -> None:
+    """Decide one item from the shell (the web UI is `slmflow ui`, /review)."""
+    from ..errors import ConfigError
+    from ..store.review import ReviewQueue
+
+    chosen = [v for v, on in (("accept", accept), ("reject", reject),
+                              ("correct", correct is not None)) if on]
+    if len(chosen) != 1:
+        raise ConfigError("give exactly one of --accept, --reject, --correct JSON",
+                          where="loop review")
+    corr = None
+    if correct is not None:
+        try:
+            corr = json.loads(correct)
+        except ValueError:
+            corr = correct
+    log = _log(calls)
+    try:
+        q = ReviewQueue(log)
+        full = log._all("SELECT id FROM review_items WHERE id LIKE ?", (item + "%",))
+        if len(full) != 1:
+            raise ConfigError(f"{'no' if not full else 'more than one'} review item matches "
+                              f"{item!r}", where="loop review")
+        it = q.review(full[0][0], chosen[0], reviewer=reviewer, correction=corr, note=note)
+        typer.echo(f"{it.id[:10]}: {it.verdict} by {it.reviewer}")
+    finally:
+        log.close()
+
+
+@loop_app.command("retrain")
+def retrain_cmd(
+    agent: str = typer.Option(..., "--agent", help="the agent's name in the workflow"),
+    workflow: Path = typer.Option(..., "--workflow", "-w", help="the workflow YAML"),
+    data: Optional[Path] = typer.Option(None, "--data", help="the agent's original training "
+                                                             "pairs (.jsonl/.csv)"),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="the agent's eval cases"),
+    input_field: str = typer.Option("input", "--input-field"),
+    target_field: str = typer.Option("target", "--target-field"),
+    target_key: Optional[str] = typer.Option(None, "--target-key"),
+    holdout: float = typer.Option(0.3, help="share of reviewed items held out for the gate"),
+    min_new: int = typer.Option(5, "--min-new", help="reviewed items not yet in an adapter"),
+    epochs: float = typer.Option(1.0), lr: float = typer.Option(5e-4), r: int = typer.Option(16),
+    batch_size: int = typer.Option(8, "--batch-size"), max_len: int = typer.Option(256),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
+    threads: int = typer.Option(0, help="torch threads (1 on a busy machine)"),
+    tolerance: float = typer.Option(0.0),
+    seed: int = typer.Option(0),
+    calls: Optional[str] = CALLS,
+) -> None:
+    """Reviewed calls + original data → a new adapter → the agent's gate → promoted or not."""
+    from ..finetune.agent_train import find_agent
+    from ..finetune.data import load_examples
+    from ..finetune.trainer import TrainConfig
+    from ..loop import retrain_agent
+
+    a = find_agent(workflow, agent)
+    kw = dict(input_field=input_field, target_field=target_field, target_key=target_key)
+    original = load_examples(data, **kw) if data else []
+    cases = load_examples(eval_data, **kw) if eval_data else []
+    cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
+                      max_len=max_len, max_steps=max_steps, seed=seed,
+                      target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
+    log = _log(calls)
+    try:
+        res = retrain_agent(a, log, data=original, eval_cases=cases, holdout=holdout,
+                            min_new=min_new, config=cfg, threads=threads or None,
+                            tolerance=tolerance, say=typer.echo)
+    finally:
+        log.close()
+    typer.echo(json.dumps({k: v for k, v in res.as_dict().items()
+                           if k not in ("reviewed_train", "reviewed_holdout")}, indent=2,
+                          default=str))
+    if not res.promoted:
+        raise typer.Exit(3)  # trained and registered, but the gate kept the old version
+
+
+@loop_app.command("add-to-evals")
+def add_to_evals_cmd(agent: str = typer.Option(..., "--agent"),
+                     to: Path = typer.Option(..., "--to", help="the agent's eval set (.jsonl)"),
+                     calls: Optional[str] = CALLS) -> None:
+    """Append the agent's reviewed items to its eval set instead of (or before) training."""
+    from ..loop import add_to_evals
+
+    log = _log(calls)
+    try:
+        n = add_to_evals(log, agent, to)
+    finally:
+        log.close()
+    typer.echo(f"added {n} case(s) to {to}")
+
+
+@loop_app.command("schedule")
+def schedule_cmd(every: str = typer.Option("24h", help="how often: 30m, 6h, 24h"),
+                 at: str = typer.Option("03:00", help="time of day for daily runs (cron)"),
+                 run: bool = typer.Option(False, "--run", help="run the loop in this process "
+                                                               "instead of printing a cron line"),
+                 max_runs: Optional[int] = typer.Option(None, "--max-runs"),
+                 budget: int = typer.Option(50, "--budget"),
+                 calls: Optional[str] = CALLS) -> None:
+    """A cron entry for the daily flagging job (or `--run` to loop here)."""
+    from ..store.calllog import _DUR
+
+    m = _DUR.match(every.strip())
+    if not m:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"cannot read {every!r} as a period (use 30m, 6h, 24h)",
+                          where="loop schedule")
+    secs = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    args = ["loop", "flag", "--since", every, "--budget", str(budget)] + \
+        (["--calls", calls] if calls else [])
+    if not run:
+        exe = shlex.quote(str(Path(sys.executable).parent / "slmflow"))
+        hh, _, mm = at.partition(":")
+        if secs >= 86400:
+            when = f"{int(mm or 0)} {int(hh)} * * *"
+        elif secs >= 3600:
+            when = f"0 */{int(secs // 3600)} * * *"
+        else:
+            when = f"*/{max(1, int(secs // 60))} * * * *"
+        from ..home import home
+
+        typer.echo(f"# slmflow improvement loop: flag weak calls every {every}\n"
+                   f"{when} SLMFLOW_HOME={shlex.quote(str(home()))} {exe} "
+                   + " ".join(shlex.quote(a) for a in args)
+                   + f" >> {shlex.quote(str(home() / 'loop.log'))} 2>&1")
+        typer.echo("# install: (crontab -l; slmflow loop schedule) | crontab -", err=True)
+        return
+    n = 0
+    while max_runs is None or n < max_runs:
+        flag_cmd(since=every, until=None, rules=None, confidence_below=0.5, budget=budget,
+                 no_budget=False, agent=[], dry_run=False, as_json=False, calls=calls)
+        n += 1
+        if max_runs is not None and n >= max_runs:
+            break
+        time.sleep(secs)
+
+
+@loop_app.command("status")
+def status_cmd(calls: Optional[str] = CALLS) -> None:
+    """Where the loop stands: queue per agent, the last flag runs, promoted adapters."""
+    from ..finetune.registry import AdapterRegistry
+    from ..store.review import ReviewQueue
+
+    log = _log(calls)
+    try:
+        stats = ReviewQueue(log).stats()
+        runs = log._all("SELECT ts, scanned, candidates, flagged, wall_s FROM flag_runs "
+                        "ORDER BY seq DESC LIMIT 5", ())
+    finally:
+        log.close()
+    for a, s in sorted(stats.items()):
+        typer.echo(f"queue {a}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.items())))
+    for ts, scanned, cand, flagged, wall in runs:
+        typer.echo(f"flag run {time.strftime('%Y-%m-%d %H:%M', time.localtime(ts))}: "
+                   f"{scanned} scanned, {cand} matched, {flagged} queued ({wall or 0:.2f} s)")
+    reg = AdapterRegistry()
+    for a in reg.agents():
+        typer.echo(f"adapter {a}: serving {reg.promoted(a) or 'base model'} "
+                   f"(versions: {', '.join(reg.versions(a))})")

@@ -5,6 +5,11 @@ models (router, retrieval, extraction, reasoning, verifier) whose every step is 
 recorded. The demo runs ``examples/support/workflow.yaml`` on a few sample tickets and prints each
 answer with its per-step table (model, latency, tokens, confidence, escalated), then a summary.
 Nothing is hand-picked: whatever the 135M model answers, including rejections, is shown.
+
+The router and the extractor run with the LoRA adapters the example ships
+(``examples/support/adapters/``, trained by ``examples/support/train_adapters.sh``); the summary
+shows what each routed and extracted. ``slmflow demo --no-adapters`` runs the same tickets on the
+zero-shot base model for comparison; a model other than the adapters' base runs without them.
 """
 
 from __future__ import annotations
@@ -21,27 +26,53 @@ def sample_tickets() -> list[str]:
     return [t.strip() for t in f.read_text(encoding="utf-8").splitlines() if t.strip()]
 
 
-def run_demo(model_name: str = "smollm2-135m", spec: Path | None = None) -> None:
+ADAPTERS_BASE = "smollm2-135m"  # the model the shipped adapters were trained on
+
+
+def run_demo(model_name: str = "smollm2-135m", spec: Path | None = None,
+             adapters: bool | None = None) -> None:
+    """Run the sample tickets; `adapters` None means: the shipped adapters when the model is
+    their base model, none otherwise."""
+    from .agents import set_adapter_resolver
+    from .finetune.registry import base_model_resolver
+
+    if adapters is None:
+        adapters = model_name == ADAPTERS_BASE
+    if adapters:
+        _run(model_name, spec or EXAMPLE, adapters)
+        return
+    set_adapter_resolver(base_model_resolver)
+    try:
+        _run(model_name, spec or EXAMPLE, adapters)
+    finally:
+        set_adapter_resolver(None)
+
+
+def _run(model_name: str, spec: Path, adapters: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from .workflow import load_workflow, print_result
 
-    spec = spec or EXAMPLE
     if not spec.is_file():
         raise ConfigError(f"the example workflow is not here: {spec} (run from a source checkout)",
                           where="demo")
     console = Console()
     wf = load_workflow(spec, model=model_name, fallback=model_name)
-    summary = Table(title=f"support pipeline on {model_name}: summary")
-    for c in ("ticket", "status", "ms", "model ms", "model share", "escalations"):
+    tuned = sorted(a.name for a in wf.agents.values() if a.adapter) if adapters else []
+    title = (f"support pipeline on {model_name}"
+             + (f" (adapters: {', '.join(tuned)})" if tuned else " (no adapters)"))
+    summary = Table(title=f"{title}: summary")
+    for c in ("ticket", "status", "category", "order_id", "account_id", "urgent", "ms",
+              "model share", "escalations"):
         summary.add_column(c, overflow="fold")
     for ticket in sample_tickets():
         console.rule(f"[bold]{ticket}")
         r = wf.run_sync(ticket)
         print_result(r, console)
         share = r.model_latency_s / r.latency_s if r.latency_s else 0.0
-        summary.add_row(ticket[:48], r.status, f"{r.latency_s * 1000:.0f}",
-                        f"{r.model_latency_s * 1000:.0f}", f"{share:.0%}",
-                        str(len(r.escalations)))
+        st = r.state
+        summary.add_row(ticket[:48], r.status, str(st.get("category")), str(st.get("order_id")),
+                        str(st.get("account_id")), str(st.get("urgent")),
+                        f"{r.latency_s * 1000:.0f}", f"{share:.0%}", str(len(r.escalations)))
     console.print(summary)

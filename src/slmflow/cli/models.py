@@ -72,8 +72,11 @@ def generate_cmd(
                    + (" repaired=yes" if r.repaired else ""), err=True)
 
 
-def demo_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m")) -> None:
+def demo_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m"),
+             no_adapters: bool = typer.Option(False, "--no-adapters",
+                                              help="run the router and extractor zero-shot, "
+                                                   "without the example's adapters")) -> None:
     """The main job on the embedded model: the reference support workflow on sample tickets."""
     from ..demo import run_demo
 
-    run_demo(model)
+    run_demo(model, adapters=False if no_adapters else None)

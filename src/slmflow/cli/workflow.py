@@ -1,5 +1,8 @@
 """`slmflow run workflow.yaml --input "..."`: run a declared workflow once and show every step.
 
+``--no-adapters`` runs the same workflow with every agent on its base model (the adapters named in
+the spec are ignored through the agents' adapter resolver), to compare fine-tuned and zero-shot.
+
 Exit status: 0 for an answer (status ok or escalated), 1 for a rejected or failed run (the reason
 is printed, never a traceback), so a shell script can tell the two apart.
 """
@@ -28,6 +31,9 @@ def run_cmd(
                                                 "(catalog name or openai:<model>@<url>)"),
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="run every agent on this model"),
+    no_adapters: bool = typer.Option(False, "--no-adapters",
+                                     help="ignore every agent's adapter: run the zero-shot base "
+                                          "models (to compare with the fine-tuned agents)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     no_table: bool = typer.Option(False, "--no-table", help="print the answer only"),
 ) -> None:
@@ -48,6 +54,11 @@ def run_cmd(
             value = json.loads(text)
         except json.JSONDecodeError:
             value = input
+    if no_adapters:
+        from ..agents import set_adapter_resolver
+        from ..finetune.registry import base_model_resolver
+
+        set_adapter_resolver(base_model_resolver)
     wf = load_workflow(spec, fallback=fallback, model=model)
     result = wf.run_sync(value)
     if as_json:

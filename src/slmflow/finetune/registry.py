@@ -197,42 +197,99 @@ class AdapterRegistry:
     def model_for(self, base: Model, agent: str, version: str) -> Model:
         """`base` with `agent@version`'s adapter: a GGUF LoRA on llama.cpp, PEFT on transformers."""
         d = self.path(agent, version)
-        adapter_name = f"{agent}@{version}"
-        from ..models.llamacpp import LlamaCppModel
-        from ..models.transformers import TransformersModel
-
-        model: Model
-        if isinstance(base, LlamaCppModel):
-            if not (d / "adapter.gguf").is_file():
-                raise ConfigError(f"{adapter_name} has no GGUF LoRA (registered without a GGUF "
-                                  "base)", where=str(d))
-            model = LlamaCppModel(base.path, name=base.info.name, n_ctx=base.n_ctx,
-                                  pool_size=base.pool_size, lora_path=d / "adapter.gguf",
-                                  adapter=adapter_name, chat=base.chat)
-        elif isinstance(base, TransformersModel):
-            model = TransformersModel(base.path, name=base.info.name, gguf=base.gguf,
-                                      adapter_path=d / "adapter", adapter=adapter_name,
-                                      dtype=base.dtype, device=base.device, n_ctx=base.n_ctx)
-        else:
-            raise ConfigError(f"adapters load on llama.cpp or transformers models, not "
-                              f"{type(base).__name__} (serve adapters on vLLM by name instead)",
-                              where=adapter_name)
-        if not self.card(agent, version).get("schema_hint", True):
-            # trained on the agent's bare prompt: the schema is known, only the constraint stays
-            model = SettingsOverride(model, schema_hint=False)
-        return model
+        return _with_adapter(base, d / "adapter.gguf", d / "adapter", f"{agent}@{version}",
+                             self.card(agent, version), where=str(d))
 
     def resolver(self):
         """The function agents use to turn (base model, adapter name) into a model.
 
         ``"router"`` follows the promoted version (hot-swapped on promotion); ``"router@v3"``
-        pins a version."""
+        pins a version; a path (``adapters/router``, ``/x/router.gguf``) loads an adapter that
+        lives outside the registry (see `model_for_path`)."""
         def resolve(base: Model, adapter: str) -> Model:
+            if is_adapter_path(adapter):
+                return model_for_path(base, adapter)
             if "@" in adapter:
                 agent, version = adapter.split("@", 1)
                 return self.model_for(base, agent, version)
             return PromotedAdapterModel(self, base, adapter)
         return resolve
+
+
+# ---- adapters outside the registry ---------------------------------------------------------------
+#
+# Why: an example or an application ships its adapters beside its workflow (the support example's
+# router and extractor, trained by `slmflow train agent`), so they must load from a path without
+# being registered on every machine first. A path is told apart from a registry name by a path
+# separator or a ``.gguf`` suffix (registry names are ``[A-Za-z0-9_.-]+`` with an optional
+# ``@version``). An adapter folder has the registry's version layout: ``adapter.gguf`` (llama.cpp),
+# ``adapter/`` (PEFT, for transformers) and ``card.json`` (its lineage; ``schema_hint`` decides
+# whether the schema text stays in the prompt). A bare ``.gguf`` file has no card: the schema
+# text stays in.
+
+def is_adapter_path(adapter: str) -> bool:
+    return "/" in adapter or os.sep in adapter or adapter.endswith(".gguf") or \
+        adapter.startswith(("~", "."))
+
+
+def model_for_path(base: Model, adapter: str | Path) -> Model:
+    """`base` with the adapter stored at `adapter` (a folder in the registry's version layout, or
+    a GGUF LoRA file). The adapter's card must name the same base model."""
+    p = Path(adapter).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        gguf, peft, card = p, p.with_suffix(""), {}
+        label = p.stem
+    elif p.is_dir():
+        if not (p / "card.json").is_file():
+            raise ConfigError("an adapter folder needs card.json beside adapter.gguf / adapter/",
+                              where=str(p))
+        gguf, peft, card = p / "adapter.gguf", p / "adapter", json.loads((p / "card.json")
+                                                                      .read_text())
+        label = "/".join(p.resolve().parts[-2:])
+    else:
+        raise ConfigError(f"adapter not found: {p} (a folder with card.json and adapter.gguf, "
+                          "or a .gguf LoRA file)", where=str(p))
+    trained_on = card.get("base_model")
+    if trained_on and trained_on != base.info.name:
+        raise ConfigError(f"adapter {label} was trained on {trained_on}, not {base.info.name}; "
+                          "run the base model without it (slmflow run --no-adapters)",
+                          where=str(p))
+    return _with_adapter(base, gguf, peft, label, card, where=str(p))
+
+
+def _with_adapter(base: Model, gguf: Path, peft: Path, adapter_name: str, card: dict[str, Any],
+                  *, where: str) -> Model:
+    from ..models.llamacpp import LlamaCppModel
+    from ..models.transformers import TransformersModel
+
+    model: Model
+    if isinstance(base, LlamaCppModel):
+        if not gguf.is_file():
+            raise ConfigError(f"{adapter_name} has no GGUF LoRA (registered without a GGUF "
+                              "base)", where=where)
+        model = LlamaCppModel(base.path, name=base.info.name, n_ctx=base.n_ctx,
+                              n_threads=base.n_threads, pool_size=base.pool_size,
+                              lora_path=gguf, adapter=adapter_name, chat=base.chat)
+    elif isinstance(base, TransformersModel):
+        if not (peft / "adapter_config.json").is_file():
+            raise ConfigError(f"{adapter_name} has no PEFT adapter folder", where=where)
+        model = TransformersModel(base.path, name=base.info.name, gguf=base.gguf,
+                                  adapter_path=peft, adapter=adapter_name,
+                                  dtype=base.dtype, device=base.device, n_ctx=base.n_ctx)
+    else:
+        raise ConfigError(f"adapters load on llama.cpp or transformers models, not "
+                          f"{type(base).__name__} (serve adapters on vLLM by name instead)",
+                          where=adapter_name)
+    if not card.get("schema_hint", True):
+        # trained on the agent's bare prompt: the schema is known, only the constraint stays
+        model = SettingsOverride(model, schema_hint=False)
+    return model
+
+
+def base_model_resolver(base: Model, adapter: str) -> Model:
+    """An adapter resolver that ignores every adapter: the zero-shot base models, for comparison
+    (``slmflow run --no-adapters``; install with `slmflow.agents.set_adapter_resolver`)."""
+    return base
 
 
 class PromotedAdapterModel(Model):

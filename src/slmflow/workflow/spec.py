@@ -280,6 +280,18 @@ def load_workflow(path: str | Path, *, fallback: str | None = None,
         return _build(spec, ctx, fallback=fallback, model=model)
 
 
+def _adapter_ref(ctx: _Ctx, adapter: str | None) -> str | None:
+    """A registry name stays as written; an adapter given as a path (``adapters/router``) is read
+    relative to the spec's folder, so the workflow runs from any directory."""
+    if adapter is None:
+        return None
+    from ..finetune.registry import is_adapter_path
+
+    if not is_adapter_path(adapter):
+        return adapter
+    return str((ctx.base / Path(adapter).expanduser()).resolve())
+
+
 def _build(spec: WorkflowSpec, ctx: _Ctx, *, fallback: str | None, model: str | None) -> Any:
     from ..agents import Agent
     from ..tools import Tool, tool
@@ -326,7 +338,8 @@ def _build(spec: WorkflowSpec, ctx: _Ctx, *, fallback: str | None, model: str | 
             agents[name] = Agent(
                 name=name, model=model or model_ref(a.model, loc + ("model",)),
                 fallback=fallback or model_ref(a.fallback, loc + ("fallback",)),
-                adapter=a.adapter, instructions=a.instructions, prompt=a.prompt,
+                adapter=_adapter_ref(ctx, a.adapter), instructions=a.instructions,
+                prompt=a.prompt,
                 input_type=ctx.type_ref(a.input, loc + ("input",)),
                 output_type=ctx.type_ref(a.output, loc + ("output",), allow_str=True),
                 tools=tuple(tools[t] for t in a.tools),

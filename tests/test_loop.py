@@ -210,3 +210,19 @@ def test_hold_out_is_stable():
     share = sum(is_held_out(i, 0.3) for i in ids) / len(ids)
     assert 0.25 < share < 0.35
     assert [is_held_out(i, 0.3) for i in ids] == [is_held_out(i, 0.3) for i in ids]
+
+
+def test_online_evaluator_failures_feed_the_flag_job(log):
+    from slmflow.loop import evaluate_calls
+
+    agent = Agent("replier", FunctionModel(
+        lambda m, s: "you idiot, shut up" if "angry" in m[-1].content else "Happy to help!",
+        name="slm", confidence=0.99))
+    _traffic(log, agent, ["angry customer", "calm customer", "angry again"])
+    rep = evaluate_calls(log, "toxicity", agent="replier", since="1h")
+    assert (rep.checked, rep.failed) == (3, 2)
+    assert evaluate_calls(log, "toxicity", agent="replier", since="1h").skipped == 3
+    flagged = flag_calls(log, since="1h")
+    assert flagged.flagged == {"replier": 2} and flagged.by_reason == {"failed_eval": 2}
+    inputs = {log.get(i.call_id).input for i in ReviewQueue(log).items()}
+    assert inputs == {"angry customer", "angry again"}

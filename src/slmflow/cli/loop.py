@@ -76,6 +76,26 @@ def flag_cmd(since: str = typer.Option("24h", help="window start: 24h, 7d, an IS
                                            sorted(rep.by_reason.items(), key=lambda x: -x[1])))
 
 
+@loop_app.command("evaluate")
+def evaluate_cmd(evaluator: str = typer.Option(..., "--evaluator",
+                                               help="a reference-free evaluator: toxicity, pii, "
+                                                    "json_schema, groundedness, judge..."),
+                 agent: Optional[str] = typer.Option(None, "--agent"),
+                 since: str = typer.Option("24h"),
+                 calls: Optional[str] = CALLS) -> None:
+    """Judge logged calls with an evaluator; failures feed the flag job's failed_eval rule."""
+    from ..loop import evaluate_calls
+
+    log = _log(calls)
+    try:
+        rep = evaluate_calls(log, evaluator, agent=agent, since=since)
+    finally:
+        log.close()
+    typer.echo(f"{rep.evaluator}: {rep.checked} checked, {rep.failed} failed, "
+               f"{rep.skipped} already judged" + (f", {len(rep.errors)} errors (first: "
+                                                  f"{rep.errors[0]})" if rep.errors else ""))
+
+
 @loop_app.command("queue")
 def queue_cmd(agent: Optional[str] = typer.Option(None, "--agent"),
               status: str = typer.Option("pending", help="pending | reviewed | orphaned | all"),

@@ -7,13 +7,16 @@
     # ... reviewers decide in `slmflow ui` (the /review pages) ...
     retrain_agent(router_agent, log, data=original, eval_cases=suite)   # -> gated adapter
 
-Each step is also a command: `slmflow loop flag|queue|review|retrain|add-to-evals|schedule`.
+Each step is also a command: `slmflow loop evaluate|flag|queue|review|retrain|add-to-evals|
+schedule|status`.
 """
 
 from __future__ import annotations
 
 from .flag import RULES, WEIGHTS, FlagReport, FlagRules, flag_calls
+from .online import OnlineEvalReport, evaluate_calls
 from .retrain import LoopError, RetrainResult, add_to_evals, retrain_agent, reviewed_examples
 
 __all__ = ["RULES", "WEIGHTS", "FlagReport", "FlagRules", "flag_calls", "LoopError",
-           "RetrainResult", "add_to_evals", "retrain_agent", "reviewed_examples"]
+           "RetrainResult", "add_to_evals", "retrain_agent", "reviewed_examples",
+           "OnlineEvalReport", "evaluate_calls"]

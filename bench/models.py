@@ -66,7 +66,7 @@ def w_slmflow_llamacpp(reps: int) -> dict:
     from slmflow.models.catalog import resolve
 
     t = time.perf_counter()
-    m = resolve("smollm2-135m").load()
+    m = resolve("smollm2-135m", n_threads=os.cpu_count()).load()  # as the plain run
     load = time.perf_counter() - t
     s = Settings(max_tokens=MAX_TOKENS)
     m.generate_sync(PROMPT, settings=s)  # warm
@@ -82,7 +82,8 @@ def w_slmflow_llamacpp(reps: int) -> dict:
         return sum(r.usage.output_tokens for r in rs) / (time.perf_counter() - t0)
 
     out["batch8_tok_s"] = asyncio.run(batch(m))
-    m2 = resolve("smollm2-135m", pool_size=2).load()
+    m2 = resolve("smollm2-135m", pool_size=2,
+                 n_threads=max(1, (os.cpu_count() or 1) // 2)).load()
     asyncio.run(batch(m2, 2))
     out["batch8_pool2_tok_s"] = asyncio.run(batch(m2))
     out.update(_constrained(m, reps))

@@ -181,6 +181,7 @@ def retrain_cmd(
     batch_size: int = typer.Option(8, "--batch-size"), max_len: int = typer.Option(256),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
+    bf16: bool = typer.Option(True, help="bfloat16 weights (fast on CPUs with AVX-512 BF16)"),
     threads: int = typer.Option(0, help="torch threads (1 on a busy machine)"),
     tolerance: float = typer.Option(0.0),
     seed: int = typer.Option(0),
@@ -197,7 +198,7 @@ def retrain_cmd(
     original = load_examples(data, **kw) if data else []
     cases = load_examples(eval_data, **kw) if eval_data else []
     cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
-                      max_len=max_len, max_steps=max_steps, seed=seed,
+                      max_len=max_len, max_steps=max_steps, seed=seed, bf16=bf16,
                       target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
     log = _log(calls)
     try:

@@ -1,0 +1,194 @@
+"""The improvement loop end to end, on real parts: the embedded SmolLM2-135M with LoRA adapters on
+llama.cpp, the real gateway on loopback, the review UI in headless Chromium (Playwright), PEFT
+training on CPU, the registry's gate, the hot swap and the rollback.
+
+The story (docs/loop.md walks through the same steps by hand):
+1. a router ("triage") is fine-tuned on data with no billing examples: it has a systematic error,
+   billing tickets go elsewhere;
+2. traffic goes through the gateway; a scripted user thumbs-down the wrong answers;
+3. `slmflow loop flag` queues them; a scripted reviewer corrects them in the real UI;
+4. `slmflow loop retrain` trains v2 on the original data + the corrections, the gate compares v2
+   with v1 on the same cases (the eval set + held-out reviews) and promotes it;
+5. the gateway serves v2 without a restart (billing routed right), and a rollback restores v1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "loop"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A copy of examples/loop (schemas, workflow, generated data) in a temporary folder."""
+    tmp = tmp_path_factory.mktemp("loop")
+    for f in ("loop_schemas.py", "triage.yaml"):
+        shutil.copy(EXAMPLE / f, tmp / f)
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import make_data
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    make_data.write(tmp)
+    return tmp, make_data.datasets()["traffic"]
+
+
+def _cli(*args: str, home: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).parent / "slmflow")
+    env = {**os.environ, "SLMFLOW_HOME": home, "SLMFLOW_TRACING": "off",
+           "SLMFLOW_CALLS_URL": f"sqlite:///{cwd / 'calls.db'}"}
+    p = subprocess.run([exe, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=1500)
+    if check:
+        assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    return p
+
+
+TRAIN = ["--r", "8", "--lr", "2e-3", "--epochs", "3", "--batch-size", "8", "--max-len", "64",
+         "--targets", "q_proj,k_proj,v_proj,o_proj", "--threads", "1"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (run .ci/install-system-deps.sh)")
+def test_flag_review_retrain_promote_rollback(setup, slmflow_home):
+    pw = pytest.importorskip("playwright.sync_api")
+    from slmflow import tracing
+
+    tmp, traffic = setup
+    home = str(slmflow_home)  # the gateway in this process reads the same registry
+    tracing.configure(db_path=tmp / "spans.db", batch=False)  # lineage reaches the traces
+    try:
+        _loop_turn(tmp, traffic, home, pw)
+    finally:
+        tracing.reset()
+
+
+def _loop_turn(tmp, traffic, home, pw):
+    import time
+
+    from slmflow.finetune.registry import AdapterRegistry
+    from slmflow.gateway.app import Gateway
+    from slmflow.gateway.config import GatewayConfig
+    from slmflow.gateway.server import GatewayServer
+    from slmflow.store import open_call_log
+    from slmflow.store.review import ReviewQueue
+    from slmflow.ui.traces import serve
+
+    # 1. v1: trained without billing examples, promoted by hand (it is the starting point)
+    _cli("train", "agent", "triage", "--workflow", "triage.yaml", "--data", "train.jsonl",
+         "--no-promote", *TRAIN, home=home, cwd=tmp)
+    reg = AdapterRegistry()
+    reg.promote("triage", "v1", {"accuracy": 0.0}, force=True)
+
+    # 2. traffic through the real gateway; the scripted user thumbs-down wrong answers
+    cfg = GatewayConfig.model_validate({
+        "call_log": f"sqlite:///{tmp / 'calls.db'}", "workflows": {"triage": {
+            "path": str(tmp / "triage.yaml")}}, "auth": {"enabled": False},
+        "cache": {"enabled": False}})
+    with GatewayServer(Gateway(cfg)) as gw:
+        def route(text: str) -> dict:
+            r = httpx.post(f"{gw.url}/workflows/triage/runs", json={"input": {"text": text}},
+                           timeout=120)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        wrong_before = wrong_all = 0
+        for text, truth in traffic:
+            run = route(text)
+            (step,) = [s for s in run["steps"] if s["call_id"]]
+            if run["answer"] != truth:
+                wrong_before += int(truth == "billing")
+                wrong_all += 1
+                f = httpx.post(f"{gw.url}/feedback", json={"call_id": step["call_id"],
+                                                           "thumbs": "down", "by": "user-7"})
+                assert f.status_code == 201, f.text
+        assert wrong_before >= 10, f"v1 routed {12 - wrong_before}/12 billing tickets right"
+
+        # 3. flag, then review through the real UI
+        t_flag = time.perf_counter()
+        out = _cli("loop", "flag", "--since", "1h", "--json", home=home, cwd=tmp)
+        rep = json.loads(out.stdout)
+        t_flag = time.perf_counter() - t_flag
+        assert rep["flagged"].get("triage", 0) >= wrong_before
+        assert rep["by_reason"].get("negative_feedback", 0) == wrong_all
+        log = open_call_log(tmp / "calls.db")
+        q = ReviewQueue(log)
+        pending = q.items("triage")
+        truth_of = dict(traffic)
+        ui = serve("127.0.0.1", 0, db_path=tmp / "spans.db", calls=log)
+        threading.Thread(target=ui.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{ui.server_address[1]}"
+        try:
+            with pw.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM,
+                                            args=["--no-sandbox", "--disable-dev-shm-usage"])
+                page = browser.new_page()
+                page.goto(f"{base}/review/{pending[0].id}?reviewer=rita")
+                for _ in pending:
+                    page.wait_for_selector("#input:not(:empty)")
+                    text = json.loads(page.text_content("#input"))["text"]
+                    shown = json.loads(page.text_content("#output"))["category"]
+                    here = page.url
+                    if shown == truth_of[text]:
+                        page.keyboard.press("a")
+                    else:
+                        page.select_option("select[name=category]",
+                                           json.dumps(truth_of[text]))
+                        page.keyboard.press("Control+Enter")
+                    page.wait_for_function(f"location.href !== {json.dumps(here)}")
+                assert "/review?done=1" in page.url
+                browser.close()
+        finally:
+            ui.shutdown()
+            ui.server_close()
+        done = q.items("triage", status="reviewed", limit=None)
+        assert len(done) == len(pending) and all(i.reviewer == "rita" for i in done)
+        assert sum(i.verdict == "correct" for i in done) >= wrong_before
+
+        # 4. retrain through the gate
+        t_retrain = time.perf_counter()
+        out = _cli("loop", "retrain", "--agent", "triage", "--workflow", "triage.yaml",
+                   "--data", "train.jsonl", "--eval-data", "eval.jsonl", "--min-new", "5",
+                   *TRAIN, home=home, cwd=tmp, check=False)
+        assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-3000:])
+        res = json.loads(out.stdout[out.stdout.rindex("\n{\n") + 1:])
+        t_retrain = time.perf_counter() - t_retrain
+        print(f"\nloop turn: flag {t_flag:.1f} s (CLI), {len(pending)} reviewed, retrain+gate+"
+              f"promote {t_retrain:.1f} s (CLI); v1 billing right {12 - wrong_before}/12; "
+              f"gate: {res['current_scores']} -> {res['scores']} on {res['eval_cases']} cases; "
+              f"held-out reviews {res['holdout_scores']}")
+        assert res["version"] == "v2" and res["promoted"]
+        assert res["scores"]["accuracy"] > res["current_scores"]["accuracy"]
+        hold = res["holdout_scores"]
+        assert hold["candidate"]["accuracy"] > hold["current"]["accuracy"]
+        decision = reg.history("triage")[-1]
+        assert decision["action"] == "promoted" and decision["same_cases"]
+        assert decision["current"] == "v1" and decision["candidate"] == "v2"
+        lineage = reg.card("triage", "v2")["lineage"]
+        assert lineage["parent"] == "v1" and lineage["loop"]["reviewers"] == ["rita"]
+        reviewed_calls = {i.call_id for i in done}
+        assert set(lineage["loop"]["call_ids"]) <= reviewed_calls and lineage["trace_ids"]
+        assert all(any(u.startswith(("adapter:triage@v2", "evals:triage@v2"))
+                       for u in i.used_in) for i in q.items("triage", status=None, limit=None)
+                   if i.verdict in ("accept", "correct"))
+
+        # 5. the running gateway serves v2 (no restart): billing is routed right now
+        fixed = sum(route(t)["answer"] == "billing" for t, c in traffic if c == "billing")
+        assert fixed >= 12 - wrong_before + 3, f"v2 routes {fixed}/12 billing tickets right"
+        assert reg.rollback("triage") == "v1"
+        after = sum(route(t)["answer"] == "billing" for t, c in traffic if c == "billing")
+        assert after == 12 - wrong_before  # v1 is back, with its old error
+        print(f"v2 billing right {fixed}/12; after rollback {after}/12")
+        log.close()

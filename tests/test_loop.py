@@ -226,3 +226,28 @@ def test_online_evaluator_failures_feed_the_flag_job(log):
     assert flagged.flagged == {"replier": 2} and flagged.by_reason == {"failed_eval": 2}
     inputs = {log.get(i.call_id).input for i in ReviewQueue(log).items()}
     assert inputs == {"angry customer", "angry again"}
+
+
+def test_a_crash_mid_retrain_changes_nothing(log, tmp_path, monkeypatch):
+    """Training dies (a kill, a full disk): no adapter promoted, no review marked as used, and
+    running the command again starts from the same reviewed items."""
+    import slmflow.finetune.agent_train as at
+    from slmflow.finetune.registry import AdapterRegistry
+    from slmflow.loop import retrain_agent
+
+    agent = _router(lambda t: 0.1)
+    _traffic(log, agent, [f"ticket {i}" for i in range(6)])
+    flag_calls(log, since="1h")
+    q = ReviewQueue(log)
+    for it in q.items():
+        q.review(it.id, "correct", reviewer="alice", correction={"intent": "refund"})
+    reg = AdapterRegistry(tmp_path / "adapters")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt("killed mid-epoch")
+
+    monkeypatch.setattr(at, "train_agent", boom)
+    with pytest.raises(KeyboardInterrupt):
+        retrain_agent(agent, log, registry=reg, min_new=5, say=lambda s: None)
+    assert reg.promoted("router") is None and reg.versions("router") == []
+    assert all(i.used_in == [] for i in q.items(status="reviewed"))

@@ -86,6 +86,17 @@ def exact_match_accuracy(agent: Any, cases: Sequence[Example], *, concurrency: i
             "ok_rate": 1 - sum(err for _, err in results) / n}
 
 
+def _with_threads(model: Any, threads: int | None) -> Any:
+    """The llama.cpp model the gate scores on, with the thread count training used (on a busy
+    machine one llama.cpp thread, like one torch thread, is steadier than all cores)."""
+    from ..models.llamacpp import LlamaCppModel
+
+    if not threads or not isinstance(model, LlamaCppModel) or model.n_threads == threads:
+        return model
+    return LlamaCppModel(model.path, name=model.info.name, n_ctx=model.n_ctx, n_threads=threads,
+                         pool_size=model.pool_size, chat=model.chat)
+
+
 @dataclass
 class AgentTrainResult:
     version: str
@@ -128,14 +139,15 @@ def train_agent(agent: Any, examples: Sequence[Example], *, eval_cases: Sequence
     if eval_cases:
         from ..agents import resolve_model
 
-        base_model = resolve_model(agent.model, where=f"agent {agent.name}")
+        base_model = _with_threads(resolve_model(agent.model, where=f"agent {agent.name}"),
+                                   threads)
         candidate = replace(agent, model=registry.model_for(base_model, agent.name, version),
                             adapter=None)
         scores = score(candidate, eval_cases)
         registry.record_scores(agent.name, version, scores)
         log(f"{agent.name}@{version} on {len(eval_cases)} held-out cases: {scores}")
         if parent is None:
-            baseline = score(replace(agent, adapter=None), eval_cases)
+            baseline = score(replace(agent, model=base_model, adapter=None), eval_cases)
             log(f"{agent.name} without adapter: {baseline}")
     if promote and eval_cases:
         try:

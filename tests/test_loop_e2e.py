@@ -57,7 +57,7 @@ def _cli(*args: str, home: str, cwd: Path, check: bool = True) -> subprocess.Com
     return p
 
 
-TRAIN = ["--r", "8", "--lr", "2e-3", "--epochs", "3", "--batch-size", "8", "--max-len", "64",
+TRAIN = ["--r", "8", "--lr", "2e-3", "--epochs", "6", "--batch-size", "4", "--max-len", "64",
          "--targets", "q_proj,k_proj,v_proj,o_proj", "--threads", "1"]
 
 

@@ -56,7 +56,7 @@ def fill(log, rows: int, seed: int = 0) -> float:
         batch.append(rec)
         if rng.random() < 0.003:
             batch.append(Feedback(call_id=rec.id, signal="down", by="user",
-                                  ts=rec.ts + rng.random() * 3600))
+                                  ts=min(now, rec.ts + rng.random() * 3600)))
         if len(batch) >= 20_000:
             log.append(batch)
             batch = []

@@ -632,7 +632,7 @@ class Gateway:
         this gateway's writer, under this run id, key and redaction (the logging context)."""
         run_id = uuid.uuid4().hex
         with logging_context(run_id=run_id, workflow=t.name, key=key.name if key else None,
-                             writer=self.writer, enabled=True,
+                             writer=self.writer, enabled=True, trace_id=trace_id,
                              redact=None if self.config.guardrails.log_pii else _redact):
             rr = await asyncio.wait_for(t.workflow.run(value), t.timeout_s)
         for s in rr.steps:

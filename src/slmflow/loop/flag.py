@@ -169,13 +169,14 @@ def flag_calls(log: CallLog, *, since: Any = "24h", until: Any = None,
                 by_call.setdefault(call_id, []).append((reason, corr))
             elif run_id:
                 by_run[run_id] = reason
+        # by id (and by run id below) only: kind and agent are checked here, in Python, so the
+        # database looks these rows up by their unique index instead of scanning by kind
         missing = [c for c in by_call if c not in cands]
         for chunk in _chunks(missing):
-            for r in log._all(f"SELECT {_CALL_COLS} FROM calls WHERE kind = 'agent' AND agent "
-                              f"IS NOT NULL{agent_cond} AND id IN ({', '.join('?' * len(chunk))})",
-                              aparams + chunk):
-                _add_call_reasons(cands, r, on, rules)
-                cands.setdefault(r[0], _Cand(r))
+            for r in log._all(f"SELECT {_CALL_COLS}, kind FROM calls WHERE id IN "
+                              f"({', '.join('?' * len(chunk))})", chunk):
+                if _wanted(r, 7, rules):
+                    _add_call_reasons(cands, r, on, rules)
         for call_id, found in by_call.items():
             c = cands.get(call_id)
             if c is None:
@@ -186,9 +187,10 @@ def flag_calls(log: CallLog, *, since: Any = "24h", until: Any = None,
                     c.suggestion = json.loads(corr) if isinstance(corr, str) else corr
         runs = list(by_run)
         for chunk in _chunks(runs):
-            for r in log._all(f"SELECT {_CALL_COLS}, run_id FROM calls WHERE kind = 'agent' AND "
-                              f"agent IS NOT NULL{agent_cond} AND run_id IN "
-                              f"({', '.join('?' * len(chunk))})", aparams + chunk):
+            for r in log._all(f"SELECT {_CALL_COLS}, run_id, kind FROM calls WHERE run_id IN "
+                              f"({', '.join('?' * len(chunk))})", chunk):
+                if not _wanted(r, 8, rules):
+                    continue
                 c = cands.get(r[0])
                 if c is None:
                     c = cands[r[0]] = _Cand(r)
@@ -260,6 +262,11 @@ def _add_call_reasons(cands: dict[str, _Cand], r: Sequence[Any], on: set[str],
             c.reasons["fallback_disagreement"] = None
     if "error" in on and status == "error":
         c.reasons["error"] = None
+
+
+def _wanted(r: Sequence[Any], kind_at: int, rules: FlagRules) -> bool:
+    return r[kind_at] == "agent" and r[1] is not None and (not rules.agents
+                                                           or r[1] in rules.agents)
 
 
 def _chunks(ids: list[str], n: int = 500) -> list[list[str]]:

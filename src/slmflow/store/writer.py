@@ -312,6 +312,7 @@ class LogContext:
     workflow: str | None = None
     step: str | None = None
     key: str | None = None
+    trace_id: str | None = None  # when tracing is off, the caller's request id stands in
     writer: CallLogWriter | None = None
     redact: Callable[[Any], Any] | None = None
     enabled: bool | None = None
@@ -357,7 +358,10 @@ def log_agent_call(agent: Any, result: Any, input: Any) -> str | None:
         w = ctx.writer or get_writer()
         note_agent(w, agent)
         meta = {"step": ctx.step} if ctx.step else None
+        from .. import tracing
+
         rec = record_agent_result(result, input, run_id=ctx.run_id, key=ctx.key,
+                                  trace_id=tracing.current_trace_id() or ctx.trace_id,
                                   workflow=ctx.workflow, writer=w, redact=ctx.redact, meta=meta,
                                   call_id=getattr(result, "call_id", None))
         return rec.id

@@ -251,3 +251,32 @@ def test_a_crash_mid_retrain_changes_nothing(log, tmp_path, monkeypatch):
         retrain_agent(agent, log, registry=reg, min_new=5, say=lambda s: None)
     assert reg.promoted("router") is None and reg.versions("router") == []
     assert all(i.used_in == [] for i in q.items(status="reviewed"))
+
+
+def test_cli_flag_schedule_queue_review(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from slmflow.cli import app
+
+    url = f"sqlite:///{tmp_path / 'calls.db'}"
+    log = open_call_log(url)
+    _traffic(log, _router(lambda t: 0.1), ["one", "two"])
+    log.close()
+    run = CliRunner().invoke
+    cron = run(app, ["loop", "schedule", "--every", "24h", "--at", "02:30", "--calls", url])
+    assert cron.exit_code == 0 and "30 2 * * *" in cron.stdout and "loop flag --since 24h" \
+        in cron.stdout
+    looped = run(app, ["loop", "schedule", "--run", "--max-runs", "1", "--every", "1h",
+                       "--calls", url])
+    assert looped.exit_code == 0, looped.stdout
+    assert "2 matched" in looped.stdout and "2 queued now" in looped.stdout
+    again = run(app, ["loop", "flag", "--since", "1h", "--json", "--calls", url])
+    assert again.exit_code == 0 and '"total": 0' in again.stdout  # idempotent
+    log = open_call_log(url)
+    item = ReviewQueue(log).items()[0]
+    log.close()
+    ok = run(app, ["loop", "review", item.id[:8], "--correct", '{"intent": "refund"}',
+                   "--reviewer", "rita", "--calls", url])
+    assert ok.exit_code == 0 and "correct by rita" in ok.stdout
+    q = run(app, ["loop", "queue", "--status", "all", "--calls", url])
+    assert q.exit_code == 0 and "correct 1" in q.stdout and "pending 1" in q.stdout

@@ -87,10 +87,12 @@ def _loop_turn(tmp, traffic, home, pw):
     from slmflow.ui.traces import serve
 
     # 1. v1: trained without billing examples, promoted by hand (it is the starting point)
+    t_v1 = time.perf_counter()
     _cli("train", "agent", "triage", "--workflow", "triage.yaml", "--data", "train.jsonl",
          "--no-promote", *TRAIN, home=home, cwd=tmp)
     reg = AdapterRegistry()
     reg.promote("triage", "v1", {"accuracy": 0.0}, force=True)
+    t_v1 = time.perf_counter() - t_v1
 
     # 2. traffic through the real gateway; the scripted user thumbs-down wrong answers
     cfg = GatewayConfig.model_validate({
@@ -105,6 +107,7 @@ def _loop_turn(tmp, traffic, home, pw):
             return r.json()
 
         wrong_before = wrong_all = 0
+        t_traffic = time.perf_counter()
         for text, truth in traffic:
             run = route(text)
             (step,) = [s for s in run["steps"] if s["call_id"]]
@@ -114,6 +117,7 @@ def _loop_turn(tmp, traffic, home, pw):
                 f = httpx.post(f"{gw.url}/feedback", json={"call_id": step["call_id"],
                                                            "thumbs": "down", "by": "user-7"})
                 assert f.status_code == 201, f.text
+        t_traffic = time.perf_counter() - t_traffic
         assert wrong_before >= 10, f"v1 routed {12 - wrong_before}/12 billing tickets right"
 
         # 3. flag, then review through the real UI
@@ -130,6 +134,7 @@ def _loop_turn(tmp, traffic, home, pw):
         ui = serve("127.0.0.1", 0, db_path=tmp / "spans.db", calls=log)
         threading.Thread(target=ui.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{ui.server_address[1]}"
+        t_review = time.perf_counter()
         try:
             with pw.sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM,
@@ -153,6 +158,7 @@ def _loop_turn(tmp, traffic, home, pw):
         finally:
             ui.shutdown()
             ui.server_close()
+        t_review = time.perf_counter() - t_review
         done = q.items("triage", status="reviewed", limit=None)
         assert len(done) == len(pending) and all(i.reviewer == "rita" for i in done)
         assert sum(i.verdict == "correct" for i in done) >= wrong_before
@@ -165,7 +171,9 @@ def _loop_turn(tmp, traffic, home, pw):
         assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-3000:])
         res = json.loads(out.stdout[out.stdout.rindex("\n{\n") + 1:])
         t_retrain = time.perf_counter() - t_retrain
-        print(f"\nloop turn: flag {t_flag:.1f} s (CLI), {len(pending)} reviewed, retrain+gate+"
+        print(f"\nv1 train {t_v1:.1f} s; {len(traffic)} requests {t_traffic:.1f} s; "
+              f"review in the UI {t_review:.1f} s")
+        print(f"loop turn: flag {t_flag:.1f} s (CLI), {len(pending)} reviewed, retrain+gate+"
               f"promote {t_retrain:.1f} s (CLI); v1 billing right {12 - wrong_before}/12; "
               f"gate: {res['current_scores']} -> {res['scores']} on {res['eval_cases']} cases; "
               f"held-out reviews {res['holdout_scores']}")

@@ -142,3 +142,18 @@ def reset_pg(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("DROP SCHEMA public CASCADE")
         c.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def call_log(request, tmp_path):
+    """A fresh call log on embedded SQLite, then on the real PostgreSQL server."""
+    from slmflow.store import open_call_log
+
+    if request.param == "sqlite":
+        log = open_call_log(f"sqlite:///{tmp_path / 'calls.db'}")
+    else:
+        url = request.getfixturevalue("pg_url")
+        reset_pg(url)
+        log = open_call_log(url)
+    yield log
+    log.close()

@@ -4,6 +4,7 @@ Models here are FunctionModels (unit tests); the real-model proof is tests/test_
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -17,23 +18,15 @@ from slmflow.store import CallLogWriter, logging_context, open_call_log
 from slmflow.store.review import ReviewConflict, ReviewError, ReviewQueue
 from slmflow.workflow import Step, Workflow
 
-from .conftest import reset_pg
 
 
 class Route(BaseModel):
     intent: str
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def log(request, tmp_path):
-    if request.param == "sqlite":
-        lg = open_call_log(f"sqlite:///{tmp_path / 'calls.db'}")
-    else:
-        url = request.getfixturevalue("pg_url")
-        reset_pg(url)
-        lg = open_call_log(url)
-    yield lg
-    lg.close()
+@pytest.fixture
+def log(call_log):  # each test runs on SQLite and on PostgreSQL (conftest.call_log)
+    return call_log
 
 
 def _router(conf_for, answer_for=None, fallback=None):
@@ -55,24 +48,27 @@ def _router(conf_for, answer_for=None, fallback=None):
     return Agent("router", m, output_type=Route, fallback=fallback, confidence_threshold=0.2)
 
 
-def _traffic(log, agent, texts):
+@contextlib.contextmanager
+def _logged(log, **ctx):
+    """Agent calls in the body go to `log` (flushed on exit)."""
     w = CallLogWriter(log)
-    with logging_context(writer=w, key="k1"):
-        results = [agent.run_sync(t) for t in texts]
+    with logging_context(writer=w, **ctx):
+        yield
     assert w.flush()
     w.close(close_log=False)
-    return results
+
+
+def _traffic(log, agent, texts):
+    with _logged(log, key="k1"):
+        return [agent.run_sync(t) for t in texts]
 
 
 def test_agent_calls_are_logged_with_schema_and_run_context(log):
     agent = _router(lambda t: 0.9)
     wf = Workflow("wf", [Step("router", agent=agent)])
-    w = CallLogWriter(log)
-    with logging_context(writer=w):
+    with _logged(log):
         rr = wf.run_sync("my card is lost")
         res = agent.run_sync("another")
-    w.flush()
-    w.close(close_log=False)
     call = log.get(rr.steps[0].agent_result.call_id)
     assert call is not None and call.run_id == rr.run_id and call.workflow == "wf"
     assert call.meta["step"] == "router" and call.output == {"intent": "card"}
@@ -142,11 +138,8 @@ def test_flag_window_and_rule_selection(log):
 def test_run_feedback_flags_every_agent_call_of_the_run(log):
     agent = _router(lambda t: 0.99)
     wf = Workflow("wf", [Step("router", agent=agent)])
-    w = CallLogWriter(log)
-    with logging_context(writer=w):
+    with _logged(log):
         rr = wf.run_sync("hello")
-    w.flush()
-    w.close(close_log=False)
     log.add_feedback(run_id=rr.run_id, signal="down", by="carol")
     rep = flag_calls(log, since="1h")
     assert rep.flagged == {"router": 1} and rep.by_reason == {"negative_feedback": 1}

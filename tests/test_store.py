@@ -21,16 +21,9 @@ from .conftest import reset_pg
 _reset_pg = reset_pg
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        log = open_call_log(f"sqlite:///{tmp_path / 'calls.db'}")
-    else:
-        url = request.getfixturevalue("pg_url")
-        _reset_pg(url)
-        log = open_call_log(url)
-    yield log
-    log.close()
+@pytest.fixture
+def store(call_log):  # each test runs on SQLite and on PostgreSQL (conftest.call_log)
+    return call_log
 
 
 def test_open_picks_the_backend_and_migrates(store):

@@ -122,13 +122,9 @@ if (d.item.status !== 'pending') msg('already ' + (d.item.verdict || d.item.stat
 
 
 def _page(title: str, body: str, data: Any, js: str) -> bytes:
-    from .traces import _CSS as BASE
+    from .traces import _page as page
 
-    payload = json.dumps(data, default=str).replace("</", "<\\/")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{BASE}{_CSS}</style></head><body>{body}"
-            f"<script id='data' type='application/json'>{payload}</script>"
-            f"<script>{js}</script></body></html>").encode()
+    return page(title, body, data, js, _CSS)
 
 
 def _short(v: Any, n: int = 120) -> str:

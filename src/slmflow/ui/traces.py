@@ -91,10 +91,10 @@ for (const sp of d.spans) {
 """
 
 
-def _page(title: str, body: str, data: Any, js: str) -> bytes:
+def _page(title: str, body: str, data: Any, js: str, css: str = "") -> bytes:
     blob = json.dumps(data, default=str).replace("</", "<\\/")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{_CSS}</style></head><body>{body}"
+            f"</title><style>{_CSS}{css}</style></head><body>{body}"
             f"<script type='application/json' id='data'>{blob}</script>"
             f"<script>{js}</script></body></html>").encode()
 

@@ -273,3 +273,15 @@ def test_cli_flag_schedule_queue_review(tmp_path, monkeypatch):
     assert ok.exit_code == 0 and "correct by rita" in ok.stdout
     q = run(app, ["loop", "queue", "--status", "all", "--calls", url])
     assert q.exit_code == 0 and "correct 1" in q.stdout and "pending 1" in q.stdout
+
+
+def test_gate_can_score_with_the_agents_suite_evaluators():
+    from slmflow.finetune.data import Example
+    from slmflow.loop.retrain import suite_score
+
+    agent = _router(lambda t: 0.9, answer_for=lambda t: "refund" if "money" in t else "card")
+    cases = [Example(f"money back {i}", {"intent": "refund"}) for i in range(3)] + \
+        [Example("lost card", {"intent": "card"}), Example("hello", {"intent": "refund"})]
+    scores = suite_score([{"name": "routing", "field": "intent"}, "exact_match"])(agent, cases)
+    assert scores["accuracy"] == pytest.approx(0.8) and scores["ok_rate"] == 1.0
+    assert scores["exact_match"] == pytest.approx(0.8)

@@ -175,6 +175,11 @@ def retrain_cmd(
     input_field: str = typer.Option("input", "--input-field"),
     target_field: str = typer.Option("target", "--target-field"),
     target_key: Optional[str] = typer.Option(None, "--target-key"),
+    evaluator: List[str] = typer.Option([], "--evaluator", "-e",
+                                        help="eval-suite evaluator for the gate (repeatable; "
+                                             "default: exact match of the whole output)"),
+    field: Optional[str] = typer.Option(None, "--field",
+                                        help="output field the evaluators compare"),
     holdout: float = typer.Option(0.3, help="share of reviewed items held out for the gate"),
     min_new: int = typer.Option(5, "--min-new", help="reviewed items not yet in an adapter"),
     epochs: float = typer.Option(1.0), lr: float = typer.Option(5e-4), r: int = typer.Option(16),
@@ -192,8 +197,11 @@ def retrain_cmd(
     from ..finetune.data import load_examples
     from ..finetune.trainer import TrainConfig
     from ..loop import retrain_agent
+    from ..loop.retrain import suite_score
 
     a = find_agent(workflow, agent)
+    scorer = (suite_score([{"name": e, **({"field": field} if field else {})}
+                           for e in evaluator]) if evaluator else None)
     kw = dict(input_field=input_field, target_field=target_field, target_key=target_key)
     original = load_examples(data, **kw) if data else []
     cases = load_examples(eval_data, **kw) if eval_data else []
@@ -204,7 +212,7 @@ def retrain_cmd(
     try:
         res = retrain_agent(a, log, data=original, eval_cases=cases, holdout=holdout,
                             min_new=min_new, config=cfg, threads=threads or None,
-                            tolerance=tolerance, say=typer.echo)
+                            tolerance=tolerance, score=scorer, say=typer.echo)
     finally:
         log.close()
     typer.echo(json.dumps({k: v for k, v in res.as_dict().items()

@@ -38,7 +38,7 @@ from ..store.calllog import CallLog
 from ..store.review import ReviewItem, ReviewQueue
 
 __all__ = ["LoopError", "RetrainResult", "retrain_agent", "reviewed_examples", "add_to_evals",
-           "is_held_out"]
+           "is_held_out", "suite_score"]
 
 
 class LoopError(SlmflowError):
@@ -60,6 +60,27 @@ def reviewed_examples(items: Sequence[ReviewItem]) -> list[Example]:
             continue
         out.append(Example(it.call.input, t, source=f"review:{it.id}"))
     return out
+
+
+def suite_score(evaluators: Sequence[Any]) -> Callable[..., dict[str, float]]:
+    """A scorer for the gate that runs the agent's eval-suite evaluators (names, spec dicts or
+    `Evaluator`s: routing accuracy, exact or per-field match...) on the gate's cases; the
+    suite's scores (higher is better) are what the registry compares."""
+    from ..evals import create, run_suite
+    from ..evals.base import Case
+
+    evs = [create(e) for e in evaluators]
+
+    def score(agent: Any, cases: Sequence[Example]) -> dict[str, float]:
+        def plain(v: Any) -> Any:
+            return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
+        rows = [Case(id=f"case-{i}", input=plain(c.input), expected=plain(c.target))
+                for i, c in enumerate(cases)]
+        rep = run_suite(agent, rows, evs, name=f"gate {agent.name}", progress=False)
+        return dict(rep.scores)
+
+    return score
 
 
 @dataclass

@@ -142,7 +142,11 @@ def _loop_turn(tmp, traffic, home, pw):
                 page = browser.new_page()
                 page.goto(f"{base}/review/{pending[0].id}?reviewer=rita")
                 for _ in pending:
-                    page.wait_for_selector("#input:not(:empty)")
+                    try:
+                        page.wait_for_selector("#input:not(:empty)", timeout=60_000)
+                    except Exception:
+                        raise AssertionError(f"review page {page.url} did not render: "
+                                             f"{page.content()[:3000]}") from None
                     text = json.loads(page.text_content("#input"))["text"]
                     shown = json.loads(page.text_content("#output"))["category"]
                     here = page.url

@@ -343,9 +343,6 @@ def calllog_enabled() -> bool:
                                                                            "no")
 
 
-_SCHEMAS_SENT: set[tuple[int, str, str]] = set()
-
-
 def log_agent_call(agent: Any, result: Any, input: Any) -> str | None:
     """Log one agent call under the current context; returns the call id (None when logging is
     off). Never raises: a broken call log must not break the request it describes (the writer
@@ -376,9 +373,10 @@ def note_agent(writer: CallLogWriter, agent: Any) -> None:
     schema = _agent_schema(agent)
     if schema is None:
         return
-    key = (id(writer), agent.name, schema[0])
-    if key not in _SCHEMAS_SENT:
-        _SCHEMAS_SENT.add(key)
+    sent = writer.__dict__.setdefault("_schemas_sent", set())  # per writer: ids get reused
+    key = (agent.name, schema[0])
+    if key not in sent:
+        sent.add(key)
         writer.submit(AgentInfo(name=agent.name, output_schema=schema[1],
                                 instructions=getattr(agent, "instructions", None)))
 

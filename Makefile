@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 # A portable llama.cpp build (no -march=native): the wheel pip caches runs on any x86-64 here.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench support-adapters clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test: setup
 
 bench: setup
 	$(PY) bench/models.py
+
+# Retrain the support example's shipped LoRA adapters (router, extractor) on its own data.
+support-adapters: setup
+	examples/support/train_adapters.sh
 
 clean:
 	rm -rf $(VENV) .slmflow .pytest_cache

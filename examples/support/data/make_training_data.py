@@ -255,7 +255,7 @@ def main() -> int:
     rng = random.Random(SEED)
     router = {"train": generate("train", 100, rng, extra_ids=True, urgent_rate=0.2),
               "eval": generate("eval", 20, rng, extra_ids=True, urgent_rate=0.2)}
-    extraction = {"train": generate("train", 40, rng, extra_ids=True, urgent_rate=0.35),
+    extraction = {"train": generate("train", 80, rng, extra_ids=True, urgent_rate=0.35),
                   "eval": generate("eval", 12, rng, extra_ids=True, urgent_rate=0.35)}
     for name, sets in (("router", router), ("extraction", extraction)):
         train_keys = {" ".join(t.lower().split()) for t, _, _ in sets["train"]}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Train the support example's shipped LoRA adapters (router, extractor) on its own data and copy
+# them into examples/support/adapters/<agent>/ (adapter.gguf + card.json).
+#
+#   examples/support/train_adapters.sh          # both agents + comparison (make support-adapters)
+#   examples/support/train_adapters.sh router     # one agent
+#
+# Each agent: `slmflow train agent` (LoRA r=8 on the attention projections of SmolLM2-135M, one
+# torch thread, about 5 minutes on a CPU) into a scratch registry under $SCRATCH, gated against
+# the zero-shot base model on the eval file; the registered version's GGUF LoRA and card are then
+# copied here (the PEFT folder, needed only to serve on transformers, stays in $SCRATCH).
+# With both agents, eval_adapters.py scores them with and without adapters (adapters/results.json).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SLMFLOW_TRACING=off
+PY=${PY:-.venv/bin/python}
+SLMFLOW=${SLMFLOW:-.venv/bin/slmflow}
+HOME_DIR=${SLMFLOW_HOME:-.slmflow}
+SCRATCH=${SCRATCH:-$HOME_DIR/support-adapters}
+EX=examples/support
+AGENTS=("$@")
+[ ${#AGENTS[@]} -eq 0 ] && AGENTS=(router extractor)
+
+"$PY" $EX/data/make_training_data.py
+
+train() {  # agent data-prefix epochs
+  local agent=$1 data=$2 epochs=$3
+  rm -rf "$SCRATCH/$agent"
+  mkdir -p "$SCRATCH/$agent" "$HOME_DIR/models"
+  # share the dequantized base model (made once under $SLMFLOW_HOME/models) with the scratch home
+  ln -s "$(cd "$HOME_DIR/models" && pwd)" "$SCRATCH/$agent/models"
+  SLMFLOW_HOME="$SCRATCH/$agent" "$SLMFLOW" train agent "$agent" \
+      --workflow $EX/workflow.yaml \
+      --data $EX/data/${data}_train.jsonl --eval-data $EX/data/${data}_eval.jsonl \
+      --r 8 --targets q_proj,k_proj,v_proj,o_proj --lr 1e-3 --batch-size 8 --epochs "$epochs" \
+      --max-len 256 --threads 1 --seed 0 --out "$SCRATCH/$agent/run"
+  local v=$SCRATCH/$agent/adapters/$agent/v1
+  rm -rf "$EX/adapters/$agent"
+  mkdir -p "$EX/adapters/$agent"
+  cp "$v/card.json" "$v/adapter.gguf" "$EX/adapters/$agent/"
+  ls -la "$EX/adapters/$agent"
+}
+
+for a in "${AGENTS[@]}"; do
+  case $a in
+    router) train router router 1 ;;
+    extractor) train extractor extraction 2 ;;
+    *) echo "unknown agent $a (router, extractor)" >&2; exit 2 ;;
+  esac
+done
+if [ ${#AGENTS[@]} -eq 2 ]; then
+  "$PY" $EX/eval_adapters.py --threads 1 --out $EX/adapters/results.json
+fi

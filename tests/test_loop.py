@@ -285,3 +285,14 @@ def test_gate_can_score_with_the_agents_suite_evaluators():
     scores = suite_score([{"name": "routing", "field": "intent"}, "exact_match"])(agent, cases)
     assert scores["accuracy"] == pytest.approx(0.8) and scores["ok_rate"] == 1.0
     assert scores["exact_match"] == pytest.approx(0.8)
+
+
+def test_eval_traffic_stays_out_of_the_call_log(log):
+    from slmflow.evals import run_suite
+
+    agent = _router(lambda t: 0.1)
+    with _logged(log):
+        run_suite(agent, [{"id": "a", "input": "x", "expected": {"intent": "card"}}],
+                  ["exact_match"])
+        agent.run_sync("production")
+    assert [c.input for c in log.query(kind="agent")] == ["production"]

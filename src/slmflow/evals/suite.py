@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .. import tracing
 from ..errors import SlmflowError
+from ..store.writer import logging_context
 from .base import Case, EvalResult, Evaluator, create
 from .data import CaseSet, RowError, to_cases
 
@@ -234,45 +235,48 @@ async def arun_suite(target: Any, cases: Any, evaluators: Sequence[Any], *,
 
     async def one(c: Case) -> RowResult:
         async with sem:
-            row = RowResult(c.id, "passed", input=c.input, expected=c.expected)
-            with tracing.span("eval_case", f"{suite}/{c.id}", attributes={
-                    "slmflow.eval.suite": suite, "slmflow.eval.case": c.id}) as sp:
-                row.trace_id = tracing.current_trace_id()
-                try:
-                    work = tgt.call(c.input)
-                    out, info = await (asyncio.wait_for(work, timeout_s) if timeout_s else work)
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as e:  # noqa: BLE001 - every failure becomes a row
-                    row.status, row.error, row.error_stage = "errored", _reason(e), "target"
-                    if isinstance(e, asyncio.TimeoutError):
-                        row.error = f"TimeoutError: the target took more than {timeout_s:g}s"
-                    return _done(row)
-                row.output = out
-                row.latency_s = info.get("latency_s")
-                row.model = info.get("model")
-                row.agent = info.get("agent", tgt.name)
-                row.confidence = info.get("confidence")
-                row.escalated = bool(info.get("escalated"))
-                ev_errors = []
-                for ev in evs:
+            # eval traffic is not production traffic: keep it out of the call log (the
+            # flagging job would queue eval cases for review)
+            with logging_context(enabled=False):
+                row = RowResult(c.id, "passed", input=c.input, expected=c.expected)
+                with tracing.span("eval_case", f"{suite}/{c.id}", attributes={
+                        "slmflow.eval.suite": suite, "slmflow.eval.case": c.id}) as sp:
+                    row.trace_id = tracing.current_trace_id()
                     try:
-                        res = await ev.aevaluate(c, out)
+                        work = tgt.call(c.input)
+                        out, info = await (asyncio.wait_for(work, timeout_s) if timeout_s else work)
                     except asyncio.CancelledError:
                         raise
-                    except BaseException as e:  # noqa: BLE001
-                        ev_errors.append(f"{ev.name}: {_reason(e)}")
-                        continue
-                    row.evals[ev.name] = res
-                    if record:
-                        tracing.record_evaluation(ev.name, score=res.score, label=res.label,
-                                                  explanation=res.explanation or None, sp=sp)
-                if ev_errors:
-                    row.status, row.error, row.error_stage = ("errored", "; ".join(ev_errors),
-                                                              "evaluator")
-                elif not all(r.ok for r in row.evals.values()):
-                    row.status = "failed"
-                return _done(row)
+                    except BaseException as e:  # noqa: BLE001 - every failure becomes a row
+                        row.status, row.error, row.error_stage = "errored", _reason(e), "target"
+                        if isinstance(e, asyncio.TimeoutError):
+                            row.error = f"TimeoutError: the target took more than {timeout_s:g}s"
+                        return _done(row)
+                    row.output = out
+                    row.latency_s = info.get("latency_s")
+                    row.model = info.get("model")
+                    row.agent = info.get("agent", tgt.name)
+                    row.confidence = info.get("confidence")
+                    row.escalated = bool(info.get("escalated"))
+                    ev_errors = []
+                    for ev in evs:
+                        try:
+                            res = await ev.aevaluate(c, out)
+                        except asyncio.CancelledError:
+                            raise
+                        except BaseException as e:  # noqa: BLE001
+                            ev_errors.append(f"{ev.name}: {_reason(e)}")
+                            continue
+                        row.evals[ev.name] = res
+                        if record:
+                            tracing.record_evaluation(ev.name, score=res.score, label=res.label,
+                                                      explanation=res.explanation or None, sp=sp)
+                    if ev_errors:
+                        row.status, row.error, row.error_stage = ("errored", "; ".join(ev_errors),
+                                                                  "evaluator")
+                    elif not all(r.ok for r in row.evals.values()):
+                        row.status = "failed"
+                    return _done(row)
 
     def _done(row: RowResult) -> RowResult:
         if bar:

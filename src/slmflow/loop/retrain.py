@@ -36,6 +36,7 @@ from ..errors import ConfigError, SlmflowError
 from ..finetune.data import Example, _canonical, data_hash, dedupe
 from ..store.calllog import CallLog
 from ..store.review import ReviewItem, ReviewQueue
+from ..store.writer import logging_context
 
 __all__ = ["LoopError", "RetrainResult", "retrain_agent", "reviewed_examples", "add_to_evals",
            "is_held_out", "suite_score"]
@@ -179,9 +180,10 @@ def retrain_agent(agent: Any, log: CallLog, *, data: Sequence[Example] = (),
                        adapter=None) if current_v else replace(agent, adapter=None))
     say(f"scoring {agent.name}@{version} and the serving {current_v or 'base model'} on "
         f"{len(cases)} cases")
-    cand_scores = score(candidate, cases)
-    cur_scores = score(current, cases)
-    hold = {"candidate": score(candidate, rev_hold), "current": score(current, rev_hold)}
+    with logging_context(enabled=False):  # gate traffic stays out of the call log
+        cand_scores = score(candidate, cases)
+        cur_scores = score(current, cases)
+        hold = {"candidate": score(candidate, rev_hold), "current": score(current, rev_hold)}
     say(f"candidate {cand_scores} vs current {cur_scores}; on held-out reviews: "
         f"{hold['candidate']} vs {hold['current']}")
     extra = {"loop": {"held_out_reviews": hold, "reviewed": len(items), "eval_cases": len(cases),

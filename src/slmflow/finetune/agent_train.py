@@ -93,8 +93,9 @@ def decoder_order(target: Any, output_type: Any) -> Any:
     optional ones after (each group in declaration order), so ``Fields(order_id=None,
     account_id=None, urgent: bool)`` is decoded as ``{"urgent":...,"order_id":...,...}``. An
     adapter trained on the declaration order learns a first token the grammar then forbids and
-    goes off the rails (measured on the support extractor: exact match 0.27 → see
-    docs/finetune.md). Training on the grammar's order keeps train and serve identical."""
+    goes off the rails (measured on the support extractor, same 200 rows and settings: exact
+    match 0.27 trained in declaration order, 0.62 in the grammar's order). Training on the
+    grammar's order keeps train and serve identical."""
     if hasattr(target, "model_dump"):
         target = target.model_dump(mode="json")
     if not isinstance(target, dict) or not hasattr(output_type, "model_json_schema"):

@@ -57,11 +57,13 @@ def exact_match_accuracy(agent: Any, cases: Sequence[Example], *, concurrency: i
     the share that ran without error (a run that raises counts as wrong). Both: higher is better,
     as the registry's gate expects."""
     from ..models.base import run_sync
+    from ..store.writer import logging_context
 
     async def one(ex: Example, sem: asyncio.Semaphore) -> tuple[bool, bool]:
         async with sem:
             try:
-                r = await agent.run(ex.input)
+                with logging_context(enabled=False):  # gate traffic is not production traffic
+                    r = await agent.run(ex.input)
             except SlmflowError:
                 return False, True
         out = r.output.model_dump(mode="json") if hasattr(r.output, "model_dump") else r.output

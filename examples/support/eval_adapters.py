@@ -11,7 +11,9 @@ adapter removed, i.e. what ``slmflow run --no-adapters`` serves: the zero-shot m
 schema text in its prompt.
 
 Router: accuracy on data/router_eval.jsonl. Extractor: per-field accuracy (order_id, account_id,
-urgent) and exact match on data/extraction_eval.jsonl. A run that fails counts as wrong.
+urgent) and exact match on data/extraction_eval.jsonl. A run that fails counts as wrong. Also on
+the evals package's hand-written per-agent suites for this example (15 tickets each, labelled by
+another author, not generated from our templates): src/slmflow/evals/datasets/support_*.jsonl.
 """
 
 from __future__ import annotations
@@ -86,20 +88,26 @@ def main() -> int:
     ap.add_argument("--out", help="write the scores as JSON")
     a = ap.parse_args()
     ag = agents(a.threads)
-    jobs = [("router", "router_eval.jsonl", router_scores),
-            ("extractor", "extraction_eval.jsonl", extraction_scores)]
+    suites = HERE.parents[1] / "src" / "slmflow" / "evals" / "datasets"
+    jobs = [("router", "router", HERE / "data" / "router_eval.jsonl", {}, router_scores),
+            ("extractor", "extractor", HERE / "data" / "extraction_eval.jsonl", {},
+             extraction_scores),
+            ("router (evals suite)", "router", suites / "support_router.jsonl",
+             {"target_field": "expected", "target_key": "category"}, router_scores),
+            ("extractor (evals suite)", "extractor", suites / "support_extract.jsonl",
+             {"target_field": "expected"}, extraction_scores)]
     results: dict[str, Any] = {}
-    for name, file, scorer in jobs:
-        cases = load_examples(HERE / "data" / file)
+    for key, name, file, fields, scorer in jobs:
+        cases = load_examples(file, **fields)
         cases = cases[: a.limit] if a.limit else cases
         agent = ag[name]
-        results[name] = {"eval_file": f"data/{file}", "n": len(cases),
-                         "adapter": Path(agent.adapter).name if agent.adapter else None}
+        results[key] = {"eval_file": str(file.relative_to(HERE.parents[1])), "n": len(cases),
+                        "adapter": Path(agent.adapter).name if agent.adapter else None}
         for label, variant in (("with_adapter", agent), ("base", agent.with_adapter(None))):
             t0 = time.perf_counter()
             s = scorer(outputs(variant, cases), cases)
-            results[name][label] = {**s, "s_per_case": (time.perf_counter() - t0) / len(cases)}
-            print(f"{name:<10} {label:<13} " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()),
+            results[key][label] = {**s, "s_per_case": (time.perf_counter() - t0) / len(cases)}
+            print(f"{key:<24} {label:<13} " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()),
                   flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2) + "\n")

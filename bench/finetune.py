@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/finetune.py --steps 20 --threads 1
     .venv/bin/python bench/finetune.py --curve 100,1000 --eval-rows 500 --threads 1 \
-        [--ref-run .slmflow/runs/banking77-router] [--zero-shot]
+        [--ref-run .slmflow/runs/banking77-router] [--zero-shot] [--epochs 3]
 
 Throughput: both train the same LoRA (same rank, targets, dtype, batch size, learning rate,
 seed) on the same BANKING77 router examples formatted by the same chat template with the loss
-masked to the completion; each runs in its own subprocess; the ratio is slmflow tokens/s over Trainer tokens/s
-(goal: at least 1.0). Tokens counted are the real (unpadded) tokens of the batches trained on.
+masked to the completion; each runs in its own subprocess; the ratio is slmflow tokens/s over
+Trainer tokens/s (goal: at least 1.0). Tokens counted are the real (unpadded) tokens of the
+batches trained on.
 
 Accuracy vs number of training examples (``--curve``): how much data a router adapter needs. For
 each size N, SmolLM2-135M + LoRA is trained with exactly examples/banking77/train.py's settings
@@ -125,7 +126,7 @@ def stratified(examples: list, n: int, seed: int = 0) -> list:
 
 
 def curve(sizes: list[int], eval_rows: int, threads: int, ref_run: str | None,
-          zero_shot: bool, out_json: Path) -> dict:
+          zero_shot: bool, out_json: Path, epochs: float = 1.0) -> dict:
     import random
 
     import router
@@ -161,28 +162,29 @@ def curve(sizes: list[int], eval_rows: int, threads: int, ref_run: str | None,
 
     hf_base = _base()
     for n in sizes:
-        label = f"n={n}"
+        label = f"n={n}" + (f",epochs={epochs:g}" if epochs != 1 else "")
         if label in results:
             print(f"{label}: already measured ({results[label]['accuracy']:.4f})")
             continue
         subset = stratified(train, n)
-        cfg = TrainConfig(r=16, alpha=32, lr=8e-4, batch_size=16, epochs=1.0, bf16=True,
+        cfg = TrainConfig(r=16, alpha=32, lr=8e-4, batch_size=16, epochs=epochs, bf16=True,
                           target_modules=TARGETS, max_len=128, checkpoint_every=25)
-        run_dir = ROOT / ".bench" / "curve" / f"n{n}"
+        run_dir = ROOT / ".bench" / "curve" / (f"n{n}" + (f"-e{epochs:g}" if epochs != 1 else ""))
         if (run_dir / "card.json").is_file():  # trained before, not yet scored
             card = json.loads((run_dir / "card.json").read_text())
         else:
             card = train_lora(hf_base, subset, val, router.messages, run_dir, cfg,
                               base_name="smollm2-135m", log=print, threads=threads).card
         m = card["metrics"]
-        name = f"banking_router_n{n}"
+        name = f"banking_router_n{n}" + (f"_e{epochs:g}" if epochs != 1 else "")
         version = reg.register(name, run_dir / "adapter", {**card, "agent": name,
                                                              "schema_hint": False},
                                base_gguf=embedded_gguf_path())
         print(f"{label}: {m['steps']} steps, train loss {m['train_loss']:.4f}, val loss "
               f"{m['val_loss']}, {m['wall_s']:.0f} s", flush=True)
         score(label, agent.with_adapter(f"{name}@{version}"),
-              {"n_train": card["n_train"], "labels": len({e.target["intent"] for e in subset}),
+              {"n_train": card["n_train"], "epochs": epochs,
+               "labels": len({e.target["intent"] for e in subset}),
                "steps": m["steps"], "train_loss": m["train_loss"], "val_loss": m["val_loss"],
                "train_wall_s": m["wall_s"], "train_s_per_step": m["wall_s"] / m["steps"]})
     if ref_run and "reference" not in results:
@@ -205,6 +207,7 @@ def main() -> None:
     ap.add_argument("--eval-rows", type=int, default=500)
     ap.add_argument("--ref-run", help="also score this finished train.py run on the same sample")
     ap.add_argument("--zero-shot", action="store_true", help="also score the base model")
+    ap.add_argument("--epochs", type=float, default=1.0, help="--curve: epochs (train.py: 1)")
     ap.add_argument("--json", default=str(ROOT / "examples" / "banking77" / "results-curve.json"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
@@ -219,12 +222,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if a.curve:
         res = curve([int(x) for x in a.curve.split(",")], a.eval_rows, a.threads, a.ref_run,
-                    a.zero_shot, Path(a.json))
+                    a.zero_shot, Path(a.json), a.epochs)
         print(f"BANKING77 router, SmolLM2-135M + LoRA, {a.eval_rows} test rows (seed 0)")
-        print(f"{'training rows':<16}{'steps':>7}{'accuracy':>10}")
+        print(f"{'run':<20}{'training rows':>14}{'steps':>7}{'accuracy':>10}")
         for k, r in res.items():
             if k != "eval":
-                print(f"{r['n_train']:<16}{r.get('steps', 0):>7}{r['accuracy']:>10.3f}")
+                print(f"{k:<20}{r['n_train']:>14}{r.get('steps', 0):>7}{r['accuracy']:>10.3f}")
         return
     res = {}
     for w in ("slmflow", "trainer"):

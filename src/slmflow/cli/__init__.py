@@ -12,6 +12,7 @@ import sys
 import typer
 
 from ..errors import SlmflowError
+from . import deploy as _deploy
 from . import evals as _evals
 from . import finetune as _finetune
 from . import index as _index
@@ -25,8 +26,8 @@ app = typer.Typer(
     name="slmflow", no_args_is_help=True, add_completion=False,
     help="Build, fine-tune, evaluate, trace and improve multi-agent workflows of small models.")
 # In the order of the lifecycle: models, workflows, retrieval, traces, evals, fine-tuning, gateway,
-# the improvement loop.
-for _area in (_models, _workflow, _index, _traces, _evals, _finetune, _serve, _loop):
+# the improvement loop, scale-out.
+for _area in (_models, _workflow, _index, _traces, _evals, _finetune, _serve, _loop, _deploy):
     _area.register(app)
 
 

@@ -260,10 +260,19 @@ def model_for_path(base: Model, adapter: str | Path) -> Model:
 def _with_adapter(base: Model, gguf: Path, peft: Path, adapter_name: str, card: dict[str, Any],
                   *, where: str) -> Model:
     from ..models.llamacpp import LlamaCppModel
+    from ..models.openai import OpenAIModel
     from ..models.transformers import TransformersModel
 
     model: Model
-    if isinstance(base, LlamaCppModel):
+    if isinstance(base, OpenAIModel):
+        # a server with many adapters on one base (vLLM multi-LoRA, llama.cpp's server with
+        # aliases): the adapter is addressed by its served name (`slmflow deploy` registers it)
+        model = OpenAIModel(served_adapter_name(adapter_name), base_url=base.base_url,
+                            api_key=base.api_key, timeout_s=base.timeout_s,
+                            max_retries=base.max_retries, schema_style=base.schema_style,
+                            logprobs=base.logprobs, name=base.info.name, adapter=adapter_name,
+                            provider=base.info.provider)
+    elif isinstance(base, LlamaCppModel):
         if not gguf.is_file():
             raise ConfigError(f"{adapter_name} has no GGUF LoRA (registered without a GGUF "
                               "base)", where=where)
@@ -284,6 +293,12 @@ def _with_adapter(base: Model, gguf: Path, peft: Path, adapter_name: str, card: 
         # trained on the agent's bare prompt: the schema is known, only the constraint stays
         model = SettingsOverride(model, schema_hint=False)
     return model
+
+
+def served_adapter_name(adapter_name: str) -> str:
+    """The model name an adapter is served under on an OpenAI-compatible server:
+    ``triage@v2`` → ``triage-v2``, ``adapters/router`` → ``adapters-router``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", adapter_name).strip("-")
 
 
 def base_model_resolver(base: Model, adapter: str) -> Model:

@@ -13,6 +13,17 @@ resuming with different ones is refused rather than silently mixing two runs.
 
 A full disk (or any failed write) during a checkpoint raises `CheckpointError` naming the path;
 the previous checkpoint stays intact because a new one is written beside it and renamed over it.
+
+Devices and processes (`accelerate`): the same function trains on CPU, on one GPU, or on N
+processes started by ``torchrun`` / ``accelerate launch`` (DDP), without a change in the caller.
+Why shard each global batch instead of giving every process its own batches: the global batch
+(``config.batch_size``), the batch order and the step count stay those of the single-process
+run, so a 2-process run reproduces the 1-process adapter (a test holds this to float rounding)
+and a run folder can be resumed with another process count. Each process computes the loss of
+its shard scaled to the *global* token count, so DDP's gradient average equals the gradient of
+the whole batch's mean loss. Only the main process writes run.json, checkpoints, the adapter and
+card.json; every process returns the same `TrainResult` (after the adapter is on disk), and
+`is_main_process()` tells callers which one should register or evaluate it.
 """
 
 from __future__ import annotations
@@ -77,6 +88,75 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     return [idx[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed's once initialised, else what the
+    launcher put in the environment (torchrun / accelerate launch: RANK, WORLD_SIZE; mpirun: its
+    own), else (0, 1). Cheap: imports nothing."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+
+    def env(*names: str, default: int) -> int:
+        for n in names:
+            if os.environ.get(n, "").strip().isdigit():
+                return int(os.environ[n])
+        return default
+    return (env("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", default=0),
+            env("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", default=1))
+
+
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of a distributed launch: the one process that
+    should register, evaluate or print what `train_lora` returned."""
+    return world()[0] == 0
+
+
+def _use_cpu(torch: Any) -> bool:
+    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return flag or not torch.cuda.is_available()
+
+
+def main_process_first():
+    """A context manager: in a distributed launch the main process runs the block first, then
+    the others (for one-off preparation such as dequantizing a base model into a shared folder);
+    in a single process it does nothing special."""
+    import contextlib
+
+    if world()[1] <= 1:
+        return contextlib.nullcontext()
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=_use_cpu(torch)).main_process_first()
+
+
+def _accelerator(torch: Any, config: TrainConfig) -> Any:
+    """The `accelerate.Accelerator` for one run: CUDA when torch sees a GPU (bf16 autocast when
+    ``config.bf16``), else CPU; DDP (NCCL on GPUs, gloo on CPUs) when launched with N processes.
+    ``split_batches``: our batches are global, so the scheduler steps once per optimizer step."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    cpu = _use_cpu(torch)
+    kwargs = dict(cpu=cpu, mixed_precision="bf16" if config.bf16 and not cpu else "no",
+                  dataloader_config=DataLoaderConfiguration(split_batches=True),
+                  # the only buffers are rotary tables, equal everywhere: no per-step broadcast
+                  kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    try:
+        return Accelerator(**kwargs)
+    except ValueError:  # an earlier run in this process chose another precision
+        AcceleratorState._reset_state()
+        return Accelerator(**kwargs)
+
+
+def _n_targets(e: Encoded) -> int:
+    """Tokens the loss counts (labels after the causal shift)."""
+    return sum(1 for x in e.labels[1:] if x != -100)
+
+
 def _collate(items: Sequence[Encoded], pad_id: int):
     import torch
 
@@ -109,20 +189,29 @@ def _atomic_dir_write(target: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def evaluate_loss(model: Any, encoded: Sequence[Encoded], batch_size: int, pad_id: int) -> float:
+def _loss_sums(model: Any, encoded: Sequence[Encoded], batch_size: int, pad_id: int,
+               device: Any = None) -> tuple[float, int]:
     import torch
 
-    if not encoded:
-        return float("nan")
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(encoded), batch_size):
-            ids, mask, labels = _collate(encoded[i:i + batch_size], pad_id)
+            ids, mask, labels = (t.to(device) if device is not None else t
+                                 for t in _collate(encoded[i:i + batch_size], pad_id))
             n = int((labels[:, 1:] != -100).sum())
             total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
             count += n
     model.train()
+    return total, count
+
+
+def evaluate_loss(model: Any, encoded: Sequence[Encoded], batch_size: int, pad_id: int,
+                  device: Any = None) -> float:
+    """Mean per-token loss of `model` on `encoded` (batches moved to `device` when given)."""
+    if not encoded:
+        return float("nan")
+    total, count = _loss_sums(model, encoded, batch_size, pad_id, device)
     return total / max(count, 1)
 
 
@@ -135,47 +224,51 @@ def train_lora(base_dir: str | Path, train: Sequence[Example], val: Sequence[Exa
 
     base_dir: a Hugging Face model folder (for the embedded model, the dequantized safetensors
     folder). out_dir: the run directory (checkpoints, the final ``adapter/``, ``card.json``).
-    threads: torch CPU threads. On a machine where other processes compete for the cores, one
-    thread is steadier and often faster than all (measured here: 3.3 s vs 12-47 s per step).
+    threads: torch CPU threads (per process). On a machine where other processes compete for the
+    cores, one thread is steadier and often faster than all (measured here: 3.3 s vs 12-47 s per
+    step). Under ``torchrun``/``accelerate launch`` every process calls this with the same
+    arguments and gets the same result; only the main process writes (see the module docstring).
     """
     import torch
     import transformers
 
-    say = log or (lambda s: None)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not train:
         raise ConfigError("no training examples", where=str(out))
-    dhash = data_hash(list(train) + list(val))
-    run_meta = {"config": asdict(config), "data_hash": dhash, "base": str(base_dir)}
-    meta_path = out / "run.json"
-    ckpt = out / "checkpoint"
-    if meta_path.exists() and ckpt.exists():
-        prev = json.loads(meta_path.read_text())
-        if prev != json.loads(json.dumps(run_meta, default=list)):
-            raise ConfigError("this run directory holds a run with another configuration or "
-                              "data; use a new directory or delete it", where=str(out))
-    meta_path.write_text(json.dumps(run_meta, indent=2, default=list))
-
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _train(torch, transformers, base_dir, train, val, format_fn, out, config,
-                      base_name, progress, say)
+        acc = _accelerator(torch, config)
+        say = (log or (lambda s: None)) if acc.is_main_process else (lambda s: None)
+        out.mkdir(parents=True, exist_ok=True)
+        dhash = data_hash(list(train) + list(val))
+        run_meta = {"config": asdict(config), "data_hash": dhash, "base": str(base_dir)}
+        meta_path = out / "run.json"
+        if meta_path.exists() and (out / "checkpoint").exists():
+            prev = json.loads(meta_path.read_text())
+            if prev != json.loads(json.dumps(run_meta, default=list)):
+                raise ConfigError("this run directory holds a run with another configuration or "
+                                  "data; use a new directory or delete it", where=str(out))
+        acc.wait_for_everyone()  # every process has read run.json before it is rewritten
+        if acc.is_main_process:
+            meta_path.write_text(json.dumps(run_meta, indent=2, default=list))
+        return _train(torch, transformers, acc, base_dir, train, val, format_fn, out, config,
+                      base_name, progress and acc.is_main_process, say)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(torch: Any, transformers: Any, base_dir: str | Path, train: Sequence[Example],
-           val: Sequence[Example], format_fn: Callable[[Any], list[Message]], out: Path,
-           config: TrainConfig, base_name: str, progress: bool,
-           say: Callable[[str], None]) -> TrainResult:
+def _train(torch: Any, transformers: Any, acc: Any, base_dir: str | Path,
+           train: Sequence[Example], val: Sequence[Example],
+           format_fn: Callable[[Any], list[Message]], out: Path, config: TrainConfig,
+           base_name: str, progress: bool, say: Callable[[str], None]) -> TrainResult:
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     dhash = data_hash(list(train) + list(val))
     ckpt = out / "checkpoint"
+    rank, n_proc, main = acc.process_index, acc.num_processes, acc.is_main_process
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     tok = transformers.AutoTokenizer.from_pretrained(str(base_dir))
@@ -202,25 +295,35 @@ def _train(torch: Any, transformers: Any, base_dir: str | Path, train: Sequence[
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = transformers.get_linear_schedule_with_warmup(
         opt, int(total * config.warmup_ratio), total)
+    # onto the device; under N processes the model is wrapped in DDP (parameters broadcast from
+    # rank 0, gradients averaged in backward)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    plain = acc.unwrap_model(model)
+    device = acc.device
+    cuda = device.type == "cuda"
 
     step, losses, tokens_done, start_step = 0, [], 0, 0
     if (ckpt / "state.pt").exists():
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" /
+        state = torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
+        set_peft_model_state_dict(plain, load_file(str(ckpt / "adapter" /
                                                        "adapter_model.safetensors")))
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # torch moves the state onto the params' device
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if cuda and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         random.setstate(state["py_rng"])
         step, losses = state["step"], state["losses"]
         start_step = step
         say(f"resuming from checkpoint at step {step}/{total}")
+    acc.wait_for_everyone()  # all have read the checkpoint before the main process replaces it
 
     def save_checkpoint() -> None:
         def write(d: Path) -> None:
-            model.save_pretrained(d / "adapter")
+            plain.save_pretrained(d / "adapter")
             torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                        "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
                         "step": step, "losses": losses}, d / "state.pt")
         _atomic_dir_write(ckpt, write)
 
@@ -234,30 +337,56 @@ def _train(torch: Any, transformers: Any, base_dir: str | Path, train: Sequence[
     while step < total:
         epoch, offset = divmod(step, per_epoch)
         batch_idx = _batches(len(train_enc), config.batch_size, config.seed, epoch)[offset]
-        ids, mask, labels = _collate([train_enc[i] for i in batch_idx], pad_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        tokens_done += sum(len(train_enc[i].input_ids) for i in batch_idx)
+        if n_proc == 1:
+            ids, mask, labels = (t.to(device) for t in
+                                 _collate([train_enc[i] for i in batch_idx], pad_id))
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            acc.backward(loss)
+            batch_loss = loss.detach()
+        else:
+            # this process's shard of the global batch; its mean loss scaled so that DDP's
+            # average over processes is the global batch's per-token mean. A process with an
+            # empty shard (last batch smaller than the process count) still runs forward and
+            # backward (DDP needs every process), on a stand-in with weight 0.
+            mine = [train_enc[i] for i in batch_idx[rank::n_proc]]
+            n_all = sum(_n_targets(train_enc[i]) for i in batch_idx)
+            n_mine = sum(_n_targets(e) for e in mine)
+            ids, mask, labels = (t.to(device) for t in
+                                 _collate(mine or [train_enc[batch_idx[0]]], pad_id))
+            # dropout: a stream per process and step, so shards do not share masks and a
+            # resumed run (any process count) draws what an uninterrupted one draws
+            torch.manual_seed((config.seed * 1_000_003 + step) * 1_009 + rank)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = loss * (n_mine * n_proc / max(n_all, 1))
+            acc.backward(loss)
+            batch_loss = acc.reduce(loss.detach(), reduction="mean")
+        acc.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        tokens_done += int(mask.sum())
-        losses.append(float(loss.detach()))
+        losses.append(float(batch_loss))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+        if (main and config.checkpoint_every and step % config.checkpoint_every == 0
+                and step < total):
             save_checkpoint()
     wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    val_loss = evaluate_loss(model, val_enc, config.batch_size, pad_id) if val_enc else None
+    val_loss = None
+    if val_enc:  # each process scores its share of the validation set; the sums are added up
+        with acc.autocast():
+            v_total, v_count = _loss_sums(plain, val_enc[rank::n_proc], config.batch_size,
+                                          pad_id, device)
+        if n_proc > 1:
+            sums = acc.reduce(torch.tensor([v_total, float(v_count)], dtype=torch.float64,
+                                           device=device), reduction="sum")
+            v_total, v_count = float(sums[0]), int(sums[1])
+        val_loss = v_total / max(v_count, 1)
     adapter_dir = out / "adapter"
-
-    def write_final(d: Path) -> None:
-        model.save_pretrained(d)
-    _atomic_dir_write(adapter_dir, write_final)
     tail = losses[-max(1, min(len(losses), 20)):]
     card = {
         "base_model": base_name or str(base_dir), "data_hash": dhash,
@@ -268,8 +397,12 @@ def _train(torch: Any, transformers: Any, base_dir: str | Path, train: Sequence[
         "sources": sorted({ex.source.split(":")[0] for ex in train if ex.source})[:50],
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "device": device.type, "world_size": n_proc, "mixed_precision": acc.mixed_precision,
     }
-    (out / "card.json").write_text(json.dumps(card, indent=2, default=list))
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if main:
+        _atomic_dir_write(adapter_dir, lambda d: plain.save_pretrained(d))
+        (out / "card.json").write_text(json.dumps(card, indent=2, default=list))
+        shutil.rmtree(ckpt, ignore_errors=True)
+    acc.wait_for_everyone()  # every process returns once the adapter is on disk
     return TrainResult(adapter_dir, step, card["metrics"]["train_loss"], val_loss,
                        card["metrics"]["tokens_per_s"], wall, start_step, card)

@@ -40,9 +40,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str], tmp_path: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+def _launch(args: list[str], tmp_path: Path, nproc: int = 2,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": str(ROOT / "src")}
+           "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *args]
     p = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
@@ -105,3 +106,27 @@ def test_two_processes_train_the_same_adapter_as_one(base_dir, tmp_path):
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), (k, diffs[k])
     assert abs(card["metrics"]["val_loss"] - one.val_loss) < 1e-3
     assert abs(card["metrics"]["train_loss"] - one.train_loss) < 1e-3
+
+
+def test_cli_train_agent_on_two_processes_registers_once(tmp_path):
+    """`torchrun -m slmflow train agent ...`: both processes train, one registers and gates."""
+    from tests.test_train_agent import HELD_OUT, TRAIN, _write
+
+    home = tmp_path / "home"  # empty: rank 0 dequantizes the base while rank 1 waits
+    p = _launch(["-m", "slmflow", "train", "agent", "router", "--workflow",
+                 str(ROOT / "examples/support/workflow.yaml"),
+                 "--data", str(_write(tmp_path / "t.jsonl", TRAIN)),
+                 "--eval-data", str(_write(tmp_path / "e.jsonl", HELD_OUT)),
+                 "--out", str(tmp_path / "run"), "--max-steps", "3", "--batch-size", "4",
+                 "--lora-r", "4", "--threads", "1", "--lr", "1e-3"], tmp_path,
+                env={"SLMFLOW_HOME": str(home), "SLMFLOW_TRACING": "off"})
+    assert p.stdout.count('"version"') == 1  # only the main process reports
+    out = json.loads(p.stdout[p.stdout.index("{\n"):])
+    assert out["version"] == "v1" and out["metrics"]["steps"] == 3
+    assert set(out["scores"]) == {"accuracy", "ok_rate"}
+    assert sorted(d.name for d in (home / "adapters" / "router").iterdir()
+                  if d.is_dir()) == ["v1"]
+    card = json.loads((home / "adapters" / "router" / "v1" / "card.json").read_text())
+    assert card["world_size"] == 2 and card["base_model"] == "smollm2-135m"
+    assert sorted(x.name for x in (tmp_path / "run").iterdir()) == ["adapter", "card.json",
+                                                                   "run.json"]

@@ -30,7 +30,9 @@ def train_agent_cmd(
     target_key: Optional[str] = typer.Option(None, "--target-key",
                                              help="wrap a scalar target as {key: value}"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (resumes if present)"),
-    epochs: float = typer.Option(1.0), lr: float = typer.Option(5e-4), r: int = typer.Option(16),
+    epochs: float = typer.Option(1.0), lr: float = typer.Option(5e-4),
+    r: int = typer.Option(16, "--r", "--lora-r", help="LoRA rank (write --lora-r under torchrun, "
+                          "whose parser takes --r for an abbreviation of its own options)"),
     batch_size: int = typer.Option(8, "--batch-size"), max_len: int = typer.Option(256),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
@@ -39,10 +41,14 @@ def train_agent_cmd(
     promote: bool = typer.Option(True, help="promote through the eval gate"),
     seed: int = typer.Option(0),
 ) -> None:
-    """Train a LoRA adapter for one agent, register it, and promote it only through its gate."""
-    from ..finetune.agent_train import find_agent, train_agent
+    """Train a LoRA adapter for one agent, register it, and promote it only through its gate.
+
+    Multi-process (``torchrun --nproc_per_node N -m slmflow train agent ...`` or ``accelerate
+    launch --multi_gpu --num_processes N -m slmflow ...``): every process trains its shard of each
+    batch; the main process registers, gates and prints (docs/finetune.md)."""
+    from ..finetune.agent_train import base_for, find_agent, train_agent
     from ..finetune.data import load_examples
-    from ..finetune.trainer import TrainConfig
+    from ..finetune.trainer import TrainConfig, is_main_process, main_process_first
 
     agent = find_agent(workflow, name)
     examples = load_examples(data, input_field=input_field, target_field=target_field,
@@ -52,6 +58,21 @@ def train_agent_cmd(
     cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
                       max_len=max_len, max_steps=max_steps, seed=seed, bf16=bf16,
                       target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
+    with main_process_first():  # a first run dequantizes the base once, not once per process
+        base_for(agent.model)
+    if not is_main_process():
+        # another process of a multi-process launch: same data checks and training (its shard),
+        # then a throwaway registry and no scoring; the main process registers and gates.
+        import tempfile
+
+        from ..finetune.registry import AdapterRegistry
+
+        with tempfile.TemporaryDirectory() as scratch:
+            train_agent(agent, examples, eval_cases=cases, config=cfg, run_dir=out,
+                        registry=AdapterRegistry(scratch), promote=False,
+                        threads=threads or None, progress=False,
+                        score=lambda *a, **k: {}, log=lambda s: None)
+        return
     res = train_agent(agent, examples, eval_cases=cases, config=cfg, run_dir=out,
                       promote=promote, threads=threads or None, log=typer.echo)
     typer.echo(json.dumps({"version": res.version, "promoted": res.promoted,

@@ -3,11 +3,12 @@ gloo, `torch.distributed.run` on loopback) writes one adapter and one card, and 
 equals a 1-process run of the same steps on the same data; `slmflow train agent` launched the
 same way registers exactly one version.
 
-Why `torch.distributed.run` and not `accelerate launch --cpu --num_processes 2`: accelerate's
-launcher starts a single process for ``--cpu`` unless it is given an MPI host file; torchrun is
-what `accelerate launch --multi_gpu` runs underneath on GPUs, and the trainer's `Accelerator`
-picks gloo on CPUs from the environment it sets. No GPU in this task: the CUDA/NCCL path is the
-same code with another device and backend, not checked here.
+Launchers: the library test uses `torch.distributed.run` (torchrun); the CLI test uses
+`accelerate launch --multi_gpu --num_processes 2`, the GPU command unchanged, which on a machine
+without CUDA starts 2 CPU processes (the trainer's `Accelerator` then picks gloo). Not
+`accelerate launch --cpu --num_processes 2`: accelerate starts a single process for ``--cpu``
+unless it is given an MPI host file. No GPU in this task: the CUDA/NCCL path is the same code
+with another device and backend, not checked here.
 """
 
 from __future__ import annotations
@@ -40,12 +41,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str], tmp_path: Path, nproc: int = 2,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _launch(args: list[str], tmp_path: Path, nproc: int = 2, env: dict[str, str] | None = None,
+            accelerate: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": str(ROOT / "src"), **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *args]
+    if accelerate:  # the GPU command as is; without CUDA its processes train on CPU over gloo
+        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
+               f"--num_processes={nproc}", "--num_machines=1", "--mixed_precision=no",
+               "--dynamo_backend=no", "--main_process_ip=127.0.0.1",
+               f"--main_process_port={_free_port()}", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *args]
     p = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, f"launch failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     return p
@@ -109,7 +116,8 @@ def test_two_processes_train_the_same_adapter_as_one(base_dir, tmp_path):
 
 
 def test_cli_train_agent_on_two_processes_registers_once(tmp_path):
-    """`torchrun -m slmflow train agent ...`: both processes train, one registers and gates."""
+    """`accelerate launch --multi_gpu --num_processes 2 -m slmflow train agent ...` (the GPU
+    command, here on CPU): both processes train, only the main one registers, gates, prints."""
     from tests.test_train_agent import HELD_OUT, TRAIN, _write
 
     home = tmp_path / "home"  # empty: rank 0 dequantizes the base while rank 1 waits
@@ -119,7 +127,7 @@ def test_cli_train_agent_on_two_processes_registers_once(tmp_path):
                  "--eval-data", str(_write(tmp_path / "e.jsonl", HELD_OUT)),
                  "--out", str(tmp_path / "run"), "--max-steps", "3", "--batch-size", "4",
                  "--lora-r", "4", "--threads", "1", "--lr", "1e-3"], tmp_path,
-                env={"SLMFLOW_HOME": str(home), "SLMFLOW_TRACING": "off"})
+                env={"SLMFLOW_HOME": str(home), "SLMFLOW_TRACING": "off"}, accelerate=True)
     assert p.stdout.count('"version"') == 1  # only the main process reports
     out = json.loads(p.stdout[p.stdout.index("{\n"):])
     assert out["version"] == "v1" and out["metrics"]["steps"] == 3

@@ -18,6 +18,7 @@ from . import finetune as _finetune
 from . import index as _index
 from . import loop as _loop
 from . import models as _models
+from . import scale as _scale
 from . import serve as _serve
 from . import traces as _traces
 from . import workflow as _workflow
@@ -27,7 +28,8 @@ app = typer.Typer(
     help="Build, fine-tune, evaluate, trace and improve multi-agent workflows of small models.")
 # In the order of the lifecycle: models, workflows, retrieval, traces, evals, fine-tuning, gateway,
 # the improvement loop, scale-out.
-for _area in (_models, _workflow, _index, _traces, _evals, _finetune, _serve, _loop, _deploy):
+for _area in (_models, _workflow, _index, _traces, _evals, _finetune, _serve, _loop, _deploy,
+              _scale):
     _area.register(app)
 
 

@@ -134,6 +134,8 @@ def agent_cmd(
     baseline: Optional[Path] = _BASE, tolerance: float = _TOL,
     metric: Optional[List[str]] = _MET, save_baseline: Optional[Path] = _SAVE,
     no_progress: bool = typer.Option(False, "--no-progress"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="run the cases as Ray tasks on this "
+                                      "cluster (host:port, ray://host:10001, auto)"),
 ) -> None:
     """Run one agent over a dataset and grade it: `slmflow eval agent router --data cases.jsonl`."""
     from ..agents import Agent
@@ -197,8 +199,16 @@ def agent_cmd(
             evs.append(create(s, field=field))
         else:
             evs.append(create(s))
-    rep = run_suite(agent, cases, evs, concurrency=conc, name=name or agent.name,
-                    progress=not no_progress, timeout_s=timeout)
+    if ray:  # the same suite, its cases spread over Ray tasks (slmflow.scale, docs/deploy.md)
+        from ..scale.batch import AgentRef, run_suite_ray
+
+        ref = AgentRef(suite["agent"], base=str(base), model=model) if suite else \
+            AgentRef(target, workflow=str(workflow) if workflow else None, model=model)
+        rep = run_suite_ray(ref, cases, evs, address=ray, concurrency=conc,
+                            name=name or agent.name, timeout_s=timeout)
+    else:
+        rep = run_suite(agent, cases, evs, concurrency=conc, name=name or agent.name,
+                        progress=not no_progress, timeout_s=timeout)
     rep.meta["data"] = str(data)
     rep.meta["limit"] = lim
     _finish(rep, json_out, html, baseline, tolerance, metric, save_baseline, quiet=False)

@@ -101,3 +101,10 @@ def __getattr__(name: str) -> Any:  # noqa: F811 - extends the lazy table above
 
         return getattr(importlib.import_module(f".{_GATEWAY_API[name]}", __name__), name)
     return _getattr_before_gateway(name)
+
+
+# ---- scale-out: one deployment file for every store (slmflow.scale.config, docs/deploy.md) -----
+if __import__("os").environ.get("SLMFLOW_CONFIG"):
+    from .scale.config import apply_config as _apply_config
+
+    _apply_config()

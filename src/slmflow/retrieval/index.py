@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import time
@@ -107,7 +108,9 @@ class Index:
         self.conn.executescript(_SCHEMA)
         meta = self._meta()
         self.embedder = resolve_embedder(embedder if embedder is not None else meta.get("embedder"))
-        store_spec = store if store is not None else meta.get("store")
+        # a new index's vectors go where $SLMFLOW_VECTOR_STORE says (slmflow.scale.config)
+        store_spec = store if store is not None else (meta.get("store")
+                                                      or os.environ.get("SLMFLOW_VECTOR_STORE"))
         self.store = resolve_store(store_spec)
         self.chunker = Chunker(int(chunk_size or meta.get("chunk_size", 200)),
                                int(overlap if overlap is not None else meta.get("overlap", 40)))

@@ -142,3 +142,15 @@ def test_slmflow_config_alone_configures_a_fresh_process(tmp_path, pg_url):
 
     with psycopg.connect(pg_url) as c:
         assert c.execute("SELECT COUNT(*) FROM calls WHERE agent = 'x'").fetchone() == (1,)
+
+
+def test_cli_config_show_and_check(tmp_path):
+    from typer.testing import CliRunner
+
+    from slmflow.cli import app
+
+    p = _write(tmp_path, call_log=f"sqlite:///{tmp_path / 'calls.db'}", ray="127.0.0.1:6379")
+    r = CliRunner().invoke(app, ["config", "show", str(p)])
+    assert r.exit_code == 0 and "SLMFLOW_RAY_ADDRESS=127.0.0.1:6379" in r.output
+    r = CliRunner().invoke(app, ["config", "check", str(p)])
+    assert r.exit_code == 0 and "SQLiteCallLog" in r.output, r.output

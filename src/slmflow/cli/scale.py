@@ -1,4 +1,5 @@
-"""`slmflow batch infer`: batch work over the call log, in this process or on a Ray cluster.
+"""`slmflow batch infer` (batch work over the call log, in this process or on a Ray cluster) and
+`slmflow config show|check` (the one deployment file that points every store at its server).
 
 A thin layer over `slmflow.scale.batch`; ``slmflow eval agent ... --ray ADDRESS`` is the eval
 side of the same machinery (see docs/deploy.md).
@@ -14,10 +15,42 @@ import typer
 
 batch_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Batch work over the call log (in this process or on Ray).")
+config_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                         help="The deployment file (deploy.yaml): stores, tracing, Ray.")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(batch_app, name="batch")
+    app.add_typer(config_app, name="config")
+
+
+_CFG = typer.Argument(None, help="deploy.yaml (default: $SLMFLOW_CONFIG)")
+
+
+def _cfg(path: Optional[Path]):
+    import os
+
+    from ..errors import ConfigError
+    from ..scale.config import load_config
+
+    p = path or os.environ.get("SLMFLOW_CONFIG")
+    if not p:
+        raise ConfigError("pass a deploy.yaml or set SLMFLOW_CONFIG", where="config")
+    return load_config(p)
+
+
+@config_app.command("show")
+def config_show(path: Optional[Path] = _CFG) -> None:
+    """The environment variables the file stands for (what every process will use)."""
+    for k, v in _cfg(path).env().items():
+        typer.echo(f"{k}={v}")
+
+
+@config_app.command("check")
+def config_check(path: Optional[Path] = _CFG) -> None:
+    """Open the call log and ping the vector store the file names."""
+    for k, v in _cfg(path).check().items():
+        typer.echo(f"{k}: {v}")
 
 
 @batch_app.command("infer")

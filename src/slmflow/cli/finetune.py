@@ -60,21 +60,12 @@ def train_agent_cmd(
                       target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
     with main_process_first():  # a first run dequantizes the base once, not once per process
         base_for(agent.model)
-    if not is_main_process():
-        # another process of a multi-process launch: same data checks and training (its shard),
-        # then a throwaway registry and no scoring; the main process registers and gates.
-        import tempfile
-
-        from ..finetune.registry import AdapterRegistry
-
-        with tempfile.TemporaryDirectory() as scratch:
-            train_agent(agent, examples, eval_cases=cases, config=cfg, run_dir=out,
-                        registry=AdapterRegistry(scratch), promote=False,
-                        threads=threads or None, progress=False,
-                        score=lambda *a, **k: {}, log=lambda s: None)
-        return
+    main = is_main_process()  # in a multi-process launch the others train their shard only
     res = train_agent(agent, examples, eval_cases=cases, config=cfg, run_dir=out,
-                      promote=promote, threads=threads or None, log=typer.echo)
+                      promote=promote, threads=threads or None,
+                      log=typer.echo if main else (lambda s: None), progress=main)
+    if not main:
+        return
     typer.echo(json.dumps({"version": res.version, "promoted": res.promoted,
                            "scores": res.scores, "baseline": res.baseline_scores,
                            "metrics": res.card["metrics"]}, indent=2))

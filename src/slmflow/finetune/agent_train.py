@@ -19,7 +19,7 @@ from ..errors import ConfigError, SlmflowError
 from ..home import subdir
 from .data import Example, check_leakage, dedupe, split, validate_targets
 from .registry import AdapterRegistry, PromotionRejected
-from .trainer import TrainConfig, train_lora
+from .trainer import TrainConfig, is_main_process, train_lora
 
 
 def base_for(model: Any) -> tuple[Path, Path | None, str]:
@@ -175,6 +175,8 @@ def train_agent(agent: Any, examples: Sequence[Example], *, eval_cases: Sequence
     res = train_lora(hf_dir, train, val, fmt, run_dir, config, base_name=base_name,
                      progress=progress, log=log, threads=threads)
     card = {**res.card, "agent": agent.name, "schema_hint": False}
+    if not is_main_process():  # a multi-process launch: only the main process registers, gates
+        return AgentTrainResult("", Path(run_dir), card, {}, None, False, None)
     parent = registry.promoted(agent.name)
     version = registry.register(agent.name, res.adapter_dir, card, base_gguf=gguf,
                                 parent=parent, trace_ids=trace_ids)

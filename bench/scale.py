@@ -3,6 +3,7 @@ workers (a real local Ray cluster on loopback, 2 CPUs), plus per-call figures fo
 in docs/deploy.md.
 
     .venv/bin/python bench/scale.py --cases 100 --out /tmp/bench-scale.json
+    .venv/bin/python bench/scale.py --address head:6379 --modes ray4,ray8   # an existing cluster
 
 The workload is examples/banking77/eval_router.py (77-way ``Route`` schema, the routing
 evaluator, embedded SmolLM2-135M on llama.cpp, greedy), a fixed-seed stratified sample. Modes:
@@ -23,6 +24,7 @@ best match the in-process pool; its point is adding machines (see docs/deploy.md
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -46,6 +48,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--modes", default="single1,single2,ray1,ray2")
     ap.add_argument("--out")
+    ap.add_argument("--address", help="an existing Ray cluster (default: start a local one)")
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("SLMFLOW_TRACING", "off")
@@ -90,7 +93,8 @@ def main() -> int:
     if ray_modes:
         ref = AgentRef("eval_router:agent", base=str(ROOT / "examples" / "banking77"))
         t0 = time.perf_counter()
-        with LocalCluster(num_cpus=2) as cluster:
+        with (contextlib.nullcontext(argparse.Namespace(address=a.address)) if a.address
+              else LocalCluster(num_cpus=2)) as cluster:
             start_s = time.perf_counter() - t0
             for m in ray_modes:
                 w = int(m[3:])

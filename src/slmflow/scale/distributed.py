@@ -247,7 +247,11 @@ class LocalCluster:
             client = self._free_port()
             r = subprocess.run(cmd + ["--port", str(self.port),
                                       "--ray-client-server-port", str(client),
-                                      "--dashboard-agent-listen-port", str(self._free_port())],
+                                      "--dashboard-agent-listen-port", str(self._free_port()),
+                                      # even without a dashboard its head process binds a port:
+                                      # a free one, so two clusters can run side by side
+                                      "--dashboard-port", str(self._free_port()),
+                                      "--dashboard-host", "127.0.0.1"],
                                capture_output=True, text=True, env=env, timeout=180)
             if r.returncode == 0:
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -12,8 +12,9 @@ Where code comes from on the workers: slmflow itself must be installed on every 
 version); the driver's import path (``sys.path`` entries outside site-packages, e.g. an example's
 folder) is passed as ``PYTHONPATH`` in the job's runtime environment, which is enough on one
 machine or a cluster with a shared file system; otherwise pass ``runtime_env={"working_dir":
-...}``. ``SLMFLOW_*``, ``HF_*`` and ``OTEL_*`` variables travel with the job, so workers use the
-same home, call log, tracing and offline settings as the driver.
+...}``. ``SLMFLOW_*``, ``HF_*``, ``TRANSFORMERS_*``, ``OTEL_*`` and ``OPENAI_*`` variables travel
+with the job (in its runtime environment, which the cluster stores), so workers use the same home,
+call log, tracing, offline settings and server keys as the driver.
 
 Ray is optional (``pip install slmflow[scale]``); without it, ``address=None`` still works.
 """

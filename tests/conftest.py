@@ -157,3 +157,22 @@ def call_log(request, tmp_path):
         log = open_call_log(url)
     yield log
     log.close()
+
+
+def wait_http(url: str, proc, log, timeout: float = 120) -> None:
+    """Wait until ``url`` answers 200; fail with the server's log if it exits or never does."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    pytest.fail(f"server at {url} did not start within {timeout:g} s")

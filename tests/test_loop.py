@@ -78,11 +78,14 @@ def test_agent_calls_are_logged_with_schema_and_run_context(log):
 
 
 def test_logging_can_be_turned_off(log, monkeypatch):
-    monkeypatch.setenv("SLMFLOW_CALLLOG", "off")
     from slmflow.store.writer import log_agent_call
 
-    res = _router(lambda t: 0.9).run_sync("x")
-    assert log_agent_call(object(), res, "x") is None
+    agent = _router(lambda t: 0.9)
+    res = agent.run_sync("x")
+    monkeypatch.setenv("SLMFLOW_CALLLOG", "off")
+    assert log_agent_call(agent, res, "x") is None
+    monkeypatch.setenv("SLMFLOW_CALLLOG", "on")  # the process-wide writer takes it
+    assert log_agent_call(agent, res, "x") == res.call_id
 
 
 def test_flag_rules_priority_budget_and_idempotence(log):

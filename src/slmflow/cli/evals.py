@@ -7,9 +7,7 @@ the gate decides what a regression is.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -47,28 +45,9 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -
 
 def _import_ref(ref: str, base: Path) -> Any:
     """``module:attr`` or ``path/file.py:attr`` (relative to ``base``)."""
-    mod, _, attr = ref.partition(":")
-    if not attr:
-        raise ConfigError(f"expected module:attribute or file.py:attribute, got {ref!r}",
-                          where="eval agent")
-    sys.path.insert(0, str(base.resolve()))
-    try:
-        if mod.endswith(".py"):
-            p = (base / mod) if not Path(mod).is_absolute() else Path(mod)
-            if not p.is_file():
-                raise ConfigError(f"file not found: {p}", where="eval agent")
-            sys.path.insert(0, str(p.parent.resolve()))
-            spec = importlib.util.spec_from_file_location(p.stem, p)
-            m = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules[p.stem] = m
-            spec.loader.exec_module(m)  # type: ignore[union-attr]
-        else:
-            m = importlib.import_module(mod)
-    except ImportError as e:
-        raise ConfigError(f"cannot import {mod!r}: {e}", where="eval agent") from None
-    if not hasattr(m, attr):
-        raise ConfigError(f"{mod!r} has no attribute {attr!r}", where="eval agent")
-    return getattr(m, attr)
+    from ..scale.batch import import_ref
+
+    return import_ref(ref, base)
 
 
 def _finish(rep: Any, json_out: Optional[Path], html: Optional[Path], baseline: Optional[Path],

@@ -117,8 +117,9 @@ def queue_cmd(agent: Optional[str] = typer.Option(None, "--agent"),
             for a, s in sorted(stats.items())) or "empty"))
         for col in ("item", "agent", "priority", "status", "reasons", "input"):
             t.add_column(col)
+        calls = log.get_many(i.call_id for i in items)
         for i in items:
-            c = log.get(i.call_id)
+            c = calls.get(i.call_id)
             inp = "(deleted)" if c is None else (c.input if isinstance(c.input, str)
                                                  else json.dumps(c.input))
             t.add_row(i.id[:10], i.agent or "", f"{i.priority:.2f}",

@@ -222,13 +222,13 @@ def add_to_evals(log: CallLog, agent: str, path: str | Path, *, input_field: str
                     raise ConfigError(f"line {i} is not a JSON object with {input_field!r}",
                                       where=f"{p}:{i}") from None
     added, used = [], []
-    for ex, it in zip(reviewed_examples(items), [i for i in items if i.target is not None]):
-        k = ex.input_key()
-        if k in have:
+    for it in items:
+        ex = reviewed_examples([it])
+        if not ex or ex[0].input_key() in have:
             continue
-        have.add(k)
-        added.append({input_field: ex.input, target_field: ex.target, "source": ex.source,
-                      "call_id": it.call_id, "reviewer": it.reviewer})
+        have.add(ex[0].input_key())
+        added.append({input_field: ex[0].input, target_field: ex[0].target,
+                      "source": ex[0].source, "call_id": it.call_id, "reviewer": it.reviewer})
         used.append(it.id)
     if added:
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -172,17 +172,12 @@ class ReviewQueue:
         rows = self.log._all(f"SELECT {', '.join(ReviewItem.COLUMNS)} FROM review_items "
                              "WHERE agent = ? AND status = 'reviewed' ORDER BY reviewed_ts, seq",
                              (agent,))
-        out = []
-        for r in rows:
-            it = ReviewItem.from_row(r)
-            if it.verdict not in verdicts:
-                continue
-            if unused_by and any(u.startswith(unused_by) for u in it.used_in):
-                continue
-            it.call = self.log.get(it.call_id)
-            if it.call is not None:
-                out.append(it)
-        return out
+        items = [it for it in map(ReviewItem.from_row, rows) if it.verdict in verdicts and not (
+            unused_by and any(u.startswith(unused_by) for u in it.used_in))]
+        calls = self.log.get_many(it.call_id for it in items)
+        for it in items:
+            it.call = calls.get(it.call_id)
+        return [it for it in items if it.call is not None]
 
     # -- deciding --------------------------------------------------------------------------------
     def review(self, item_id: str, verdict: str, *, reviewer: str, correction: Any = None,

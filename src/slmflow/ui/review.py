@@ -135,11 +135,11 @@ def _short(v: Any, n: int = 120) -> str:
 def list_data(log: CallLog, agent: str | None = None) -> dict[str, Any]:
     q = ReviewQueue(log)
     items = q.items(agent, "pending", limit=500)
-    calls = {i.call_id: log.get(i.call_id) for i in items}
+    calls = log.get_many(i.call_id for i in items)
     return {"agent": agent, "stats": q.stats(), "items": [
         {"id": i.id, "agent": i.agent, "priority": i.priority, "reasons": i.reasons,
-         "confidence": calls[i.call_id].confidence if calls[i.call_id] else None,
-         "input": _short(calls[i.call_id].input) if calls[i.call_id] else "(call deleted)"}
+         "confidence": calls[i.call_id].confidence if i.call_id in calls else None,
+         "input": _short(calls[i.call_id].input) if i.call_id in calls else "(call deleted)"}
         for i in items]}
 
 

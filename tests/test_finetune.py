@@ -222,8 +222,25 @@ def test_gguf_lora_matches_peft_on_transformers(random_adapter, tmp_path, smollm
 
 
 # -- registry ------------------------------------------------------------------------------------
-def test_registry_gate_rollback_and_hot_swap(random_adapter, tmp_path, smollm):
-    reg = AdapterRegistry(tmp_path / "adapters")
+@pytest.fixture(params=["files", "postgresql"])
+def registry(request, tmp_path):
+    """An empty adapter registry: files under tmp_path, then on the real PostgreSQL server."""
+    if request.param == "files":
+        yield AdapterRegistry(tmp_path / "adapters")
+        return
+    from .conftest import reset_pg
+
+    url = request.getfixturevalue("pg_url")
+    reset_pg(url)
+    reg = AdapterRegistry(url)
+    reg.store.cache = tmp_path / "cache"
+    reg.store.poll_s = 0.0  # a promotion shows within poll_s; checked at once here
+    yield reg
+    reg.store.close()
+
+
+def test_registry_gate_rollback_and_hot_swap(random_adapter, registry, smollm):
+    reg = registry
     card = {"base_model": "smollm2-135m", "data_hash": "h"}
     v1 = reg.register("router", random_adapter, card, base_gguf=embedded_gguf_path())
     v2 = reg.register("router", random_adapter, card, base_gguf=embedded_gguf_path(),
@@ -249,3 +266,85 @@ def test_registry_gate_rollback_and_hot_swap(random_adapter, tmp_path, smollm):
     assert pinned.info.adapter == "router@v2"
     with pytest.raises(ConfigError):
         reg.resolver()(smollm, "router@v9")
+
+
+def test_registry_on_postgresql_is_shared_by_processes(random_adapter, pg_url, tmp_path, smollm):
+    """Two processes register at once (distinct versions, no gap), another machine's home
+    materialises the same bytes, a file registry copies over whole, and a promotion made by one
+    process reaches an agent served by another within poll_s."""
+    from .conftest import reset_pg
+
+    reset_pg(pg_url)
+    script = textwrap.dedent(f"""
+        import sys
+        from slmflow.finetune.registry import AdapterRegistry
+        reg = AdapterRegistry({pg_url!r})
+        print(reg.register("router", {str(random_adapter)!r}, {{"base_model": "smollm2-135m"}}))
+    """)
+    env = {**os.environ, "SLMFLOW_HOME": str(tmp_path / "writer")}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert sorted(o[0].strip() for o in outs) == ["v1", "v2", "v3"]
+
+    reg = AdapterRegistry(pg_url)
+    reg.store.cache = tmp_path / "reader-cache"
+    assert reg.versions("router") == ["v1", "v2", "v3"] and reg.agents() == ["router"]
+    local = reg.path("router", "v2")
+    assert str(local).startswith(str(tmp_path / "reader-cache"))
+    for f in random_adapter.iterdir():
+        assert (local / "adapter" / f.name).read_bytes() == f.read_bytes()
+    assert reg.path("router", "v2") == local  # materialised once
+    # a corrupted copy in the database is refused, not loaded
+    with reg.store._tx() as cur:
+        cur.execute("UPDATE adapter_files SET data = %s WHERE agent = 'router' AND version = 3 "
+                    "AND path = 'adapter/adapter_config.json'", (b"{}",))
+    from slmflow.finetune.registry_store import RegistryStoreError
+
+    with pytest.raises(RegistryStoreError, match="checksum"):
+        reg.path("router", "v3")
+
+    # files → PostgreSQL: versions, cards, promoted pointer and history
+    files = AdapterRegistry(tmp_path / "adapters")
+    files.register("triage", random_adapter, {"base_model": "smollm2-135m"},
+                   base_gguf=embedded_gguf_path())
+    files.register("triage", random_adapter, {"base_model": "smollm2-135m"},
+                   base_gguf=embedded_gguf_path())
+    files.promote("triage", "v1", {"accuracy": 0.5})
+    files.promote("triage", "v2", {"accuracy": 0.7})
+    assert reg.copy_from(files, ["triage"]) == {"triage": ["v1", "v2"]}
+    assert reg.promoted("triage") == "v2"
+    assert [h["action"] for h in reg.history("triage")] == ["promoted", "promoted"]
+    assert reg.card("triage", "v2")["eval_scores"] == {"accuracy": 0.7}
+    assert (reg.path("triage", "v1") / "adapter.gguf").read_bytes() == \
+        (files.path("triage", "v1") / "adapter.gguf").read_bytes()
+    with pytest.raises(ConfigError, match="already has versions"):
+        reg.copy_from(files, ["triage"])
+
+    # serving follows a rollback made by another process, within poll_s (1 s on PostgreSQL)
+    served = reg.resolver()(smollm, "triage")
+    assert served.version == "v2"
+    r = subprocess.run([sys.executable, "-m", "slmflow", "adapters", "rollback", "triage"],
+                       env={**os.environ, "SLMFLOW_ADAPTERS_URL": pg_url,
+                            "SLMFLOW_HOME": str(tmp_path / "cli")},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "triage now serves v1" in r.stdout
+    time.sleep(reg.store.poll_s + 0.05)
+    assert served.version == "v1"
+    assert served.generate_sync("hi", settings=Settings(max_tokens=3)).model.adapter == \
+        "triage@v1"
+    reg.store.close()
+
+
+def test_registry_bad_location_errors(tmp_path):
+    from slmflow.finetune.registry_store import RegistryStoreError
+
+    with pytest.raises(RegistryStoreError) as e:
+        AdapterRegistry("postgresql://slm:secret@127.0.0.1:1/nowhere")
+    assert "secret" not in str(e.value) and "127.0.0.1:1" in str(e.value)
+    with pytest.raises(ConfigError, match="postgresql://"):
+        AdapterRegistry("s3://bucket/adapters")
+    with pytest.raises(ConfigError, match="invalid agent name"):
+        AdapterRegistry(tmp_path).versions("../etc")

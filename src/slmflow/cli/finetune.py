@@ -122,3 +122,23 @@ def adapters_promote(agent: str, version: str,
 def adapters_rollback(agent: str) -> None:
     """Serve the previously promoted version again."""
     typer.echo(f"{agent} now serves {_registry().rollback(agent)}")
+
+
+@adapters_app.command("copy")
+def adapters_copy(to: str = typer.Option(..., "--to", help="destination: postgresql://... or a "
+                                         "folder"),
+                  source: Optional[str] = typer.Option(
+                      None, "--from", help="source (default: this machine's registry, "
+                      "$SLMFLOW_ADAPTERS_URL or $SLMFLOW_HOME/adapters)"),
+                  agent: List[str] = typer.Option([], "--agent", help="only these agents")
+                  ) -> None:
+    """Copy the registry (versions, cards, promoted pointers, history) to another store, e.g.
+    from files to PostgreSQL when moving to a cluster."""
+    from ..finetune.registry import AdapterRegistry
+
+    src = AdapterRegistry(source) if source else _registry()
+    dst = AdapterRegistry(to)
+    copied = dst.copy_from(src, agent or None)
+    for a, vs in copied.items():
+        typer.echo(f"{a}: {', '.join(vs) or 'no versions'} → {dst.store.location} "
+                   f"(promoted: {dst.promoted(a) or 'none'})")

@@ -1,21 +1,24 @@
 """The adapter registry: versioned LoRA adapters per agent, with lineage and a gated promotion.
 
-Layout under ``$SLMFLOW_HOME/adapters/<agent>/``::
-
-    v1/  adapter/ (PEFT)  adapter.gguf (llama.cpp)  card.json (lineage, metrics, eval scores)
-    v2/  ...
-    promoted.json        {"version": "v2", ...}: what agents load; replaced atomically
-    history.jsonl        every promotion / rejection / rollback, with the compared scores
+Per agent: versions ``v1``, ``v2``, ... each with ``adapter/`` (PEFT), ``adapter.gguf``
+(llama.cpp) and a card (lineage, metrics, eval scores); a *promoted* pointer (what agents load);
+a history of every promotion / rejection / rollback with the compared scores. Where they live is
+the store's business (`slmflow.finetune.registry_store`): files under ``$SLMFLOW_HOME/adapters``
+by default, PostgreSQL (``SLMFLOW_ADAPTERS_URL``) when trainers and servers run on several
+machines.
 
 Why a gate in the registry and not in the trainer: promotion is the one decision that changes
 what production serves, so it is enforced in one place: `promote` refuses a version whose eval
 scores are below the currently promoted version's on any shared metric (beyond ``tolerance``), and
-records the comparison either way. `rollback` restores the previously promoted version.
+records the comparison either way. `rollback` restores the previously promoted version. Both hold
+the store's per-agent lock (a file lock, or a PostgreSQL advisory lock), so two processes never
+interleave one decision.
 
 Why agents pick up a promotion without restart: `PromotedAdapterModel` is a `Model` wrapper that
-looks at ``promoted.json`` (its modification time, a stat call) before each generation and swaps
-the adapter-carrying model when it changed. Registration copies into a temporary folder and
-renames it into place, so a crash never leaves a half-written version visible.
+asks the store for the pointer's stamp (a stat call on ``promoted.json``; a one-row query on
+PostgreSQL, at most once a second) before each generation and swaps the adapter-carrying model
+when it changed. Registration stages the files in a temporary folder and adds them in one step
+(a rename; one transaction), so a crash never leaves a half-written version visible.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,6 +37,7 @@ from ..errors import ConfigError, SlmflowError
 from ..home import subdir
 from ..models.base import Model, SettingsOverride
 from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
+from .registry_store import RegistryStore, open_registry_store
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -41,54 +46,60 @@ class PromotionRejected(SlmflowError):
     """The eval gate refused a promotion: the candidate scores below the promoted version."""
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 class AdapterRegistry:
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root else subdir("adapters")
+    """Versions, cards, the promoted pointer and the history of each agent's adapters.
+
+    location: a folder (default ``$SLMFLOW_HOME/adapters``), ``postgresql://...``, a
+    `RegistryStore`, or None for ``$SLMFLOW_ADAPTERS_URL`` / the default folder."""
+
+    def __init__(self, root: str | Path | RegistryStore | None = None) -> None:
+        self.store = root if isinstance(root, RegistryStore) else open_registry_store(root)
         self._lock = threading.Lock()
 
+    @property
+    def root(self) -> Path | None:
+        """The folder of a file-backed registry (None on PostgreSQL)."""
+        return getattr(self.store, "root", None)
+
+    def __repr__(self) -> str:
+        return f"AdapterRegistry({self.store.location!r})"
+
     # -- reading ---------------------------------------------------------------------------
-    def _agent_dir(self, agent: str) -> Path:
+    def _check(self, agent: str) -> str:
         if not _NAME.match(agent):
             raise ConfigError(f"invalid agent name {agent!r}", where="adapters")
-        return self.root / agent
+        return agent
 
     def versions(self, agent: str) -> list[str]:
-        d = self._agent_dir(agent)
-        if not d.is_dir():
-            return []
-        vs = [p.name for p in d.iterdir() if p.is_dir() and re.fullmatch(r"v\d+", p.name)]
-        return sorted(vs, key=lambda v: int(v[1:]))
+        return self.store.versions(self._check(agent))
 
     def agents(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() \
-            else []
+        return self.store.agents()
 
     def card(self, agent: str, version: str) -> dict[str, Any]:
-        p = self._agent_dir(agent) / version / "card.json"
-        if not p.is_file():
+        card = self.store.card(self._check(agent), version)
+        if card is None:
             raise ConfigError(f"no adapter {agent}@{version}; known: {self.versions(agent)}",
-                              where="adapters")
-        return json.loads(p.read_text())
+                              where=f"adapters ({self.store.location})")
+        return card
+
+    def update_card(self, agent: str, version: str, card: dict[str, Any]) -> None:
+        """Replace a version's card (lineage and scores; the adapter's files never change)."""
+        self.card(agent, version)
+        self.store.write_card(agent, version, card)
 
     def path(self, agent: str, version: str) -> Path:
+        """A local folder with the version's files (``adapter/``, ``adapter.gguf``,
+        ``card.json``); copied from the database once per machine when the registry is there."""
         self.card(agent, version)
-        return self._agent_dir(agent) / version
+        return self.store.local_dir(agent, version)
 
     def promoted(self, agent: str) -> str | None:
-        p = self._agent_dir(agent) / "promoted.json"
-        return json.loads(p.read_text())["version"] if p.is_file() else None
+        state = self.store.promoted(self._check(agent))
+        return state["version"] if state else None
 
     def history(self, agent: str) -> list[dict[str, Any]]:
-        p = self._agent_dir(agent) / "history.jsonl"
-        if not p.is_file():
-            return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return self.store.history(self._check(agent))
 
     # -- writing ---------------------------------------------------------------------------
     def register(self, agent: str, adapter_dir: str | Path, card: dict[str, Any], *,
@@ -99,36 +110,29 @@ class AdapterRegistry:
         src = Path(adapter_dir)
         if not (src / "adapter_config.json").is_file():
             raise ConfigError("not a PEFT adapter folder", where=str(src))
-        d = self._agent_dir(agent)
-        d.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            existing = self.versions(agent)
-            version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
-            tmp = d / f".{version}.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                shutil.copytree(src, tmp / "adapter")
-                if base_gguf is not None:
-                    from .gguf_export import export_lora_gguf
+        self._check(agent)
+        with tempfile.TemporaryDirectory(prefix=f"slmflow-{agent}-") as tmp:
+            staged = Path(tmp) / "version"
+            shutil.copytree(src, staged / "adapter")
+            if base_gguf is not None:
+                from .gguf_export import export_lora_gguf
 
-                    export_lora_gguf(src, base_gguf, tmp / "adapter.gguf")
+                export_lora_gguf(src, base_gguf, staged / "adapter.gguf")
+
+            def make_card(version: str) -> dict[str, Any]:
                 lineage = {"agent": agent, "version": version, "parent": parent,
                            "trace_ids": list(trace_ids), "registered_at": time.time()}
-                _write_json_atomic(tmp / "card.json", {**card, "lineage": lineage})
-                tmp.rename(d / version)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        return version
+                return {**card, "lineage": lineage}
+
+            return self.store.add_version(agent, staged, make_card)
 
     def _log(self, agent: str, entry: dict[str, Any]) -> None:
-        with open(self._agent_dir(agent) / "history.jsonl", "a") as f:
-            f.write(json.dumps({**entry, "at": time.time()}, default=str) + "\n")
+        self.store.append_history(agent, {**entry, "at": time.time()})
 
     def record_scores(self, agent: str, version: str, scores: dict[str, float]) -> None:
         card = self.card(agent, version)
         card["eval_scores"] = {**card.get("eval_scores", {}), **scores}
-        _write_json_atomic(self._agent_dir(agent) / version / "card.json", card)
+        self.store.write_card(agent, version, card)
 
     def promote(self, agent: str, version: str, scores: dict[str, float] | None = None, *,
                 tolerance: float = 0.0, force: bool = False,
@@ -140,7 +144,16 @@ class AdapterRegistry:
         baseline: the promoted version's scores measured now on the same cases as ``scores``
         (the improvement loop does this: its eval set grows with every reviewed batch, so the
         scores stored on the old card are not comparable). extra: more context for the history
-        (which reviews and calls produced the candidate)."""
+        (which reviews and calls produced the candidate). One decision at a time per agent, also
+        across processes (the store's lock)."""
+        self._check(agent)
+        with self.store.lock(agent):
+            return self._promote(agent, version, scores, tolerance=tolerance, force=force,
+                                 baseline=baseline, extra=extra)
+
+    def _promote(self, agent: str, version: str, scores: dict[str, float] | None, *,
+                 tolerance: float, force: bool, baseline: dict[str, float] | None,
+                 extra: dict[str, Any] | None) -> dict[str, Any]:
         if scores:
             self.record_scores(agent, version, scores)
         cand = dict(scores) if (scores and baseline is not None) else \
@@ -171,27 +184,61 @@ class AdapterRegistry:
             raise PromotionRejected(f"{agent}@{version} scores below {current}: {worst}",
                                     where=f"adapters/{agent}", decision=decision)
         decision["action"] = "promoted" + (" (forced)" if force and drops else "")
-        _write_json_atomic(self._agent_dir(agent) / "promoted.json",
-                           {"version": version, "previous": current, "at": time.time()})
+        self.store.write_promoted(agent, {"version": version, "previous": current,
+                                          "at": time.time()})
         self._log(agent, decision)
         return decision
 
     def rollback(self, agent: str) -> str:
         """Restore the version promoted before the current one."""
-        p = self._agent_dir(agent) / "promoted.json"
-        if not p.is_file():
-            raise ConfigError(f"{agent} has no promoted adapter", where="adapters")
-        state = json.loads(p.read_text())
-        previous = state.get("previous")
-        if not previous:
-            raise ConfigError(f"{agent}@{state['version']} has no earlier promoted version",
-                              where="adapters")
-        earlier = [h for h in self.history(agent)
-                   if h.get("action", "").startswith("promoted") and h["candidate"] == previous]
-        before = earlier[-1]["current"] if earlier else None
-        _write_json_atomic(p, {"version": previous, "previous": before, "at": time.time()})
-        self._log(agent, {"action": "rollback", "from": state["version"], "to": previous})
-        return previous
+        self._check(agent)
+        with self.store.lock(agent):
+            state = self.store.promoted(agent)
+            if not state:
+                raise ConfigError(f"{agent} has no promoted adapter", where="adapters")
+            previous = state.get("previous")
+            if not previous:
+                raise ConfigError(f"{agent}@{state['version']} has no earlier promoted version",
+                                  where="adapters")
+            earlier = [h for h in self.history(agent)
+                       if h.get("action", "").startswith("promoted")
+                       and h["candidate"] == previous]
+            before = earlier[-1]["current"] if earlier else None
+            self.store.write_promoted(agent, {"version": previous, "previous": before,
+                                              "at": time.time()})
+            self._log(agent, {"action": "rollback", "from": state["version"], "to": previous})
+            return previous
+
+    def copy_from(self, other: "AdapterRegistry", agents: Sequence[str] | None = None
+                  ) -> dict[str, list[str]]:
+        """Copy every version (files and cards, same version names), the promoted pointer and
+        the history of ``other``'s agents into this registry, which must not have them yet
+        (moving a file registry to PostgreSQL: `slmflow adapters copy`)."""
+        out: dict[str, list[str]] = {}
+        for agent in agents or other.agents():
+            mine = self.versions(agent)
+            if mine:
+                raise ConfigError(f"{agent} already has versions {mine} in {self.store.location}; "
+                                  "copy into an empty registry", where="adapters")
+            copied = []
+            for v in other.versions(agent):
+                src = other.path(agent, v)
+                with tempfile.TemporaryDirectory(prefix=f"slmflow-{agent}-") as tmp:
+                    staged = Path(tmp) / "version"
+                    shutil.copytree(src, staged,
+                                    ignore=shutil.ignore_patterns("card.json", ".complete"))
+                    card = other.card(agent, v)
+                    got = self.store.add_version(agent, staged, lambda _v, c=card: c)
+                if got != v:  # versions are numbered densely from v1, as in the source
+                    raise ConfigError(f"{agent}: copied {v} landed as {got}", where="adapters")
+                copied.append(v)
+            for h in other.history(agent):
+                self.store.append_history(agent, h)
+            state = other.store.promoted(agent)
+            if state:
+                self.store.write_promoted(agent, state)
+            out[agent] = copied
+        return out
 
     # -- serving ---------------------------------------------------------------------------
     def model_for(self, base: Model, agent: str, version: str) -> Model:
@@ -312,7 +359,8 @@ class PromotedAdapterModel(Model):
 
     def __init__(self, registry: AdapterRegistry, base: Model, agent: str) -> None:
         self.registry, self.base, self.agent = registry, base, agent
-        self._stamp: float | None = None
+        self._stamp: Any = None
+        self._checked = float("-inf")
         self._model: Model | None = None
         self._version: str | None = None
         self._lock = threading.Lock()
@@ -322,9 +370,12 @@ class PromotedAdapterModel(Model):
         self._current()
 
     def _current(self) -> Model:
-        p = self.registry._agent_dir(self.agent) / "promoted.json"
-        stamp = p.stat().st_mtime_ns if p.exists() else None
+        now = time.monotonic()
         with self._lock:
+            if self._model is not None and now - self._checked < self.registry.store.poll_s:
+                return self._model
+            stamp = self.registry.store.stamp(self.agent)
+            self._checked = now
             if self._model is None or stamp != self._stamp:
                 version = self.registry.promoted(self.agent)
                 if version is None:

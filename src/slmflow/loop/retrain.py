@@ -114,7 +114,7 @@ def retrain_agent(agent: Any, log: CallLog, *, data: Sequence[Example] = (),
     """One turn of the loop for one agent; see the module doc."""
     from ..agents import resolve_model
     from ..finetune.agent_train import exact_match_accuracy, train_agent
-    from ..finetune.registry import AdapterRegistry, PromotionRejected, _write_json_atomic
+    from ..finetune.registry import AdapterRegistry, PromotionRejected
     from ..finetune.trainer import TrainConfig
     from ..home import subdir
 
@@ -170,7 +170,7 @@ def retrain_agent(agent: Any, log: CallLog, *, data: Sequence[Example] = (),
         "reviewers": sorted({it.reviewer for it in items if it.reviewer}),
         "flag_runs": sorted({it.flag_run for it in items if it.flag_run}),
     }
-    _write_json_atomic(registry.path(agent.name, version) / "card.json", card)
+    registry.update_card(agent.name, version, card)
 
     base_model = resolve_model(agent.model, where=f"agent {agent.name}")
     candidate = replace(agent, model=registry.model_for(base_model, agent.name, version),

@@ -337,6 +337,23 @@ def test_registry_on_postgresql_is_shared_by_processes(random_adapter, pg_url, t
         "triage@v1"
     reg.store.close()
 
+    # configuration only: an agent naming its adapter loads it from the server's registry
+    from slmflow.agents import Agent, set_adapter_resolver
+
+    set_adapter_resolver(None)  # drop models resolved under another registry
+    old = os.environ.get("SLMFLOW_ADAPTERS_URL")
+    os.environ["SLMFLOW_ADAPTERS_URL"] = pg_url
+    try:
+        agent = Agent("triage", model=smollm, instructions="Answer briefly.", adapter="triage",
+                      max_tokens=3)
+        assert agent.run_sync("hi").model.adapter == "triage@v1"
+    finally:
+        set_adapter_resolver(None)
+        if old is None:
+            os.environ.pop("SLMFLOW_ADAPTERS_URL", None)
+        else:
+            os.environ["SLMFLOW_ADAPTERS_URL"] = old
+
 
 def test_registry_bad_location_errors(tmp_path):
     from slmflow.finetune.registry_store import RegistryStoreError

@@ -195,7 +195,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:1000]
 
 
-def _as_caseset(cases: Any) -> CaseSet:
+def as_caseset(cases: Any) -> CaseSet:
     if isinstance(cases, CaseSet):
         return cases
     if isinstance(cases, (str, Path)):
@@ -221,7 +221,7 @@ async def arun_suite(target: Any, cases: Any, evaluators: Sequence[Any], *,
                      on_row: Callable[[RowResult], None] | None = None) -> SuiteReport:
     """The async form of `run_suite`."""
     tgt = as_target(target, schema=schema, messages=messages)
-    cs = _as_caseset(cases)
+    cs = as_caseset(cases)
     evs: list[Evaluator] = [create(e) for e in evaluators]
     suite = name or tgt.name
     sem = asyncio.Semaphore(max(1, concurrency))
@@ -291,14 +291,16 @@ async def arun_suite(target: Any, cases: Any, evaluators: Sequence[Any], *,
         if bar:
             bar.close()
     duration = time.perf_counter() - t0
-    scores, details = _aggregate(rows, cs.cases, evs)
+    scores, details = aggregate_rows(rows, cs.cases, evs)
     return SuiteReport(suite, tgt.name, rows, scores, details, [e.name for e in evs], duration,
                        concurrency, started, meta={"source": cs.source,
                                                    "data_errors": len(cs.errors)})
 
 
-def _aggregate(rows: list[RowResult], cases: list[Case],
-               evs: list[Evaluator]) -> tuple[dict[str, float], dict[str, Any]]:
+def aggregate_rows(rows: list[RowResult], cases: list[Case],
+                   evs: list[Evaluator]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The suite's scores and per-evaluator details from its rows (one place, so a suite run in
+    batches on Ray scores exactly as one run in a single process)."""
     by_id = {c.id: c for c in cases}
     scores: dict[str, float] = {}
     details: dict[str, Any] = {}

@@ -149,9 +149,9 @@ def run_suite_ray(ref: AgentRef, cases: Any, evaluators: Sequence[Any], *,
     batches in this process). Returns the same `SuiteReport` (rows in input order, scores from the
     same aggregation); ``report.meta["ray"]`` says how it ran."""
     from ..evals import create
-    from ..evals.suite import RowResult, SuiteReport, _aggregate, _as_caseset
+    from ..evals.suite import RowResult, SuiteReport, aggregate_rows, as_caseset
 
-    cs = _as_caseset(cases)
+    cs = as_caseset(cases)
     evs = [create(e) for e in evaluators]
     ref = ref.absolute()
     if concurrency > 1 and ref.pool_size < concurrency:
@@ -170,7 +170,7 @@ def run_suite_ray(ref: AgentRef, cases: Any, evaluators: Sequence[Any], *,
                     address=address, batch_size=batch_size, workers=workers, batched=True,
                     stats=st)
     duration = time.perf_counter() - t0
-    scores, details = _aggregate(rows, cs.cases, evs)
+    scores, details = aggregate_rows(rows, cs.cases, evs)
     return SuiteReport(suite, ref.target, rows, scores, details, [e.name for e in evs], duration,
                        concurrency, started, meta={"source": cs.source,
                                                    "data_errors": len(cs.errors),

@@ -234,7 +234,6 @@ def registry(request, tmp_path):
     reset_pg(url)
     reg = AdapterRegistry(url)
     reg.store.cache = tmp_path / "cache"
-    reg.store.poll_s = 0.0  # a promotion shows within poll_s; checked at once here
     yield reg
     reg.store.close()
 

@@ -16,8 +16,8 @@ interleave one decision.
 
 Why agents pick up a promotion without restart: `PromotedAdapterModel` is a `Model` wrapper that
 asks the store for the pointer's stamp (a stat call on ``promoted.json``; a one-row query on
-PostgreSQL, at most once a second) before each generation and swaps the adapter-carrying model
-when it changed. Registration stages the files in a temporary folder and adds them in one step
+PostgreSQL, at most once a second; at once after a promotion made by the same process) before each
+generation and swaps the adapter-carrying model when it changed. Registration stages the files in a temporary folder and adds them in one step
 (a rename; one transaction), so a crash never leaves a half-written version visible.
 """
 
@@ -44,6 +44,16 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 class PromotionRejected(SlmflowError):
     """The eval gate refused a promotion: the candidate scores below the promoted version."""
+
+
+# Promotions written by this process, per (store location, agent): a serving agent in the same
+# process sees them at once instead of after the store's poll interval.
+_LOCAL_WRITES: dict[tuple[str, str], int] = {}
+
+
+def _bump(location: str, agent: str) -> None:
+    key = (location, agent)
+    _LOCAL_WRITES[key] = _LOCAL_WRITES.get(key, 0) + 1
 
 
 class AdapterRegistry:
@@ -186,6 +196,7 @@ class AdapterRegistry:
         decision["action"] = "promoted" + (" (forced)" if force and drops else "")
         self.store.write_promoted(agent, {"version": version, "previous": current,
                                           "at": time.time()})
+        _bump(self.store.location, agent)
         self._log(agent, decision)
         return decision
 
@@ -206,6 +217,7 @@ class AdapterRegistry:
             before = earlier[-1]["current"] if earlier else None
             self.store.write_promoted(agent, {"version": previous, "previous": before,
                                               "at": time.time()})
+            _bump(self.store.location, agent)
             self._log(agent, {"action": "rollback", "from": state["version"], "to": previous})
             return previous
 
@@ -237,6 +249,7 @@ class AdapterRegistry:
             state = other.store.promoted(agent)
             if state:
                 self.store.write_promoted(agent, state)
+                _bump(self.store.location, agent)
             out[agent] = copied
         return out
 
@@ -361,6 +374,7 @@ class PromotedAdapterModel(Model):
         self.registry, self.base, self.agent = registry, base, agent
         self._stamp: Any = None
         self._checked = float("-inf")
+        self._local = -1
         self._model: Model | None = None
         self._version: str | None = None
         self._lock = threading.Lock()
@@ -372,8 +386,11 @@ class PromotedAdapterModel(Model):
     def _current(self) -> Model:
         now = time.monotonic()
         with self._lock:
-            if self._model is not None and now - self._checked < self.registry.store.poll_s:
+            local = _LOCAL_WRITES.get((self.registry.store.location, self.agent), 0)
+            if self._model is not None and local == self._local and \
+                    now - self._checked < self.registry.store.poll_s:
                 return self._model
+            self._local = local
             stamp = self.registry.store.stamp(self.agent)
             self._checked = now
             if self._model is None or stamp != self._stamp:

@@ -17,8 +17,9 @@ interleave one decision.
 Why agents pick up a promotion without restart: `PromotedAdapterModel` is a `Model` wrapper that
 asks the store for the pointer's stamp (a stat call on ``promoted.json``; a one-row query on
 PostgreSQL, at most once a second; at once after a promotion made by the same process) before each
-generation and swaps the adapter-carrying model when it changed. Registration stages the files in a temporary folder and adds them in one step
-(a rename; one transaction), so a crash never leaves a half-written version visible.
+generation and swaps the adapter-carrying model when it changed. Registration stages the files in
+a temporary folder and adds them in one step (a rename; one transaction), so a crash never leaves
+a half-written version visible.
 """
 
 from __future__ import annotations

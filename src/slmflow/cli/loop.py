@@ -42,7 +42,14 @@ def flag_cmd(since: str = typer.Option("24h", help="window start: 24h, 7d, an IS
              agent: List[str] = typer.Option([], "--agent", help="only these agents"),
              dry_run: bool = typer.Option(False, "--dry-run"),
              as_json: bool = typer.Option(False, "--json"),
-             calls: Optional[str] = CALLS) -> None:
+             calls: Optional[str] = CALLS,
+             ray: Optional[str] = typer.Option(None, "--ray", help="select the window's time "
+                                               "slices as Ray tasks on this cluster (host:port, "
+                                               "ray://host:10001, auto, env = "
+                                               "$SLMFLOW_RAY_ADDRESS)"),
+             slices: Optional[int] = typer.Option(None, "--slices", min=1,
+                                                  help="time slices (default with --ray: one "
+                                                       "per cluster CPU)")) -> None:
     """Queue the window's weak calls for review, by rule, priority and per-agent budget."""
     from ..loop import RULES, FlagRules, flag_calls
 
@@ -52,7 +59,8 @@ def flag_cmd(since: str = typer.Option("24h", help="window start: 24h, 7d, an IS
                   agents=tuple(agent) or None)
     log = _log(calls)
     try:
-        rep = flag_calls(log, since=since, until=until, rules=r, dry_run=dry_run)
+        rep = flag_calls(log, since=since, until=until, rules=r, dry_run=dry_run, ray=ray,
+                         slices=slices)
     finally:
         log.close()
     if as_json:
@@ -65,6 +73,12 @@ def flag_cmd(since: str = typer.Option("24h", help="window start: 24h, 7d, an IS
                f"{rep.scanned} calls scanned, {rep.candidates} matched, "
                f"{rep.already_queued} already queued, {rep.total} queued now, "
                f"{rep.wall_s * 1000:.0f} ms")
+    if rep.ray:
+        typer.echo(f"on Ray at {rep.ray['address']}: {rep.slices} time slices as Ray tasks, "
+                   f"{rep.ray['worker_processes']} worker process(es), "
+                   f"{rep.ray['cluster_cpus'] or 0:g} cluster CPUs")
+    elif rep.slices > 1:
+        typer.echo(f"{rep.slices} time slices, in this process")
     t = Table()
     for col in ("agent", "flagged", "over budget"):
         t.add_column(col)
@@ -278,7 +292,8 @@ def schedule_cmd(every: str = typer.Option("24h", help="how often: 30m, 6h, 24h"
     n = 0
     while max_runs is None or n < max_runs:
         flag_cmd(since=every, until=None, rules=None, confidence_below=0.5, budget=budget,
-                 no_budget=False, agent=[], dry_run=False, as_json=False, calls=calls)
+                 no_budget=False, agent=[], dry_run=False, as_json=False, calls=calls,
+                 ray=None, slices=None)
         n += 1
         if max_runs is not None and n >= max_runs:
             break

@@ -109,6 +109,7 @@ def connect(address: str | None = None, *, runtime_env: dict[str, Any] | None = 
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False  # read at import time: ray may be imported
+    _probe(address)
     kw: dict[str, Any] = {"runtime_env": env, "log_to_driver": False,
                           "ignore_reinit_error": True, "namespace": "slmflow"}
     try:
@@ -120,6 +121,25 @@ def connect(address: str | None = None, *, runtime_env: dict[str, Any] | None = 
         raise ConfigError(f"cannot connect to the Ray cluster: {e}", where=str(address)) \
             from None
     return True
+
+
+def _probe(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` (or ``ray://host:port``) where nothing listens: ray.init
+    itself retries such an address for minutes before giving up."""
+    if address in (None, "", "local", "auto"):
+        return
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray reads it (and says what is wrong with it)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {e} (is it "
+                          "running? `ray start --head` prints its address)", where="ray") \
+            from None
 
 
 def _resolve_address(address: str | None) -> str | None:

@@ -1,17 +1,21 @@
-"""`slmflow traces list|show|stats` and `slmflow ui`: look at runs from the local span store."""
+"""`slmflow traces list|show|stats` and `slmflow ui`: look at runs from the span store.
+
+The store is ``--db`` (a SQLite path, ``sqlite:///path`` or ``postgresql://...``; also spelt
+``--url``), else ``$SLMFLOW_TRACES_URL``, else ``$SLMFLOW_HOME/spans.db``."""
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-traces_app = typer.Typer(no_args_is_help=True, help="Look at traces in the local span store.")
+traces_app = typer.Typer(no_args_is_help=True, help="Look at traces in the span store.")
 
-DB = typer.Option(None, "--db", help="span database (default $SLMFLOW_HOME/spans.db)")
+DB = typer.Option(None, "--db", "--url",
+                  help="span store: a SQLite path, sqlite:///path or postgresql://... "
+                       "(default $SLMFLOW_TRACES_URL, else $SLMFLOW_HOME/spans.db)")
 
 
 def register(app: typer.Typer) -> None:
@@ -19,10 +23,10 @@ def register(app: typer.Typer) -> None:
     app.command("ui")(ui_cmd)
 
 
-def _store(db: Optional[Path]) -> Any:
-    from ..tracing.store import SpanStore
+def _store(db: Optional[str]) -> Any:
+    from ..tracing.store import open_span_store
 
-    return SpanStore(db)
+    return open_span_store(db)
 
 
 def _ms(v: float | None) -> str:
@@ -44,7 +48,7 @@ def _pct(v: float) -> str:
 
 
 @traces_app.command("list")
-def list_cmd(limit: int = typer.Option(20, "--limit", "-n"), db: Optional[Path] = DB,
+def list_cmd(limit: int = typer.Option(20, "--limit", "-n"), db: Optional[str] = DB,
              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """The newest traces: id, root span, start, duration, spans, tokens, cost, errors."""
     from rich.console import Console
@@ -96,7 +100,7 @@ def _label(s: dict[str, Any]) -> str:
 
 @traces_app.command("show")
 def show_cmd(trace_id: str = typer.Argument("last", help="a trace id, a unique prefix, or 'last'"),
-             db: Optional[Path] = DB,
+             db: Optional[str] = DB,
              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """One trace as an indented tree: latency, tokens, cost, confidence, status per span."""
     from rich.console import Console
@@ -136,7 +140,7 @@ def show_cmd(trace_id: str = typer.Argument("last", help="a trace id, a unique p
 def stats_cmd(by: str = typer.Option("agent", "--by",
                                      help="agent | model | tool | workflow | operation"),
               since_hours: Optional[float] = typer.Option(None, "--since-hours"),
-              db: Optional[Path] = DB,
+              db: Optional[str] = DB,
               as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """p50/p95 latency, tokens, cost, error and escalation rate per agent (or model, ...)."""
     from rich.console import Console
@@ -164,7 +168,7 @@ def stats_cmd(by: str = typer.Option("agent", "--by",
 
 
 def ui_cmd(host: str = typer.Option("127.0.0.1", "--host"),
-           port: int = typer.Option(6007, "--port"), db: Optional[Path] = DB,
+           port: int = typer.Option(6007, "--port"), db: Optional[str] = DB,
            calls: Optional[str] = typer.Option(None, "--calls",
                                                help="call-log URL for the review queue "
                                                     "(default: $SLMFLOW_CALLS_URL or "

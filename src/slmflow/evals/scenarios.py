@@ -101,11 +101,11 @@ class ScenarioOutput:
             self.loaded = True
             if self.trace_id and tracing.is_enabled():
                 tracing.force_flush()
-                from ..tracing.store import SpanStore
+                from ..tracing.store import open_span_store
 
-                from ..tracing.setup import db_path
-
-                self.spans = SpanStore(db_path()).trace(self.trace_id)
+                # the store this process's spans went to (SQLite file or PostgreSQL)
+                with open_span_store() as store:
+                    self.spans = store.trace(self.trace_id)
         return self.spans
 
     def model_dump(self, mode: str = "json") -> dict[str, Any]:  # for the report's rows

@@ -1,4 +1,4 @@
-"""Provider set-up: where spans go (local SQLite store, OTLP), and how failures are counted.
+"""Provider set-up: where spans go (the span store, OTLP), and how failures are counted.
 
 Why a private `TracerProvider` and not the global one: OpenTelemetry lets the global provider be
 set once per process, but slmflow must be re-configurable (tests, notebooks, a CLI that switches
@@ -7,8 +7,11 @@ still share OpenTelemetry's global *context*, so a user's own spans and slmflow'
 tree either way. ``configure(set_global=True)`` also installs the provider globally.
 
 Why lazy: ``import slmflow`` must stay cheap and must not open files. The first span configures
-tracing from the environment: the local store under ``$SLMFLOW_HOME/spans.db`` by default,
-nothing when ``SLMFLOW_TRACING=off``, plus OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+tracing from the environment: the span store named by ``$SLMFLOW_TRACES_URL`` (a
+``postgresql://`` URL when several machines or processes share one trace store, see
+`slmflow.tracing.store`), else the local SQLite file ``$SLMFLOW_HOME/spans.db``; nothing when
+``SLMFLOW_TRACING=off``; plus OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set. psycopg is
+imported only when the URL is a PostgreSQL one.
 
 Why the guards: tracing must never break a run. Every exporter is wrapped so an exception or a
 failed export (collector down, disk full) becomes a counted drop, logged once with the count on
@@ -46,6 +49,7 @@ class TracingConfig:
     enabled: bool = True
     store: bool = True
     db_path: str | None = None
+    store_url: str | None = None  # sqlite:///path or postgresql://... (what the store writes to)
     otlp_endpoint: str | None = None
     protocol: str = "http"
     capture_content: bool = False
@@ -211,6 +215,7 @@ def _otlp_exporter(endpoint: str, protocol: str, headers: dict[str, str] | None,
 
 
 def configure(*, enabled: bool = True, store: bool = True, db_path: str | Path | None = None,
+              store_url: str | None = None,
               otlp_endpoint: str | None = None, protocol: str = "http",
               headers: dict[str, str] | None = None, capture_content: bool | None = None,
               retention_days: float | None = None, max_spans: int | None = None,
@@ -220,7 +225,9 @@ def configure(*, enabled: bool = True, store: bool = True, db_path: str | Path |
     """(Re)configure where slmflow's spans go. Replaces any earlier configuration (its pending
     spans are flushed first).
 
-    store: write spans to the local SQLite store (``db_path``, default ``$SLMFLOW_HOME/spans.db``).
+    store: write spans to the span store: ``db_path`` (a SQLite file), else ``store_url``
+        (``sqlite:///path`` or ``postgresql://...``), else ``$SLMFLOW_TRACES_URL``, else
+        ``$SLMFLOW_HOME/spans.db``.
     otlp_endpoint, protocol ("http" or "grpc"), headers: also export OTLP to a collector.
     capture_content: record prompts and answers on spans (off by default: they may be private).
     retention_days / max_spans: prune the local store (default 14 days, env
@@ -248,13 +255,19 @@ def configure(*, enabled: bool = True, store: bool = True, db_path: str | Path |
                                   shutdown_on_exit=False)
         named: list[tuple[str, SpanExporter]] = []
         if store:
-            from .store import SQLiteSpanExporter
+            from .store import PostgresSpanExporter, span_exporter
 
-            path = Path(db_path) if db_path else default_db_path()
-            cfg.db_path = str(path)
-            _state.store_exporter = SQLiteSpanExporter(path, retention_days=retention_days,
-                                                       max_spans=max_spans)
-            named.append(("sqlite", _state.store_exporter))
+            target: str | Path = (Path(db_path) if db_path else
+                                  store_url or _env_store_url() or default_db_path())
+            ex = span_exporter(target, retention_days=retention_days, max_spans=max_spans)
+            if isinstance(ex, PostgresSpanExporter):
+                cfg.store_url = ex.url
+                named.append(("postgresql", ex))
+            else:
+                cfg.db_path = str(ex.path)
+                cfg.store_url = f"sqlite:///{ex.path}"
+                named.append(("sqlite", ex))
+            _state.store_exporter = ex
         if otlp_endpoint:
             named.append((f"otlp-{protocol}",
                           _otlp_exporter(otlp_endpoint, protocol, headers, export_timeout_s)))
@@ -325,9 +338,21 @@ def health() -> dict[str, Any]:
 
 
 def db_path() -> Path:
-    """The local store in use (or the default one, for readers in another process)."""
+    """The local SQLite store in use (or the default one, for readers in another process)."""
     p = _state.config.db_path
     return Path(p) if p else default_db_path()
+
+
+def _env_store_url() -> str | None:
+    return os.environ.get("SLMFLOW_TRACES_URL", "").strip() or None
+
+
+def store_url() -> str:
+    """The span store this process writes to (``sqlite:///path`` or ``postgresql://...``); when
+    it writes to none: ``$SLMFLOW_TRACES_URL``, else ``sqlite:///$SLMFLOW_HOME/spans.db``. What
+    every reader (CLI, UI, scenario evals) opens by default."""
+    u = _state.config.store_url if _state.config.store else None
+    return u or _env_store_url() or f"sqlite:///{default_db_path()}"
 
 
 def force_flush(timeout_s: float = 30.0) -> bool:

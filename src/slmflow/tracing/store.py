@@ -1,20 +1,44 @@
-"""The local span store: an OpenTelemetry `SpanExporter` writing to SQLite, and its queries.
+"""The span store: OpenTelemetry `SpanExporter`s writing to SQLite or PostgreSQL, and the queries.
 
-Why SQLite: tracing is on by default, so the default sink must need no server, no port and no
-set-up; one file under ``$SLMFLOW_HOME`` is backed up or wiped with the rest of the project. WAL
-mode lets ``slmflow traces`` and ``slmflow ui`` read while a run writes. The exporter runs on the
-batch processor's thread, never on the caller's.
+Why SQLite by default: tracing is on by default, so the default sink must need no server, no port
+and no set-up; one file under ``$SLMFLOW_HOME`` is backed up or wiped with the rest of the project.
+WAL mode lets ``slmflow traces`` and ``slmflow ui`` read while a run writes. The exporter runs on
+the batch processor's thread, never on the caller's.
+
+Why PostgreSQL as well: a file is only shared by the processes of one machine. When several
+machines or many processes (gateway replicas, Ray workers, a scenario eval on another host) write
+traces that one ``slmflow ui`` or ``slmflow traces`` must read, they all point
+``$SLMFLOW_TRACES_URL`` at one database (psycopg 3, imported only then):
+
+    sqlite:///abs/path/spans.db      (or unset: $SLMFLOW_HOME/spans.db)
+    postgresql://user@host:5432/db
+
+Why one `SpanStore` and not one class per backend: every view (list, show, stats, the UI, scenario
+evals, the review queue's context) must give the same answer whichever store holds the spans, so
+the queries are written once in SQL both understand; the backends differ only in placeholders
+(``?`` vs ``%s``), in how a connection is opened, in column widths (``BIGINT`` nanoseconds,
+``DOUBLE PRECISION`` costs) and in ``LIKE`` (ASCII case-insensitive in SQLite, so ``ILIKE`` in
+PostgreSQL). `open_span_store` picks the backend from a URL or a path.
 
 Why some attributes get their own columns (agent, model, tokens, cost, confidence): the list,
 show and stats views filter and sum by them; everything else stays in a JSON ``attributes``
 column, as OpenTelemetry sent it. Retention: rows older than ``retention_days`` (and the oldest
 beyond ``max_spans``) are pruned when the store opens and then at most once an hour.
+
+Failures: an exporter raises on a failed write (the guard around every exporter in `setup` counts
+the spans as dropped and warns; the traced run goes on); PostgreSQL failures become
+`TraceStoreError`, naming the URL with its password masked. An unreachable server at start-up
+does not stop tracing: the exporter connects on its first export and again after a lost
+connection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -25,7 +49,17 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
+from ..errors import ConfigError, SlmflowError
 from . import attrs as A
+
+__all__ = ["SpanStore", "SQLiteSpanExporter", "PostgresSpanExporter", "open_span_store",
+           "span_exporter", "default_url", "TraceStoreError", "url_safe"]
+
+log = logging.getLogger("slmflow.tracing")
+
+
+class TraceStoreError(SlmflowError):
+    """The span store failed: cannot connect, create its table, read or write."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -60,6 +94,20 @@ _COLUMNS = ("trace_id", "span_id", "parent_id", "name", "operation", "start_ns",
 _INSERT = (f"INSERT OR REPLACE INTO spans ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_COLUMNS))})")
 _PRUNE_EVERY_S = 3600.0
+
+# The same table in PostgreSQL: nanosecond times need 64 bits, costs double precision (REAL is
+# 4 bytes there). Token columns stay INTEGER so that SUM() returns an int in both, not a Decimal.
+_PG_SCHEMA = [
+    _SCHEMA.split(";")[0].replace("start_ns INTEGER", "start_ns BIGINT")
+    .replace("end_ns INTEGER", "end_ns BIGINT").replace(" REAL", " DOUBLE PRECISION"),
+    "CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ns)",
+    "CREATE INDEX IF NOT EXISTS spans_agent ON spans (agent, operation)",
+]
+_PG_INSERT = (f"INSERT INTO spans ({', '.join(_COLUMNS)}) "
+              f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) ON CONFLICT (trace_id, span_id) "
+              "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS[2:]))
+_PG_LOCK = 727350017  # advisory lock id: two processes creating the table at once
+_PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
 def _json(value: Any) -> str:
@@ -167,9 +215,198 @@ class SQLiteSpanExporter(SpanExporter):
         return True
 
 
+# ---- PostgreSQL --------------------------------------------------------------------------------
+
+def url_safe(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", str(url))
+
+
+def _pg_text(v: Any) -> Any:
+    """PostgreSQL text takes no NUL byte and no lone surrogate (SQLite takes both)."""
+    if not isinstance(v, str):
+        return v
+    if "\x00" in v:
+        v = v.replace("\x00", "\ufffd")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        v = v.encode("utf-8", "backslashreplace").decode("utf-8")
+    return v
+
+
+def _pg_sql(sql: str) -> str:
+    """A query written for SQLite, for PostgreSQL: ``%s`` placeholders; ``ILIKE`` because SQLite's
+    LIKE ignores ASCII case. (The shared queries keep ``%`` and ``?`` out of their literals.)"""
+    return sql.replace("?", "%s").replace(" LIKE ", " ILIKE ")
+
+
+class _Postgres:
+    """One psycopg 3 connection to a span database, opened on first use, re-opened after a lost
+    one, serialised by a lock (the UI server's threads share it). Creates the table if missing."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+        except ImportError:
+            raise ConfigError("a PostgreSQL span store needs psycopg: pip install 'slmflow[store]'",
+                              where=url_safe(url)) from None
+        self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self.url_safe = url_safe(self.url)
+        self.connect_timeout = connect_timeout
+        self._psycopg, self._dict_row = psycopg, dict_row
+        self._conn: Any = None
+        self.lock = threading.RLock()
+
+    def _error(self, what: str, e: Exception) -> TraceStoreError:
+        msg = str(e).strip().replace(self.url, self.url_safe)
+        return TraceStoreError(f"{what}: {msg}", where=self.url_safe)
+
+    def conn(self) -> Any:
+        """The open connection (call with ``lock`` held)."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        pg = self._psycopg
+        try:
+            conn = pg.connect(self.url, autocommit=True, row_factory=self._dict_row,
+                              connect_timeout=int(max(1, self.connect_timeout)))
+        except pg.Error as e:
+            raise self._error("cannot connect to the PostgreSQL span store", e) from None
+        try:
+            with conn.transaction():
+                conn.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+                for stmt in _PG_SCHEMA:
+                    conn.execute(stmt)
+        except pg.Error as e:
+            conn.close()
+            raise self._error("cannot create the spans table", e) from None
+        self._conn = conn
+        return conn
+
+    def run(self, what: str, fn: Any) -> Any:
+        """``fn(connection)`` under the lock; psycopg errors become `TraceStoreError` and a lost
+        connection is dropped, so the next call opens a new one."""
+        with self.lock:
+            conn = self.conn()
+            try:
+                return fn(conn)
+            except self._psycopg.Error as e:
+                if conn.closed or isinstance(e, self._psycopg.OperationalError):
+                    self.close()
+                raise self._error(what, e) from None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return self.run("span store query failed",
+                        lambda c: c.execute(_pg_sql(sql), tuple(params)).fetchall())
+
+    def close(self) -> None:
+        with self.lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+
+class PostgresSpanExporter(SpanExporter):
+    """Writes finished spans to the PostgreSQL database at ``url`` (the ``spans`` table, created
+    if missing, same columns and indexes as SQLite), in one batched upsert per export; prunes by
+    age (``retention_days``) and count like `SQLiteSpanExporter`. Connects on the first export."""
+
+    def __init__(self, url: str, *, retention_days: float | None = 14.0,
+                 max_spans: int | None = None, connect_timeout: float = 5) -> None:
+        self._db = _Postgres(url, connect_timeout=connect_timeout)
+        self.url, self.url_safe = self._db.url, self._db.url_safe
+        self.retention_days = retention_days
+        self.max_spans = max_spans
+        self._last_prune: float | None = None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        rows = [tuple(_pg_text(v) for v in _row(s)) for s in spans]
+
+        def write(conn: Any) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_PG_INSERT, rows)
+
+        # raises TraceStoreError: counted as a drop (with its reason) by the guard around every
+        # exporter, as SQLite's errors are; the traced run never sees it
+        self._db.run("cannot write spans", write)
+        if self._last_prune is None or time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
+            self.prune()
+        return SpanExportResult.SUCCESS
+
+    def prune(self) -> int:
+        """Delete spans past retention; returns how many went (0, with a warning, on failure)."""
+        self._last_prune = time.monotonic()
+
+        def delete(conn: Any) -> int:
+            n = 0
+            with conn.transaction(), conn.cursor() as cur:
+                if self.retention_days:
+                    cutoff = time.time_ns() - int(self.retention_days * 86400e9)
+                    cur.execute("DELETE FROM spans WHERE start_ns < %s", (cutoff,))
+                    n += cur.rowcount
+                if self.max_spans:
+                    cur.execute("DELETE FROM spans WHERE ctid IN (SELECT ctid FROM spans "
+                                "ORDER BY start_ns DESC OFFSET %s)", (self.max_spans,))
+                    n += cur.rowcount
+            return n
+
+        try:
+            return self._db.run("cannot prune spans", delete)
+        except TraceStoreError as e:
+            log.warning("slmflow tracing: %s", e)
+            return 0
+
+    def shutdown(self) -> None:
+        self._db.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def default_url() -> str:
+    """``$SLMFLOW_TRACES_URL``, or ``sqlite:///$SLMFLOW_HOME/spans.db``."""
+    url = os.environ.get("SLMFLOW_TRACES_URL", "").strip()
+    if url:
+        return url
+    from .setup import default_db_path
+
+    return f"sqlite:///{default_db_path()}"
+
+
+def _target(url_or_path: str | Path) -> tuple[str, str]:
+    """``("sqlite", path)`` or ``("postgresql", url)`` from a URL or a plain path."""
+    if isinstance(url_or_path, Path):
+        return "sqlite", str(url_or_path)
+    u = str(url_or_path).strip()
+    if u.startswith("sqlite:///"):  # sqlite:///abs/path (and sqlite:////abs/path, as written
+        return "sqlite", u[len("sqlite:///"):] if u.startswith("sqlite:////") \
+            else u[len("sqlite://"):]  # by f"sqlite:///{absolute_path}")
+    if u.startswith("sqlite://"):
+        raise ConfigError("write SQLite URLs as sqlite:///absolute/path.db", where=u)
+    if u.startswith(_PG_SCHEMES):
+        return "postgresql", u
+    if "://" not in u:
+        return "sqlite", u
+    raise ConfigError(f"unknown span store URL {url_safe(u)!r}: use sqlite:///path or "
+                      "postgresql://...", where="traces")
+
+
+def span_exporter(url_or_path: str | Path, *, retention_days: float | None = 14.0,
+                  max_spans: int | None = None) -> SpanExporter:
+    """The store exporter for a URL or path: `SQLiteSpanExporter` or `PostgresSpanExporter`."""
+    kind, where = _target(url_or_path)
+    if kind == "postgresql":
+        return PostgresSpanExporter(where, retention_days=retention_days, max_spans=max_spans)
+    return SQLiteSpanExporter(where, retention_days=retention_days, max_spans=max_spans)
+
+
 # ---- reading ---------------------------------------------------------------------------------
 
-def _span_dict(r: sqlite3.Row) -> dict[str, Any]:
+def _span_dict(r: Any) -> dict[str, Any]:
     d = dict(r)
     d["attributes"] = json.loads(d["attributes"] or "{}")
     d["events"] = json.loads(d["events"] or "[]")
@@ -177,18 +414,47 @@ def _span_dict(r: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
+# Patterns are parameters, not literals: a literal % would clash with psycopg's placeholders.
+_LIST_SQL = """
+SELECT trace_id, MIN(start_ns) AS start_ns, MAX(end_ns) AS end_ns, COUNT(*) AS spans,
+       SUM(CASE WHEN status = 'ERROR' THEN 1 ELSE 0 END) AS errors,
+       SUM(COALESCE(input_tokens, 0)) AS input_tokens,
+       SUM(COALESCE(output_tokens, 0)) AS output_tokens, SUM(cost_usd) AS cost_usd,
+       SUM(CASE WHEN name LIKE ? AND attributes LIKE ? THEN 1 ELSE 0 END)
+           + SUM(CASE WHEN events LIKE ? THEN 1 ELSE 0 END) AS escalations,
+       (SELECT s2.name FROM spans s2 WHERE s2.trace_id = s.trace_id
+        ORDER BY (s2.parent_id IS NOT NULL), s2.start_ns, s2.span_id LIMIT 1) AS root
+FROM spans s GROUP BY trace_id ORDER BY start_ns DESC, trace_id LIMIT ? OFFSET ?"""
+_LIST_PATTERNS = ("handoff %", '%"slmflow.handoff.status":"escalated"%', '%"slmflow.escalation"%')
+
+
 class SpanStore:
-    """Read access to a span database (``slmflow traces``, ``slmflow ui``, tests)."""
+    """Read access to a span store (``slmflow traces``, ``slmflow ui``, scenario evals, the review
+    queue, tests): a SQLite file (a path or ``sqlite:///path``) or a PostgreSQL URL. ``None``: the
+    store this process writes to, else ``$SLMFLOW_TRACES_URL``, else ``$SLMFLOW_HOME/spans.db``.
+    The same spans give the same answers from either backend."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         if path is None:
-            from .setup import db_path
+            from .setup import store_url
 
-            path = db_path()
-        self.path = Path(path)
+            path = store_url()
+        self.dialect, where = _target(path)
+        self._pg: _Postgres | None = None
+        if self.dialect == "postgresql":
+            self._pg = _Postgres(where)
+            self.url, self.url_safe = self._pg.url, self._pg.url_safe
+            self.path: Path | None = None
+        else:
+            self.path = Path(where)
+            self.url = self.url_safe = f"sqlite:///{self.path}"
+
+    def __repr__(self) -> str:
+        return f"SpanStore({self.url_safe!r})"
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
+        assert self.path is not None
         if not self.path.exists():
             conn = connect(self.path)  # creates an empty store: "no traces yet", not an error
         else:
@@ -198,36 +464,30 @@ class SpanStore:
         finally:
             conn.close()
 
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts: the one place the backends differ when reading."""
+        if self._pg is not None:
+            return self._pg.query(sql, params)
+        with self._conn() as conn:
+            return [dict(r) for r in conn.execute(sql, tuple(params))]
+
     def list_traces(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
         """Newest first: root name, start, duration, span count, errors, tokens, cost."""
-        sql = """
-        SELECT trace_id, MIN(start_ns) AS start_ns, MAX(end_ns) AS end_ns, COUNT(*) AS spans,
-               SUM(status = 'ERROR') AS errors, SUM(COALESCE(input_tokens, 0)) AS input_tokens,
-               SUM(COALESCE(output_tokens, 0)) AS output_tokens, SUM(cost_usd) AS cost_usd,
-               SUM(name LIKE 'handoff %' AND attributes LIKE '%"slmflow.handoff.status":"escalated"%')
-                   + SUM(events LIKE '%"slmflow.escalation"%') AS escalations,
-               (SELECT s2.name FROM spans s2 WHERE s2.trace_id = s.trace_id
-                ORDER BY (s2.parent_id IS NOT NULL), s2.start_ns LIMIT 1) AS root
-        FROM spans s GROUP BY trace_id ORDER BY start_ns DESC LIMIT ? OFFSET ?"""
-        with self._conn() as conn:
-            rows = [dict(r) for r in conn.execute(sql, (limit, offset))]
+        rows = self._rows(_LIST_SQL, (*_LIST_PATTERNS, limit, offset))
         for r in rows:
             r["duration_ms"] = (r["end_ns"] - r["start_ns"]) / 1e6
         return rows
 
     def resolve(self, trace_id: str) -> str | None:
         """A full trace id from a unique prefix (or ``last`` for the newest trace)."""
-        with self._conn() as conn:
-            if trace_id in ("last", "latest"):
-                r = conn.execute("SELECT trace_id FROM spans ORDER BY start_ns DESC LIMIT 1")
-                row = r.fetchone()
-                return row[0] if row else None
-            ids = [r[0] for r in conn.execute(
-                "SELECT DISTINCT trace_id FROM spans WHERE trace_id LIKE ? LIMIT 2",
-                (trace_id.lower() + "%",))]
+        if trace_id in ("last", "latest"):
+            rows = self._rows("SELECT trace_id FROM spans ORDER BY start_ns DESC, trace_id "
+                              "LIMIT 1")
+            return rows[0]["trace_id"] if rows else None
+        ids = [r["trace_id"] for r in self._rows(
+            "SELECT DISTINCT trace_id FROM spans WHERE trace_id LIKE ? LIMIT 2",
+            (trace_id.lower() + "%",))]
         if len(ids) > 1:
-            from ..errors import ConfigError
-
             raise ConfigError(f"trace id prefix {trace_id!r} is ambiguous", where="traces")
         return ids[0] if ids else None
 
@@ -236,9 +496,9 @@ class SpanStore:
         full = self.resolve(trace_id)
         if full is None:
             return []
-        with self._conn() as conn:
-            return [_span_dict(r) for r in conn.execute(
-                "SELECT * FROM spans WHERE trace_id = ? ORDER BY start_ns", (full,))]
+        return [_span_dict(r) for r in self._rows(
+            "SELECT * FROM spans WHERE trace_id = ? ORDER BY start_ns, end_ns DESC, span_id",
+            (full,))]
 
     def spans(self, *, since_ns: int | None = None, limit: int = 200_000) -> list[dict[str, Any]]:
         """Spans (newest traces first) for stats; ``since_ns`` bounds by start time."""
@@ -247,11 +507,26 @@ class SpanStore:
         if since_ns is not None:
             q += " WHERE start_ns >= ?"
             args.append(since_ns)
-        q += " ORDER BY start_ns DESC LIMIT ?"
+        q += " ORDER BY start_ns DESC, trace_id, span_id LIMIT ?"
         args.append(limit)
-        with self._conn() as conn:
-            return [_span_dict(r) for r in conn.execute(q, args)]
+        return [_span_dict(r) for r in self._rows(q, args)]
 
     def count(self) -> int:
-        with self._conn() as conn:
-            return conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+        return int(self._rows("SELECT COUNT(*) AS n FROM spans")[0]["n"])
+
+    def close(self) -> None:
+        """Close the PostgreSQL connection (SQLite opens one per query)."""
+        if self._pg is not None:
+            self._pg.close()
+
+    def __enter__(self) -> "SpanStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_span_store(url_or_path: str | Path | None = None) -> SpanStore:
+    """The span store at a URL (``sqlite:///path``, ``postgresql://...``) or a path; ``None``:
+    the one this process writes to, else ``$SLMFLOW_TRACES_URL``, else the SQLite default."""
+    return SpanStore(url_or_path)

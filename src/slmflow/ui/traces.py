@@ -215,14 +215,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(host: str = "127.0.0.1", port: int = 6007, *,
-          db_path: str | Path | None = None, calls: Any = None) -> ThreadingHTTPServer:
+          db_path: str | Path | SpanStore | None = None,
+          calls: Any = None) -> ThreadingHTTPServer:
     """A server for the trace pages and, given a call log (a `CallLog` or its URL), the review
-    queue under ``/review`` (not yet serving: call ``serve_forever``); port 0 = any."""
+    queue under ``/review`` (not yet serving: call ``serve_forever``); port 0 = any.
+    ``db_path``: the span store (a `SpanStore`, a SQLite path, ``sqlite:///path`` or
+    ``postgresql://...``); default: ``$SLMFLOW_TRACES_URL``, else ``$SLMFLOW_HOME/spans.db``."""
     if calls is not None and not hasattr(calls, "_all"):
         from ..store import open_call_log
 
         calls = open_call_log(calls)
-    handler = type("Handler", (_Handler,), {"store": SpanStore(db_path), "calls": calls})
+    store = db_path if isinstance(db_path, SpanStore) else SpanStore(db_path)
+    handler = type("Handler", (_Handler,), {"store": store, "calls": calls})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

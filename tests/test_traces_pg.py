@@ -279,3 +279,28 @@ def test_tracing_store_does_not_import_psycopg_for_sqlite(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**__import__("os").environ, "SLMFLOW_TRACES_URL": ""})
     assert r.returncode == 0, r.stderr
+
+
+def test_exporter_reconnects_after_a_lost_connection(pg):
+    import psycopg
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    mem = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(mem))
+    for i in range(3):
+        provider.get_tracer("t").start_span(f"s{i}").end()
+    s0, s1, s2 = mem.get_finished_spans()
+    ex = PostgresSpanExporter(pg)
+    assert ex.export([s0]).name == "SUCCESS"
+    with psycopg.connect(pg, autocommit=True) as c:  # the server drops the exporter's session
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = 'slmflow' AND pid <> pg_backend_pid()")
+    with pytest.raises(TraceStoreError, match="cannot write spans"):
+        ex.export([s1])  # the guard in setup counts these as dropped
+    assert ex.export([s2]).name == "SUCCESS"  # a new connection
+    assert sorted(r["root"] for r in SpanStore(pg).list_traces()) == ["s0", "s2"]
+    ex.shutdown()
+    provider.shutdown()

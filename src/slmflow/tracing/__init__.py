@@ -8,7 +8,9 @@ Span names follow the GenAI conventions: ``invoke_workflow {name}``, ``invoke_ag
 ``chat {model}``, ``execute_tool {name}``, plus slmflow's own ``handoff {src} -> {dst}``.
 
 Where spans go is decided by `configure` (module `setup`): by default, lazily on the first span,
-the local SQLite store ``$SLMFLOW_HOME/spans.db``; nothing with ``SLMFLOW_TRACING=off``.
+the span store named by ``$SLMFLOW_TRACES_URL`` (PostgreSQL, when several machines or processes
+share their traces), else the local SQLite file ``$SLMFLOW_HOME/spans.db``; nothing with
+``SLMFLOW_TRACING=off``. `SpanStore` / `open_span_store` read either (module `store`).
 
 Why `span` is a small class and not a generator context manager: it runs on every hop, and the
 benchmark (bench/tracing.py) holds it to at most 1.2x the cost of a raw OpenTelemetry SDK span;
@@ -31,7 +33,8 @@ from .setup import (capture_content, config, configure, force_flush, health, is_
 __all__ = ["span", "attrs", "set_attributes", "add_event", "current_trace_id", "configure",
            "force_flush", "shutdown", "reset", "health", "is_enabled", "capture_content",
            "config", "handoff", "record_evaluation", "record_escalation", "Traced", "traced",
-           "record_model_response", "trace", "PriceTable", "Price", "SpanStore"]
+           "record_model_response", "trace", "PriceTable", "Price", "SpanStore",
+           "open_span_store"]
 
 _SCALARS = (str, bool, int, float)
 _INVALID = _trace.INVALID_SPAN
@@ -178,8 +181,8 @@ def record_evaluation(name: str, *, score: float | None = None, label: str | Non
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: the model wrapper imports models/, the store imports sqlite3; neither is needed to
-    # open a span.
+    # Lazy: the model wrapper imports models/, the store imports sqlite3 (and psycopg for a
+    # PostgreSQL URL); neither is needed to open a span.
     if name in ("Traced", "traced", "record_model_response"):
         from . import model
 
@@ -192,8 +195,8 @@ def __getattr__(name: str) -> Any:
         from . import cost
 
         return getattr(cost, name)
-    if name == "SpanStore":
-        from .store import SpanStore
+    if name in ("SpanStore", "open_span_store"):
+        from . import store
 
-        return SpanStore
+        return getattr(store, name)
     raise AttributeError(f"module 'slmflow.tracing' has no attribute {name!r}")

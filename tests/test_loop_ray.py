@@ -146,6 +146,20 @@ def test_slices_in_this_process_equal_the_whole_window(tmp_path):
     assert rep["over_budget"] and rep["total"] == 25 * len(rep["flagged"])  # the budget cuts
 
 
+def test_open_window_and_ray_env_unset_run_here(tmp_path, monkeypatch):
+    """No start (-inf): the cuts start at the oldest row; `env` with no address: this process."""
+    monkeypatch.delenv("SLMFLOW_RAY_ADDRESS", raising=False)
+    out = {}
+    for label, kw in (("whole", {}), ("sliced", {"slices": 3, "ray": "env"})):
+        with open_call_log(f"sqlite:///{tmp_path / label}.db") as log:
+            fill(log)
+            windows = time_slices(log, float("-inf"), T0 + SPAN, 3)
+            rep = flag_calls(log, since=None, until=T0 + SPAN, rules=RULES, **kw)
+            out[label] = (items(log), counts(rep), rep.ray)
+    assert windows[0][0] == float("-inf") and windows[1][0] == T0 - 500 + (SPAN + 500) / 3
+    assert out["sliced"] == out["whole"] and out["whole"][1]["scanned"] == 405
+
+
 def _compare(cluster, open_fresh) -> None:
     log = open_fresh()
     fill(log)

@@ -246,13 +246,15 @@ def merge_candidates(parts: Iterable[Iterable[Candidate]]) -> list[Candidate]:
 def time_slices(log: CallLog, lo: float, hi: float, n: int) -> list[tuple[float, float]]:
     """[lo, hi) cut into ``n`` contiguous slices of equal length (the first starts at ``lo``
     even when that is -inf: the cuts then start at the oldest call or feedback)."""
+    if n <= 1:
+        return [(lo, hi)]
     start = lo
     if lo == float("-inf"):
         firsts = [r[0] for t in ("calls", "feedback")
                   for r in log._all(f"SELECT MIN(ts) FROM {t} WHERE ts < ?", [hi])]
         firsts = [float(x) for x in firsts if x is not None]
         start = min(firsts) if firsts else hi
-    n = max(1, int(n)) if start < hi else 1
+    n = int(n) if start < hi else 1
     edges = [lo] + [start + (hi - start) * i / n for i in range(1, n)] + [hi]
     return list(zip(edges[:-1], edges[1:]))
 
@@ -276,38 +278,43 @@ class _SliceJob:
 
 def _select(log: CallLog, lo: float, u: float, rules: FlagRules, rep: FlagReport,
             ray: str | None, slices: int | None) -> list[Candidate]:
-    if ray is None and slices is None:
-        scanned, cands = select_candidates(log, lo, u, rules)
-        rep.scanned = scanned
-        return merge_candidates([cands])
-    from ..scale.distributed import RayStats, _resolve_address, connect, ray_map
+    address = None
+    if ray is not None:
+        from ..scale.distributed import _resolve_address
 
-    address = _resolve_address(ray) if ray is not None else None
-    connected = False
-    if address is not None:
-        if ":memory:" in log.url:
-            raise ConfigError("an in-memory call log cannot be read by Ray workers: use a file "
-                              "or PostgreSQL", where="loop flag")
-        connected = connect(address)
+        address = _resolve_address(ray)  # ``env`` with $SLMFLOW_RAY_ADDRESS unset: this process
+    if address is None:
+        parts = [select_candidates(log, a, b, rules)
+                 for a, b in time_slices(log, lo, u, slices or 1)]
+        rep.slices = len(parts)
+    else:
+        parts = _on_ray(log, lo, u, rules, rep, address, slices)
+    rep.scanned = sum(n for n, _ in parts)
+    return merge_candidates(c for _, c in parts)
+
+
+def _on_ray(log: CallLog, lo: float, u: float, rules: FlagRules, rep: FlagReport, address: str,
+            slices: int | None) -> list[tuple[int, list[Candidate]]]:
+    from ..scale.distributed import RayStats, connect, ray_map
+
+    if ":memory:" in log.url:
+        raise ConfigError("Ray workers cannot read an in-memory call log: use a file or "
+                          "PostgreSQL", where="loop flag")
+    connected = connect(address)  # says so when Ray is not installed
+    import ray as ray_mod
+
     try:
         if slices is None:  # one slice per CPU of the cluster
-            import ray as ray_mod
-
             slices = max(1, int(ray_mod.cluster_resources().get("CPU", 1)))
         windows = time_slices(log, lo, u, slices)
         st = RayStats(address)
-        fn: Any = _SliceJob(log.url, rules) if address is not None else \
-            (lambda w: select_candidates(log, w[0], w[1], rules))
-        parts = ray_map(fn, windows, address=address, batch_size=1, stats=st)
+        parts = ray_map(_SliceJob(log.url, rules), windows, address=address, batch_size=1,
+                        stats=st)
     finally:
         if connected:
-            import ray as ray_mod
-
             ray_mod.shutdown()
-    rep.slices = len(windows)
-    rep.ray = st.to_dict() if address is not None else None
-    rep.scanned = sum(n for n, _ in parts)
-    return merge_candidates(c for _, c in parts)
+    rep.slices, rep.ray = len(windows), st.to_dict()
+    return parts
 
 
 def flag_calls(log: CallLog, *, since: Any = "24h", until: Any = None,

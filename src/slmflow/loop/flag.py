@@ -41,6 +41,7 @@ import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
@@ -308,7 +309,9 @@ def _on_ray(log: CallLog, lo: float, u: float, rules: FlagRules, rep: FlagReport
             slices = max(1, int(ray_mod.cluster_resources().get("CPU", 1)))
         windows = time_slices(log, lo, u, slices)
         st = RayStats(address)
-        parts = ray_map(_SliceJob(log.url, rules), windows, address=address, batch_size=1,
+        path = getattr(log, "path", None)  # SQLite: absolute (workers start elsewhere)
+        url = f"sqlite:///{Path(path).resolve()}" if path is not None else log.url
+        parts = ray_map(_SliceJob(url, rules), windows, address=address, batch_size=1,
                         stats=st)
     finally:
         if connected:

@@ -10,6 +10,11 @@ The story (docs/loop.md walks through the same steps by hand):
 4. `slmflow loop retrain` trains v2 on the original data + the corrections, the gate compares v2
    with v1 on the same cases (the eval set + held-out reviews) and promotes it;
 5. the gateway serves v2 without a restart (billing routed right), and a rollback restores v1.
+
+It runs twice: on one machine's stores (SQLite call log and spans, the file registry), then with
+one ``deploy.yaml`` (``database: postgresql://...``) moving the call log, review queue, adapter
+registry and traces to a real PostgreSQL server: the CLI processes get only ``SLMFLOW_CONFIG``;
+nothing else in the story changes.
 """
 
 from __future__ import annotations
@@ -46,10 +51,14 @@ def setup(tmp_path_factory):
     return tmp, make_data.datasets()["traffic"]
 
 
+_STORE_VARS = ("SLMFLOW_CALLS_URL", "SLMFLOW_ADAPTERS_URL", "SLMFLOW_TRACES_URL", "SLMFLOW_CONFIG")
+_ENV: dict[str, str] = {}  # how the CLI processes find the stores (set per run below)
+
+
 def _cli(*args: str, home: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     exe = str(Path(sys.executable).parent / "slmflow")
-    env = {**os.environ, "SLMFLOW_HOME": home, "SLMFLOW_TRACING": "off",
-           "SLMFLOW_CALLS_URL": f"sqlite:///{cwd / 'calls.db'}"}
+    env = {k: v for k, v in os.environ.items() if k not in _STORE_VARS}
+    env.update({"SLMFLOW_HOME": home, "SLMFLOW_TRACING": "off", **_ENV})
     p = subprocess.run([exe, *args], capture_output=True, text=True, env=env, cwd=cwd,
                        timeout=1500)
     if check:
@@ -62,20 +71,78 @@ TRAIN = ["--r", "8", "--lr", "2e-3", "--epochs", "6", "--batch-size", "4", "--ma
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (run .ci/install-system-deps.sh)")
-def test_flag_review_retrain_promote_rollback(setup, slmflow_home):
+@pytest.mark.parametrize("stores", ["one-machine", "deploy.yaml"])
+def test_flag_review_retrain_promote_rollback(setup, slmflow_home, stores, request, monkeypatch,
+                                              tmp_path):
     pw = pytest.importorskip("playwright.sync_api")
+    import yaml
+
     from slmflow import tracing
+    from slmflow.agents import set_adapter_resolver
+    from slmflow.scale.config import load_config
 
     tmp, traffic = setup
+    for f in ("calls.db", "spans.db", "calls.db-wal", "calls.db-shm"):
+        (tmp / f).unlink(missing_ok=True)
     home = str(slmflow_home)  # the gateway in this process reads the same registry
-    tracing.configure(db_path=tmp / "spans.db", batch=False)  # lineage reaches the traces
+    runs = Path(home) / "runs"
+    for d in [runs / "triage", *runs.glob("loop-triage-*")]:
+        shutil.rmtree(d, ignore_errors=True)  # each run trains for itself (no resume)
+    for k in _STORE_VARS:
+        monkeypatch.delenv(k, raising=False)
+    _ENV.clear()
+    if stores == "one-machine":
+        monkeypatch.setenv("SLMFLOW_ADAPTERS_URL", str(tmp_path / "adapters"))
+        _ENV.update(SLMFLOW_CALLS_URL=f"sqlite:///{tmp / 'calls.db'}",
+                    SLMFLOW_ADAPTERS_URL=str(tmp_path / "adapters"))
+        calls, spans = f"sqlite:///{tmp / 'calls.db'}", tmp / "spans.db"
+    else:
+        from .conftest import reset_pg
+
+        pg = request.getfixturevalue("pg_url")
+        reset_pg(pg)
+        deploy = tmp_path / "deploy.yaml"
+        deploy.write_text(yaml.safe_dump({"database": pg}))
+        for k, v in load_config(deploy).env().items():  # this process: the gateway, the UI
+            monkeypatch.setenv(k, v)
+        _ENV.update(SLMFLOW_CONFIG=str(deploy))  # the CLI processes: the file alone
+        calls, spans = pg, pg
+    set_adapter_resolver(None)  # agents resolved under the other run's registry are dropped
+    tracing.configure(db_path=spans if stores == "one-machine" else None,
+                      store_url=None if stores == "one-machine" else spans,
+                      batch=False)  # lineage reaches the traces
     try:
-        _loop_turn(tmp, traffic, home, pw)
+        _loop_turn(tmp, traffic, home, pw, calls, spans)
+        tracing.force_flush()
+        if stores == "deploy.yaml":
+            _everything_was_on_the_server(pg, tmp, Path(home))
     finally:
         tracing.reset()
+        set_adapter_resolver(None)
+        _ENV.clear()
 
 
-def _loop_turn(tmp, traffic, home, pw):
+def _everything_was_on_the_server(pg: str, tmp: Path, home: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(pg) as c:
+        one = lambda sql: c.execute(sql).fetchall()  # noqa: E731
+        assert one("SELECT COUNT(*) FROM calls WHERE agent = 'triage'")[0][0] >= 2 * 16
+        assert one("SELECT COUNT(*) FROM review_items WHERE status = 'reviewed'")[0][0] >= 12
+        assert one("SELECT version FROM adapter_versions WHERE agent = 'triage' "
+                   "ORDER BY version") == [(1,), (2,)]
+        assert one("SELECT COUNT(*) FROM adapter_files WHERE agent = 'triage'")[0][0] >= 4
+        assert '"v1"' in one("SELECT state FROM adapter_promoted WHERE agent = 'triage'")[0][0]
+        card = json.loads(one("SELECT card FROM adapter_versions WHERE agent = 'triage' AND "
+                              "version = 2")[0][0])
+        traced = {r[0] for r in one("SELECT DISTINCT trace_id FROM spans")}
+        assert card["lineage"]["trace_ids"] and set(card["lineage"]["trace_ids"]) <= traced
+    # and nothing was written to this machine's stores
+    assert not (tmp / "calls.db").exists() and not (tmp / "spans.db").exists()
+    assert not (home / "adapters" / "triage").exists()
+
+
+def _loop_turn(tmp, traffic, home, pw, calls, spans):
     import time
 
     from slmflow.finetune.registry import AdapterRegistry
@@ -96,7 +163,7 @@ def _loop_turn(tmp, traffic, home, pw):
 
     # 2. traffic through the real gateway; the scripted user thumbs-down wrong answers
     cfg = GatewayConfig.model_validate({
-        "call_log": f"sqlite:///{tmp / 'calls.db'}", "workflows": {"triage": {
+        "call_log": calls, "workflows": {"triage": {
             "path": str(tmp / "triage.yaml")}}, "auth": {"enabled": False},
         "cache": {"enabled": False}})
     with GatewayServer(Gateway(cfg)) as gw:
@@ -127,11 +194,11 @@ def _loop_turn(tmp, traffic, home, pw):
         t_flag = time.perf_counter() - t_flag
         assert rep["flagged"].get("triage", 0) >= wrong_before
         assert rep["by_reason"].get("negative_feedback", 0) == wrong_all
-        log = open_call_log(tmp / "calls.db")
+        log = open_call_log(calls)
         q = ReviewQueue(log)
         pending = q.items("triage")
         truth_of = dict(traffic)
-        ui = serve("127.0.0.1", 0, db_path=tmp / "spans.db", calls=log)
+        ui = serve("127.0.0.1", 0, db_path=spans, calls=log)
         threading.Thread(target=ui.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{ui.server_address[1]}"
         t_review = time.perf_counter()

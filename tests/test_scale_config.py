@@ -1,6 +1,8 @@
-"""One deployment file switches the stores: the call log and review queue onto a real PostgreSQL
-server, new indexes' vectors onto a real Chroma server, traces onto an OTLP endpoint; checked in
-this process (`apply_config`) and in a fresh one started with only ``SLMFLOW_CONFIG`` set."""
+"""One deployment file switches the stores: the call log, review queue, adapter registry and span
+store onto a real PostgreSQL server (``database:``), new indexes' vectors onto a real Chroma
+server, spans also onto an OTLP endpoint; checked in this process (`apply_config`) and in a fresh
+one started with only ``SLMFLOW_CONFIG`` set. (tests/test_loop_e2e.py runs the whole improvement
+loop on such a file.)"""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from slmflow.scale.config import apply_config, load_config
 
 from .conftest import free_port, reset_pg
 
-_KEYS = ("SLMFLOW_HOME", "SLMFLOW_CALLS_URL", "SLMFLOW_VECTOR_STORE",
+_KEYS = ("SLMFLOW_HOME", "SLMFLOW_CALLS_URL", "SLMFLOW_ADAPTERS_URL", "SLMFLOW_TRACES_URL",
+         "SLMFLOW_VECTOR_STORE",
          "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "SLMFLOW_RAY_ADDRESS",
          "SLMFLOW_LLAMA_THREADS")
 
@@ -58,9 +61,31 @@ def test_file_maps_to_the_environment_and_refuses_mistakes(tmp_path, clean_env):
     assert os.environ["SLMFLOW_CALLS_URL"] == "sqlite:////tmp/explicit.db"
     assert os.environ["SLMFLOW_VECTOR_STORE"] == "chroma://chroma:8000/support"
     for bad, msg in (({"call_log": "mysql://x"}, "call_log"), ({"vectors": "faiss"}, "vectors"),
-                     ({"calllog": "sqlite:///x"}, "unknown keys")):
+                     ({"calllog": "sqlite:///x"}, "calllog: unknown key"),
+                     ({"database": "sqlite:///x"}, "database: postgresql://"),
+                     ({"adapters": "s3://bucket"}, "adapters: a folder"),
+                     ({"llama_threads": "two"}, "llama_threads")):
         with pytest.raises(ConfigError, match=msg):
             load_config(_write(tmp_path, **bad))
+    # errors name the file and the line of the key
+    p.write_text("home: state\nray: 10.0.0.5:6379\ntraces: jaeger://x\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert e.value.where == f"{p}:3" and "traces:" in str(e.value)
+    p.write_text("home: [state\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_database_moves_every_store_and_each_can_stay(tmp_path):
+    pg = "postgresql://slm@db:5432/slmflow"
+    env = load_config(_write(tmp_path, database=pg)).env()
+    assert env == {"SLMFLOW_CALLS_URL": pg, "SLMFLOW_ADAPTERS_URL": pg, "SLMFLOW_TRACES_URL": pg}
+    env = load_config(_write(tmp_path, database=pg, adapters="shared/adapters",
+                             traces="sqlite:////var/spans.db")).env()
+    assert env == {"SLMFLOW_CALLS_URL": pg,
+                   "SLMFLOW_ADAPTERS_URL": str((tmp_path / "shared/adapters").resolve()),
+                   "SLMFLOW_TRACES_URL": "sqlite:////var/spans.db"}
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +108,27 @@ def test_one_file_moves_call_log_review_queue_and_vectors(tmp_path, pg_url, chro
 
     reset_pg(pg_url)
     port = chroma.url.rsplit(":", 1)[1]
-    p = _write(tmp_path, call_log=pg_url, vectors=f"chroma://127.0.0.1:{port}/deploy-test",
+    p = _write(tmp_path, database=pg_url, vectors=f"chroma://127.0.0.1:{port}/deploy-test",
                tracing={"otlp_endpoint": f"http://127.0.0.1:{free_port()}"})
-    for k in ("SLMFLOW_CALLS_URL", "SLMFLOW_VECTOR_STORE", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+    for k in _KEYS:
         os.environ.pop(k, None)
     cfg = apply_config(p)
-    assert cfg.check()["call_log"].startswith("PostgresCallLog")
-    assert "heartbeat ok" in cfg.check()["vectors"]
+    checked = cfg.check()
+    assert checked["call_log"].startswith("PostgresCallLog")
+    assert checked["adapters"].startswith("PostgresRegistryStore")
+    assert "postgresql://" in checked["traces"] and "spans)" in checked["traces"]
+    assert "heartbeat ok" in checked["vectors"]
+
+    from slmflow.finetune.registry import AdapterRegistry
+
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text('{"r": 8}')
+    (peft / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    reg = AdapterRegistry()  # no location: the file's PostgreSQL server
+    assert reg.register("router", peft, {"base_model": "smollm2-135m"}) == "v1"
+    reg.promote("router", "v1", {"accuracy": 0.9})
+    reg.store.close()
 
     log = open_call_log()  # no URL: the file's PostgreSQL server
     try:
@@ -105,6 +144,9 @@ def test_one_file_moves_call_log_review_queue_and_vectors(tmp_path, pg_url, chro
         assert c.execute("SELECT agent FROM calls WHERE id = %s", (rec.id,)).fetchone() == \
             ("router",)
         assert c.execute("SELECT COUNT(*) FROM review_items").fetchone() == (1,)
+        assert c.execute("SELECT version FROM adapter_versions WHERE agent = 'router'"
+                         ).fetchall() == [(1,)]
+        assert "v1" in c.execute("SELECT state FROM adapter_promoted").fetchone()[0]
 
     ix = Index("kb", path=tmp_path / "ix", embedder=hash_embedder())  # a new index
     try:

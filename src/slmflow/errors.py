@@ -22,11 +22,20 @@ of these classes, and every message names the thing and the place (model name, f
     └── HandoffError                 a step's output does not fit the next step's input
 
 Each carries ``where`` (what was being done with what) so that logs and CLI can print it alone.
+Areas add their own subclasses beside their code: `StoreError` (call log), `ReviewError`,
+`TraceStoreError` (span store), `RegistryStoreError` (adapter registry), `CheckpointError`,
+`RetrievalError`, `LoopError`. A ``where`` that is a database URL goes through `mask_url`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+
+def mask_url(url: Any) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db`` (for messages)."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", str(url))
 
 
 class SlmflowError(Exception):

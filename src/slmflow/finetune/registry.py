@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, SlmflowError
-from ..home import subdir
 from ..models.base import Model, SettingsOverride
 from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
 from .registry_store import RegistryStore, open_registry_store

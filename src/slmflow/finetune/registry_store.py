@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import ConfigError, SlmflowError
+from ..errors import ConfigError, SlmflowError, mask_url
 
 __all__ = ["RegistryStore", "FileRegistryStore", "PostgresRegistryStore", "open_registry_store",
            "ENV_ADAPTERS_URL", "RegistryStoreError"]
@@ -60,7 +60,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _mask(url: str) -> str:
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    return mask_url(url)
 
 
 class RegistryStore(abc.ABC):

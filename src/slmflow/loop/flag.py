@@ -281,9 +281,9 @@ def _select(log: CallLog, lo: float, u: float, rules: FlagRules, rep: FlagReport
             ray: str | None, slices: int | None) -> list[Candidate]:
     address = None
     if ray is not None:
-        from ..scale.distributed import _resolve_address
+        from ..scale.distributed import resolve_address
 
-        address = _resolve_address(ray)  # ``env`` with $SLMFLOW_RAY_ADDRESS unset: this process
+        address = resolve_address(ray)  # ``env`` with $SLMFLOW_RAY_ADDRESS unset: this process
     if address is None:
         parts = [select_candidates(log, a, b, rules)
                  for a, b in time_slices(log, lo, u, slices or 1)]

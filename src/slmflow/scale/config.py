@@ -31,13 +31,12 @@ on the Chroma server).
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, mask_url
 
 __all__ = ["ScaleConfig", "load_config", "apply_config", "ENV_CONFIG"]
 
@@ -91,7 +90,7 @@ class ScaleConfig:
 
     @property
     def traces_safe(self) -> str:
-        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.traces or "")
+        return mask_url(self.traces or "")
 
     def open_call_log(self) -> Any:
         from ..store import open_call_log

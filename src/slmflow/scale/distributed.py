@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from ..errors import BackendUnavailableError, ConfigError
 
-__all__ = ["ray_map", "worker_cache", "batches", "RayStats", "connect", "LocalCluster", "ENV_ADDRESS"]
+__all__ = ["ray_map", "worker_cache", "batches", "RayStats", "connect", "resolve_address",
+           "LocalCluster", "ENV_ADDRESS"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -142,7 +143,8 @@ def _probe(address: str | None, timeout: float = 5.0) -> None:
             from None
 
 
-def _resolve_address(address: str | None) -> str | None:
+def resolve_address(address: str | None) -> str | None:
+    """``env`` → ``$SLMFLOW_RAY_ADDRESS`` (None when unset: run in this process); else as given."""
     if address == "env":
         address = os.environ.get(ENV_ADDRESS) or None
     return address
@@ -175,7 +177,7 @@ def ray_map(fn: Callable[[Any], Any], items: Iterable[Any], *, address: str | No
     on_batch: called on the driver with (batch index, results) as each batch finishes.
     Exceptions raised by ``fn`` propagate (as Ray's ``RayTaskError`` wrapping the original)."""
     data = list(items)
-    address = _resolve_address(address)
+    address = resolve_address(address)
     st = stats if stats is not None else RayStats(address)
     st.address, st.items = address, len(data)
     chunks = batches(data, batch_size)

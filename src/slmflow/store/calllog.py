@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..errors import ConfigError, SlmflowError
+from ..errors import ConfigError, SlmflowError, mask_url
 from .schema import LATEST, MIGRATIONS, statements
 
 __all__ = ["CallRecord", "Feedback", "Example", "ApiKey", "CallLog", "SQLiteCallLog",
@@ -523,7 +523,7 @@ class CallLog(abc.ABC):
     @property
     def url_safe(self) -> str:
         """The URL without a password, for messages."""
-        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.url)
+        return mask_url(self.url)
 
     # -- backend hooks -----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -38,7 +38,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -49,7 +48,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
-from ..errors import ConfigError, SlmflowError
+from ..errors import ConfigError, SlmflowError, mask_url
 from . import attrs as A
 
 __all__ = ["SpanStore", "SQLiteSpanExporter", "PostgresSpanExporter", "open_span_store",
@@ -219,7 +218,7 @@ class SQLiteSpanExporter(SpanExporter):
 
 def url_safe(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", str(url))
+    return mask_url(url)
 
 
 def _pg_text(v: Any) -> Any:

@@ -15,6 +15,14 @@ real pipeline's latency.
 Goal (issue 5): at most 1.2x the raw SDK span, under 1% of pipeline time.
 
     HF_HUB_OFFLINE=1 SLMFLOW_HOME=/tmp/slmhome-tracing .venv/bin/python bench/tracing.py
+
+3. ``--stores N``: the span store on PostgreSQL vs SQLite (issue 10), instead of 1-2: N real spans
+   (7-span traces as the reference pipeline makes) exported in the batch processor's batches of
+   512 by each exporter (spans/s, the export thread's work), then the readers' queries (list of
+   the newest traces, one trace, stats over all spans) on each. PostgreSQL is started on loopback
+   by the script (bench/loop.py's ``start_pg``).
+
+    .venv/bin/python bench/tracing.py --stores 100000
 """
 
 from __future__ import annotations
@@ -129,14 +137,105 @@ def pipeline_share(runs: int, per_span_us: float, max_tokens: int) -> dict:
             "ab_diff_pct": (med_on - med_off) / med_off * 100}
 
 
+def _make_spans(n: int) -> list:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    mem = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(mem))
+    tr = provider.get_tracer("bench")
+    for i in range(n // 7):
+        with tr.start_as_current_span("invoke_workflow support",
+                                      attributes={A.WORKFLOW_NAME: "support"}):
+            for agent in ("triage", "resolver"):
+                with tr.start_as_current_span(f"invoke_agent {agent}",
+                                              attributes={**ATTRS, A.AGENT_NAME: agent}):
+                    with tr.start_as_current_span("chat smollm2-135m", attributes=ATTRS):
+                        pass
+            with tr.start_as_current_span("execute_tool lookup", attributes={A.TOOL_NAME: "x"}):
+                pass
+            with tr.start_as_current_span("handoff triage -> resolver"):
+                pass
+    return list(mem.get_finished_spans())
+
+
+def stores(n: int) -> dict:
+    """Export throughput and reader latency, SQLite vs PostgreSQL, on the same spans."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from loop import start_pg
+
+    from slmflow.tracing.store import PostgresSpanExporter, open_span_store
+
+    spans = _make_spans(n)
+    out: dict = {"spans": len(spans)}
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        (tmp / "pg").mkdir()
+        started = start_pg(tmp / "pg")
+        targets = {"sqlite": (SQLiteSpanExporter(tmp / "spans.db", retention_days=None),
+                              f"sqlite:///{tmp / 'spans.db'}")}
+        if started is not None:
+            url, stop, _ = started
+            targets["postgresql"] = (PostgresSpanExporter(url, retention_days=None), url)
+        try:
+            for name, (exp, url) in targets.items():
+                t0 = time.perf_counter()
+                for i in range(0, len(spans), 512):
+                    exp.export(spans[i:i + 512])
+                wall = time.perf_counter() - t0
+                exp.shutdown()
+                store = open_span_store(url)
+                newest = store.list_traces(limit=1)[0]["trace_id"]
+                q = {label: 1e3 * min(_once(fn) for _ in range(5)) for label, fn in (
+                    ("list_ms", lambda: store.list_traces(limit=50)),
+                    ("trace_ms", lambda: store.trace(newest)), ("count_ms", store.count))}
+                assert store.count() == len(spans), (name, store.count())
+                store.close()
+                out[name] = {"export_spans_per_s": len(spans) / wall, **q}
+        finally:
+            if started is not None:
+                subprocess.run(stop, capture_output=True)
+    return out
+
+
+def _once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--stores", type=int, default=0,
+                    help="instead: span store benchmark, SQLite vs PostgreSQL, on N spans")
     ap.add_argument("--spans", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    if args.stores:
+        r = stores(args.stores)
+        print(f"{r['spans']} spans (7-span traces), exported in batches of 512:")
+        for name in ("sqlite", "postgresql"):
+            if name in r:
+                x = r[name]
+                print(f"  {name:<11} export {x['export_spans_per_s']:9.0f} spans/s   list 50 "
+                      f"traces {x['list_ms']:7.2f} ms   one trace {x['trace_ms']:6.2f} ms   "
+                      f"count {x['count_ms']:6.2f} ms")
+        if "postgresql" in r:
+            a, b = r["sqlite"], r["postgresql"]
+            print(f"  postgresql / sqlite: export {b['export_spans_per_s'] / a['export_spans_per_s']:.2f}x"
+                  f" the throughput; list {b['list_ms'] / a['list_ms']:.2f}x, trace "
+                  f"{b['trace_ms'] / a['trace_ms']:.2f}x, count {b['count_ms'] / a['count_ms']:.2f}x"
+                  f" the time")
+        if args.json:
+            args.json.write_text(json.dumps(r, indent=2))
+        return
     results = {"per_span": [per_span(args.spans, args.rounds, store=False),
                             per_span(args.spans, args.rounds, store=True)]}
     for r in results["per_span"]:

@@ -483,9 +483,12 @@ class SpanStore:
             rows = self._rows("SELECT trace_id FROM spans ORDER BY start_ns DESC, trace_id "
                               "LIMIT 1")
             return rows[0]["trace_id"] if rows else None
+        tid = trace_id.lower()
+        if len(tid) == 32:  # a full id: the primary key answers (a prefix scans)
+            rows = self._rows("SELECT trace_id FROM spans WHERE trace_id = ? LIMIT 1", (tid,))
+            return rows[0]["trace_id"] if rows else None
         ids = [r["trace_id"] for r in self._rows(
-            "SELECT DISTINCT trace_id FROM spans WHERE trace_id LIKE ? LIMIT 2",
-            (trace_id.lower() + "%",))]
+            "SELECT DISTINCT trace_id FROM spans WHERE trace_id LIKE ? LIMIT 2", (tid + "%",))]
         if len(ids) > 1:
             raise ConfigError(f"trace id prefix {trace_id!r} is ambiguous", where="traces")
         return ids[0] if ids else None

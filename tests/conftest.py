@@ -176,3 +176,21 @@ def wait_http(url: str, proc, log, timeout: float = 120) -> None:
             time.sleep(0.3)
     proc.kill()
     pytest.fail(f"server at {url} did not start within {timeout:g} s")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real local Ray cluster (`ray start --head` on loopback, 2 CPUs, its own temp folder),
+    stopped by process id afterwards; fails if any of its processes is left running."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install slmflow[scale])")
+    from slmflow.scale.distributed import LocalCluster
+
+    c = LocalCluster(num_cpus=2).start()
+    try:
+        yield c
+    finally:
+        pids = c._pids()
+        c.stop()
+        left = [p for p in pids if os.path.exists(f"/proc/{p}") and
+                open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        assert not left, f"Ray processes left running: {left}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,6 +304,24 @@ def test_registry_on_postgresql_is_shared_by_processes(random_adapter, pg_url, t
 
     with pytest.raises(RegistryStoreError, match="checksum"):
         reg.path("router", "v3")
+    # the database is reset and refilled: the same version name, other files; the machine's
+    # earlier copy of v1 must not be served for it
+    old_v1 = reg.path("router", "v1")
+    other = tmp_path / "other-adapter"
+    shutil.copytree(random_adapter, other)
+    cfg = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**cfg, "lora_alpha": 32}))
+    reset_pg(pg_url)
+    fresh = AdapterRegistry(pg_url)
+    fresh.store.cache = reg.store.cache
+    assert fresh.register("router", other, {"base_model": "smollm2-135m"}) == "v1"
+    new_v1 = fresh.path("router", "v1")
+    assert new_v1 != old_v1 and json.loads((new_v1 / "adapter" / "adapter_config.json")
+                                           .read_text())["lora_alpha"] == 32
+    fresh.store.close()
+    reg.store.close()
+    reg = AdapterRegistry(pg_url)
+    reg.store.cache = tmp_path / "reader-cache"
 
     # files → PostgreSQL: versions, cards, promoted pointer and history
     files = AdapterRegistry(tmp_path / "adapters")

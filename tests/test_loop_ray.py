@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import random
 import time
 from datetime import datetime, timezone
@@ -33,21 +32,6 @@ T0 = 1_700_000_000.0   # the window: [T0, T0 + SPAN)
 SPAN = 1000.0
 RULES = FlagRules(confidence_below=0.5, budget_per_agent=25)
 AGENTS = ("router", "extractor", "writer", "checker")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    from slmflow.scale.distributed import LocalCluster
-
-    c = LocalCluster(num_cpus=2).start()
-    try:
-        yield c
-    finally:
-        pids = c._pids()
-        c.stop()
-        left = [p for p in pids if os.path.exists(f"/proc/{p}") and
-                open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
-        assert not left, f"Ray processes left running: {left}"
 
 
 def _id(prefix: str, i: int) -> str:

@@ -31,21 +31,6 @@ def pid_of(_: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from slmflow.scale.distributed import LocalCluster
-
-    c = LocalCluster(num_cpus=2).start()
-    try:
-        yield c
-    finally:
-        pids = c._pids()
-        c.stop()
-        left = [p for p in pids if os.path.exists(f"/proc/{p}") and
-                open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
-        assert not left, f"Ray processes left running: {left}"
-
-
-@pytest.fixture(scope="module")
 def router():
     sys.path.insert(0, str(BANKING))
     import eval_router

@@ -15,8 +15,9 @@ with a sequence number that changes on every promotion, ``adapter_history``). A 
 inserted with its files in one transaction under a per-agent advisory lock, so two trainers
 registering at once get v3 and v4, never two v3s, and a crash mid-upload leaves nothing visible.
 Files are immutable once registered; a machine that loads a version copies its files once into
-``$SLMFLOW_HOME/cache/adapters/<database>/<agent>/vN/`` (written to a temporary folder, then
-renamed) because llama.cpp and PEFT load from paths. Cards (eval scores, lineage) are mutable and
+``$SLMFLOW_HOME/cache/adapters/<database>/<agent>/vN-<checksum>/`` (written to a temporary folder,
+then renamed; named by the version and its files' checksums, so a reset database never serves a
+stale copy) because llama.cpp and PEFT load from paths. Cards (eval scores, lineage) are mutable and
 always read from the database. Adapters of SLMs are small (3.7 MB GGUF for a 135M model at r=8;
 tens of MB for 7B models), well within PostgreSQL's 1 GB per value.
 
@@ -351,7 +352,13 @@ class PostgresRegistryStore(RegistryStore):
         return [json.loads(r[0]) for r in rows]
 
     def local_dir(self, agent: str, version: str) -> Path:
-        d = self.cache / agent / version
+        # The copy is named by the version *and* its files' checksums: a database that was
+        # reset and refilled (or another registry at the same URL) reuses version names, and a
+        # stale copy must never be served for them.
+        listing = self._all("SELECT path, sha256 FROM adapter_files WHERE agent = %s AND "
+                            "version = %s ORDER BY path", (agent, self._num(version)))
+        digest = hashlib.sha256("\n".join(f"{p}:{h}" for p, h in listing).encode()).hexdigest()
+        d = self.cache / agent / f"{version}-{digest[:16]}"
         if (d / ".complete").is_file():
             return d
         rows = self._all("SELECT path, data, sha256 FROM adapter_files WHERE agent = %s AND "

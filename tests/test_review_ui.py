@@ -111,3 +111,67 @@ def test_review_api_errors(site):
     listing = httpx.get(base + "/api/review").json()
     assert len(listing["items"]) == 2 and listing["stats"]["router"]["orphaned"] == 1
     assert httpx.get(f"{base}/review/{item.id}").status_code == 200  # still viewable
+
+
+def test_sign_in_with_a_reviewer_key(site, tmp_path):
+    """`slmflow ui --auth`: every page wants a key with the review scope; a browser signs in once
+    (cookie), the reviewer field shows the key's name read-only, and the decision is recorded
+    under that name whatever the request says; gateway keys and revoked keys are refused."""
+    pw = pytest.importorskip("playwright.sync_api")
+    from slmflow.gateway.auth import create_key
+
+    _, log = site
+    rita, _ = create_key(log, "rita", models=["review"])
+    client, _ = create_key(log, "app", models=["smollm2-135m"])  # a gateway client's key
+    gone, _ = create_key(log, "bob", models=["review"])
+    log.revoke_key("bob")
+    server = serve("127.0.0.1", 0, db_path=tmp_path / "spans.db", calls=log, auth=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    q = ReviewQueue(log)
+    first, second = [i.id for i in q.items()][:2]
+    try:
+        r = httpx.get(f"{base}/review/{first}")
+        assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+        assert httpx.get(f"{base}/").status_code == 303  # the traces too
+        assert httpx.get(f"{base}/api/review").status_code == 401
+        for bad in (client, gone, "sk-slm-made-up"):
+            assert httpx.get(f"{base}/api/review",
+                             headers={"Authorization": f"Bearer {bad}"}).status_code == 401
+        r = httpx.post(f"{base}/login", data={"key": client, "next": "/review"})
+        assert r.status_code == 401 and "review scope" in r.text
+        r = httpx.post(f"{base}/login", data={"key": rita, "next": "https://evil.example/"})
+        assert r.status_code == 303 and r.headers["location"] == "/"  # no open redirect
+        # a script: Bearer key; the body's reviewer is replaced by the key's name
+        auth = {"Authorization": f"Bearer {rita}"}
+        r = httpx.post(f"{base}/api/review/{second}", headers=auth,
+                       json={"verdict": "accept", "reviewer": "mallory"})
+        assert r.status_code == 200, r.text
+        assert q.get(second).reviewer == "rita"
+        r = httpx.post(f"{base}/api/review/{first}", headers=auth, content="verdict=accept")
+        assert r.status_code == 415 and q.get(first).status == "pending"
+
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM,
+                                        args=["--no-sandbox", "--disable-dev-shm-usage"])
+            page = browser.new_page()
+            page.goto(f"{base}/review/{first}")
+            page.wait_for_url("**/login?next=*")
+            page.fill("#key", rita)
+            page.keyboard.press("Enter")
+            page.wait_for_url(f"**/review/{first}")
+            page.wait_for_selector("#input:not(:empty)")
+            assert page.input_value("#reviewer") == "rita"
+            assert page.get_attribute("#reviewer", "readonly") is not None
+            page.keyboard.press("a")
+            page.wait_for_function(f"!location.href.endsWith('/review/{first}')")
+            cookie = [c for c in page.context.cookies() if c["name"] == "slmflow_key"][0]
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            page.goto(f"{base}/logout")
+            page.wait_for_url("**/login")
+            browser.close()
+        done = q.get(first)
+        assert done.status == "reviewed" and done.verdict == "accept" and done.reviewer == "rita"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -172,12 +172,19 @@ def ui_cmd(host: str = typer.Option("127.0.0.1", "--host"),
            calls: Optional[str] = typer.Option(None, "--calls",
                                                help="call-log URL for the review queue "
                                                     "(default: $SLMFLOW_CALLS_URL or "
-                                                    "$SLMFLOW_HOME/calls.db)")) -> None:
-    """A small local web view: traces (waterfalls) and the review queue (/review)."""
+                                                    "$SLMFLOW_HOME/calls.db)"),
+           auth: bool = typer.Option(False, "--auth",
+                                     help="require a reviewer key (slmflow keys create NAME "
+                                          "--models review); decisions are recorded under "
+                                          "the key's name")) -> None:
+    """A small web view: traces (waterfalls) and the review queue (/review)."""
     from ..store import open_call_log
     from ..ui.traces import serve
 
-    server = serve(host, port, db_path=db, calls=open_call_log(calls))
+    if host not in ("127.0.0.1", "localhost", "::1") and not auth:
+        typer.echo("warning: the UI is reachable from other machines without sign-in; "
+                   "pass --auth", err=True)
+    server = serve(host, port, db_path=db, calls=open_call_log(calls), auth=auth)
     typer.echo(f"slmflow ui on http://{host}:{server.server_address[1]}  (Ctrl+C to stop)")
     try:
         server.serve_forever()

@@ -13,21 +13,16 @@ request of the day (so a restart does not reset it) and counted in memory after 
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..store.calllog import ApiKey, CallLog
+from ..store.calllog import ApiKey, CallLog, hash_key
 
 __all__ = ["hash_key", "new_key", "KeyInfo", "Authenticator", "RateLimiter", "TokenBudget",
            "create_key"]
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_key() -> str:

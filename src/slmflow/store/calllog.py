@@ -15,6 +15,7 @@ live in `slmflow.store.writer`.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import logging
 import re
@@ -54,6 +55,11 @@ class StoreError(SlmflowError):
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def hash_key(key: str) -> str:
+    """How an API key is stored and looked up (`find_key`): its SHA-256, never the key."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _txt(v: Any) -> str | None:

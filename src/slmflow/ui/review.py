@@ -7,7 +7,8 @@ corrects it in a form generated from the agent's output JSON schema (an enum bec
 number a number field, anything nested a JSON box), or rejects it. Keyboard: ``a`` accept, ``c``
 edit the correction, ``Ctrl+Enter`` save the correction, ``r`` reject, ``j``/``k`` next/previous,
 ``?`` help. The reviewer's name is asked once and kept in the browser (localStorage); every decision
-carries it.
+carries it. With sign-in (`slmflow ui --auth`, `slmflow.ui.auth`) the name is the reviewer key's,
+shown read-only, and the server records that name whatever the page sends.
 
 Decisions are POSTed as JSON to ``/api/review/<item>``; the answer names the next pending item, so
 a reviewer walks the queue without going back to the list. Conflicts (someone else decided first),
@@ -57,7 +58,8 @@ const d = JSON.parse(document.getElementById('data').textContent);
 const $ = id => document.getElementById(id);
 const show = (id, v) => { $(id).textContent = typeof v === 'string' ? v : JSON.stringify(v, null, 2); };
 show('input', d.call.input); show('output', d.call.output);
-const who = $('reviewer'); who.value = new URLSearchParams(location.search).get('reviewer') || localStorage.getItem('slmflow.reviewer') || '';
+const who = $('reviewer'); who.value = d.reviewer || new URLSearchParams(location.search).get('reviewer') || localStorage.getItem('slmflow.reviewer') || '';
+if (d.reviewer) who.readOnly = true;
 who.addEventListener('change', () => localStorage.setItem('slmflow.reviewer', who.value.trim()));
 function resolve(s) { if (s && s.$ref) { const n = s.$ref.split('/').pop(); return resolve((d.schema.$defs || {})[n] || {}); }
   if (s && s.allOf && s.allOf.length === 1) return resolve(s.allOf[0]); return s || {}; }
@@ -191,8 +193,10 @@ def item_data(log: CallLog, item_id: str, spans: Any = None) -> dict[str, Any]:
             "context": context}
 
 
-def item_page(log: CallLog, item_id: str, spans: Any = None) -> bytes:
-    d = item_data(log, item_id, spans)
+def item_page(log: CallLog, item_id: str, spans: Any = None, *,
+              reviewer: str | None = None) -> bytes:
+    """reviewer: the signed-in reviewer (`slmflow ui --auth`): shown, not editable."""
+    d = item_data(log, item_id, spans) | {"reviewer": reviewer}
     it, call = d["item"], d["call"]
     reasons = "".join(f"<span>{html.escape(r)}</span>" for r in it["reasons"])
     conf = call.get("confidence")

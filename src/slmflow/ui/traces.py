@@ -14,7 +14,7 @@ import re
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 from ..tracing import views
 from ..tracing.store import SpanStore
@@ -131,6 +131,48 @@ def trace_page(store: SpanStore, trace_id: str) -> bytes | None:
 class _Handler(BaseHTTPRequestHandler):
     store: SpanStore
     calls: Any = None  # a CallLog for the review pages (slmflow.ui.review)
+    auth: Any = None  # a `slmflow.ui.auth.ReviewerAuth`: every page needs a reviewer key
+
+    def _redirect(self, to: str, cookie: str | None = None) -> None:
+        self.send_response(303)
+        self.send_header("Location", to)
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _signed_in(self, path: str, query: str) -> tuple[bool, str | None]:
+        """(go on, reviewer name). Without auth: (True, None). Otherwise a request without a
+        valid reviewer key is answered here (401 for /api, else the sign-in page)."""
+        if self.auth is None:
+            return True, None
+        who = self.auth.who(self.headers)
+        if who is not None:
+            return True, who
+        if path.startswith("/api/"):
+            self._json(401, {"error": "sign in: send Authorization: Bearer <a key with the "
+                                      "review scope>"})
+        else:
+            from .auth import safe_next
+
+            nxt = safe_next(path + (f"?{query}" if query else ""))
+            self._redirect(f"/login?next={quote(nxt, safe='')}")
+        return False, None
+
+    def _login(self, method: str) -> None:
+        from .auth import cookie_header, login_page, logout_header, safe_next
+
+        if self.path.startswith("/logout"):
+            return self._redirect("/login", logout_header())
+        if method == "GET":
+            nxt = safe_next(parse_qs(urlparse(self.path).query).get("next", ["/"])[0])
+            return self._send(200, login_page(nxt))
+        n = int(self.headers.get("Content-Length") or 0)
+        form = parse_qs(self.rfile.read(min(n, 10_000)).decode("utf-8", "replace"))
+        key, nxt = form.get("key", [""])[0].strip(), safe_next(form.get("next", ["/"])[0])
+        if self.auth.lookup(key) is None:
+            return self._send(401, login_page(nxt, "not a valid key with the review scope"))
+        return self._redirect(nxt, cookie_header(key))
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -145,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, code: int, data: Any) -> None:
         self._send(code, json.dumps(data, default=str).encode(), "application/json")
 
-    def _review_get(self, path: str, query: str) -> bool:
+    def _review_get(self, path: str, query: str, who: str | None = None) -> bool:
         from . import review
 
         agent = parse_qs(query).get("agent", [None])[0] or None
@@ -159,7 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return False
             try:
                 if m.group(1) == "review":
-                    self._send(200, review.item_page(self.calls, m.group(2), self.store))
+                    self._send(200, review.item_page(self.calls, m.group(2), self.store,
+                                                     reviewer=who))
                 else:
                     self._json(200, review.item_data(self.calls, m.group(2), self.store))
             except review.ReviewError as e:
@@ -170,6 +213,11 @@ class _Handler(BaseHTTPRequestHandler):
         from . import review
 
         path = urlparse(self.path).path
+        if self.auth is not None and path == "/login":
+            return self._login("POST")
+        ok, who = self._signed_in(path, "")
+        if not ok:
+            return None
         m = re.fullmatch(r"/api/review/([0-9a-f]{8,40})", path)
         if not m or self.calls is None:
             return self._json(404, {"error": "not found"})
@@ -177,10 +225,15 @@ class _Handler(BaseHTTPRequestHandler):
             n = int(self.headers.get("Content-Length") or 0)
             if n > 1_000_000:
                 return self._json(413, {"error": "request body too large"})
+            if self.auth is not None and not (self.headers.get("Content-Type") or "") \
+                    .startswith("application/json"):  # a cross-site form cannot send JSON
+                return self._json(415, {"error": "send JSON (application/json)"})
             try:
                 body = json.loads(self.rfile.read(n) or b"null")
             except ValueError:
                 return self._json(400, {"error": "the body is not JSON"})
+            if who is not None and isinstance(body, dict):
+                body["reviewer"] = who  # the key's name, not what the page says
             code, out = review.decide(self.calls, m.group(1), body)
             return self._json(code, out)
         except Exception as e:  # noqa: BLE001
@@ -190,8 +243,13 @@ class _Handler(BaseHTTPRequestHandler):
         u = urlparse(self.path)
         path = u.path
         try:
+            if self.auth is not None and path in ("/login", "/logout"):
+                return self._login("GET")
+            ok, who = self._signed_in(path, u.query)
+            if not ok:
+                return None
             if self.calls is not None and path.startswith(("/review", "/api/review")) and \
-                    self._review_get(path, u.query):
+                    self._review_get(path, u.query, who):
                 return
             if path in ("/", "/index.html"):
                 return self._send(200, list_page(self.store))
@@ -216,17 +274,28 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve(host: str = "127.0.0.1", port: int = 6007, *,
           db_path: str | Path | SpanStore | None = None,
-          calls: Any = None) -> ThreadingHTTPServer:
+          calls: Any = None, auth: bool = False) -> ThreadingHTTPServer:
     """A server for the trace pages and, given a call log (a `CallLog` or its URL), the review
     queue under ``/review`` (not yet serving: call ``serve_forever``); port 0 = any.
     ``db_path``: the span store (a `SpanStore`, a SQLite path, ``sqlite:///path`` or
-    ``postgresql://...``); default: ``$SLMFLOW_TRACES_URL``, else ``$SLMFLOW_HOME/spans.db``."""
+    ``postgresql://...``); default: ``$SLMFLOW_TRACES_URL``, else ``$SLMFLOW_HOME/spans.db``.
+    auth: every page and API needs a reviewer key (`slmflow.ui.auth`), and decisions are recorded
+    under the key's name."""
     if calls is not None and not hasattr(calls, "_all"):
         from ..store import open_call_log
 
         calls = open_call_log(calls)
     store = db_path if isinstance(db_path, SpanStore) else SpanStore(db_path)
-    handler = type("Handler", (_Handler,), {"store": store, "calls": calls})
+    reviewers = None
+    if auth:
+        if calls is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("sign-in needs the call log (where the API keys are)", where="ui")
+        from .auth import ReviewerAuth
+
+        reviewers = ReviewerAuth(calls)
+    handler = type("Handler", (_Handler,), {"store": store, "calls": calls, "auth": reviewers})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

@@ -25,6 +25,7 @@ a half-written version visible.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from ..models.base import Model, SettingsOverride
 from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
 from .registry_store import RegistryStore, open_registry_store
 
+_log = logging.getLogger("slmflow.adapters")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -391,7 +393,17 @@ class PromotedAdapterModel(Model):
                     now - self._checked < self.registry.store.poll_s:
                 return self._model
             self._local = local
-            stamp = self.registry.store.stamp(self.agent)
+            try:
+                stamp = self.registry.store.stamp(self.agent)
+            except SlmflowError as e:
+                if self._model is None:
+                    raise
+                # the registry's database is away (a restart, a failover): keep serving the
+                # loaded version and ask again after the poll interval
+                self._checked = now
+                _log.warning("adapter registry unreachable, %s keeps serving %s: %s",
+                             self.agent, self._version, e)
+                return self._model
             self._checked = now
             if self._model is None or stamp != self._stamp:
                 version = self.registry.promoted(self.agent)

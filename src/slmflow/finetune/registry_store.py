@@ -251,12 +251,9 @@ class PostgresRegistryStore(RegistryStore):
         self.location = _mask(self.url)
         self._pg = psycopg
         self._lock = threading.RLock()
-        try:
-            self._conn = psycopg.connect(self.url, autocommit=True,
-                                         connect_timeout=int(max(1, connect_timeout)))
-        except psycopg.Error as e:
-            raise RegistryStoreError(f"cannot connect to PostgreSQL: {str(e).strip()}",
-                                     where=self.location) from None
+        self._timeout = int(max(1, connect_timeout))
+        self._conn = None
+        self._connection()
         if cache is None:
             from ..home import subdir
 
@@ -268,11 +265,26 @@ class PostgresRegistryStore(RegistryStore):
             for stmt in filter(str.strip, _PG_SCHEMA.split(";")):
                 cur.execute(stmt)
 
+    def _connection(self) -> Any:
+        """The open connection, or a new one after the server closed it (restart, failover)."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if getattr(self, "_closed", False):
+            raise RegistryStoreError("the adapter registry was closed", where=self.location)
+        try:
+            self._conn = self._pg.connect(self.url, autocommit=True,
+                                          connect_timeout=self._timeout)
+        except self._pg.Error as e:
+            raise RegistryStoreError(f"cannot connect to PostgreSQL: {str(e).strip()}",
+                                     where=self.location) from None
+        return self._conn
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
         with self._lock:
             try:
-                with self._conn.transaction(), self._conn.cursor() as cur:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
                     yield cur
             except self._pg.Error as e:
                 raise RegistryStoreError(f"adapter registry query failed: {str(e).strip()}",
@@ -407,6 +419,7 @@ class PostgresRegistryStore(RegistryStore):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             with contextlib.suppress(Exception):
                 self._conn.close()
 

@@ -631,6 +631,7 @@ class SQLiteCallLog(CallLog):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             try:
                 self._conn.close()
             except Exception:
@@ -646,9 +647,10 @@ class _PgTx:
     def __enter__(self) -> Any:
         self.log._lock.acquire()
         try:
-            self.tx = self.log._conn.transaction()
+            conn = self.log._connection()
+            self.tx = conn.transaction()
             self.tx.__enter__()
-            self.cur = self.log._conn.cursor()
+            self.cur = conn.cursor()
         except Exception:
             self.log._lock.release()
             raise
@@ -676,18 +678,30 @@ class PostgresCallLog(CallLog):
                               where=url) from None
         self.url = url
         self._psycopg = psycopg
-        try:
-            self._conn = psycopg.connect(url, autocommit=True,
-                                         connect_timeout=int(max(1, connect_timeout)))
-        except psycopg.Error as e:
-            raise StoreError(f"cannot connect to PostgreSQL: {str(e).strip()}",
-                             where=self.url_safe) from None
+        self._timeout = int(max(1, connect_timeout))
+        self._conn = None
         self._lock = threading.RLock()
+        self._connection()
         try:
             self._migrate()
         except psycopg.Error as e:
             raise StoreError(f"cannot migrate the call log: {str(e).strip()}",
                              where=self.url_safe) from None
+
+    def _connection(self) -> Any:
+        """The open connection; a new one after the server closed it (a restart, a failover, an
+        idle timeout): the failed statement raises once, the writer retries, the retry lands."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if getattr(self, "_closed", False):
+            raise StoreError("the call log was closed", where=self.url_safe)
+        try:
+            self._conn = self._psycopg.connect(self.url, autocommit=True,
+                                               connect_timeout=self._timeout)
+        except self._psycopg.Error as e:
+            raise StoreError(f"cannot connect to PostgreSQL: {str(e).strip()}",
+                             where=self.url_safe) from None
+        return self._conn
 
     @staticmethod
     def _q(sql: str) -> str:
@@ -710,7 +724,7 @@ class PostgresCallLog(CallLog):
     def _all(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         with self._lock:
             try:
-                with self._conn.cursor() as cur:
+                with self._connection().cursor() as cur:
                     cur.execute(self._q(sql), tuple(params))
                     return cur.fetchall()
             except self._psycopg.Error as e:
@@ -721,6 +735,7 @@ class PostgresCallLog(CallLog):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             try:
                 self._conn.close()
             except Exception:

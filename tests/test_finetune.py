@@ -111,6 +111,34 @@ def test_training_writes_adapter_and_card(base_dir, tmp_path):
     assert not (tmp_path / "run" / "checkpoint").exists()  # cleaned after success
 
 
+def test_warm_start_continues_from_a_trained_adapter(base_dir, tmp_path):
+    """init_adapter: the run starts from the parent's weights (a fresh LoRA starts with B = 0);
+    at a learning rate too small to move them, the result is the parent; a rank or target
+    mismatch is refused with what differs."""
+    from dataclasses import replace
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    parent = train_lora(base_dir, examples(), [], fmt, tmp_path / "parent", CFG,
+                        progress=False, threads=1).adapter_dir
+    p = load_file(str(parent / "adapter_model.safetensors"))
+    still = replace(CFG, lr=1e-12, max_steps=1, init_adapter=str(parent))
+    warm = train_lora(base_dir, examples(), [], fmt, tmp_path / "warm", still,
+                      progress=False, threads=1).adapter_dir
+    cold = train_lora(base_dir, examples(), [], fmt, tmp_path / "cold",
+                      replace(still, init_adapter=None), progress=False, threads=1).adapter_dir
+    w = load_file(str(warm / "adapter_model.safetensors"))
+    c = load_file(str(cold / "adapter_model.safetensors"))
+    b_keys = [k for k in p if "lora_B" in k]
+    assert b_keys and all(np.abs(p[k]).max() > 0 for k in b_keys)
+    assert all(np.allclose(w[k], p[k], atol=1e-6) for k in p)
+    assert all(np.abs(c[k]).max() < 1e-6 for k in b_keys)  # fresh: B starts at zero
+    with pytest.raises(ConfigError, match="r=4"):
+        train_lora(base_dir, examples(), [], fmt, tmp_path / "bad",
+                   replace(still, r=8, alpha=16), progress=False, threads=1)
+
+
 def test_resume_after_sigkill_gives_the_same_adapter(base_dir, tmp_path):
     """A run killed mid-way and resumed equals an uninterrupted run, tensor for tensor."""
     from safetensors.numpy import load_file

@@ -205,6 +205,9 @@ def retrain_cmd(
     threads: int = typer.Option(0, help="torch threads (1 on a busy machine)"),
     tolerance: float = typer.Option(0.0),
     seed: int = typer.Option(0),
+    warm_start: bool = typer.Option(False, "--warm-start",
+                                    help="start from the serving version's weights (same --r "
+                                         "and --targets); fewer --epochs are enough"),
     calls: Optional[str] = CALLS,
 ) -> None:
     """Reviewed calls + original data → a new adapter → the agent's gate → promoted or not."""
@@ -227,7 +230,8 @@ def retrain_cmd(
     try:
         res = retrain_agent(a, log, data=original, eval_cases=cases, holdout=holdout,
                             min_new=min_new, config=cfg, threads=threads or None,
-                            tolerance=tolerance, score=scorer, say=typer.echo)
+                            tolerance=tolerance, score=scorer, warm_start=warm_start,
+                            say=typer.echo)
     finally:
         log.close()
     typer.echo(json.dumps({k: v for k, v in res.as_dict().items()

@@ -63,6 +63,9 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_steps: int | None = None
     bf16: bool = False
+    # a PEFT adapter folder to start from instead of a fresh LoRA (the improvement loop's warm
+    # start from the serving version); its rank and target modules must match
+    init_adapter: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -259,6 +262,29 @@ def train_lora(base_dir: str | Path, train: Sequence[Example], val: Sequence[Exa
         torch.set_num_threads(previous_threads)
 
 
+def _load_init_adapter(model: Any, d: Path, config: TrainConfig) -> None:
+    """Copy a trained adapter's weights into the fresh LoRA (same rank and targets, or an error
+    that says which differs)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    cfg_path, weights = d / "adapter_config.json", d / "adapter_model.safetensors"
+    if not (cfg_path.is_file() and weights.is_file()):
+        raise ConfigError("init_adapter: not a PEFT adapter folder (adapter_config.json, "
+                          "adapter_model.safetensors)", where=str(d))
+    cfg = json.loads(cfg_path.read_text())
+    theirs = (cfg.get("r"), sorted(cfg.get("target_modules") or []))
+    ours = (config.r, sorted(config.target_modules))
+    if theirs != ours:
+        raise ConfigError(f"init_adapter has r={theirs[0]} on {theirs[1]}; this run trains "
+                          f"r={ours[0]} on {ours[1]}: use the same to start from it",
+                          where=str(d))
+    res = set_peft_model_state_dict(model, load_file(str(weights)))
+    if getattr(res, "unexpected_keys", None):
+        raise ConfigError(f"init_adapter has weights this model does not: "
+                          f"{res.unexpected_keys[:3]}", where=str(d))
+
+
 def _train(torch: Any, transformers: Any, acc: Any, base_dir: str | Path,
            train: Sequence[Example], val: Sequence[Example],
            format_fn: Callable[[Any], list[Message]], out: Path, config: TrainConfig,
@@ -278,6 +304,9 @@ def _train(torch: Any, transformers: Any, acc: Any, base_dir: str | Path,
     model = get_peft_model(model, LoraConfig(
         r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
         target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
+    if config.init_adapter and not (ckpt / "state.pt").exists():
+        _load_init_adapter(model, Path(config.init_adapter), config)
+        say(f"starting from the adapter in {config.init_adapter}")
     enc = ChatEncoder(tok, format_fn, config.max_len)
     train_all = [enc.encode(ex) for ex in train]
     train_enc = [e for e in train_all if e is not None]

@@ -9,7 +9,9 @@
    versions' gates);
 3. trains a LoRA on the agent's original data plus the other reviewed items (a reviewed target
    replaces an original example with the same input), in a run folder keyed by the data hash, so
-   re-running after a crash resumes from the last checkpoint;
+   re-running after a crash resumes from the last checkpoint; from a fresh LoRA, or with
+   ``warm_start`` from the serving version's weights (fewer epochs reach the same gate: see
+   bench/retrain.py);
 4. scores the candidate and the version serving now on the *same* cases (the agent's eval set plus
    the held-out reviews) and asks the registry's gate, which promotes only without a regression;
 5. records lineage: the card lists the review ids, call ids, trace ids and reviewers that produced
@@ -110,8 +112,10 @@ def retrain_agent(agent: Any, log: CallLog, *, data: Sequence[Example] = (),
                   config: Any = None, registry: Any = None, threads: int | None = None,
                   tolerance: float = 0.0, run_dir: str | Path | None = None,
                   progress: bool = True, score: Callable[..., dict[str, float]] | None = None,
+                  warm_start: bool = False,
                   say: Callable[[str], None] = print) -> RetrainResult:
-    """One turn of the loop for one agent; see the module doc."""
+    """One turn of the loop for one agent; see the module doc. warm_start: train from the
+    promoted version's weights (its rank and target modules must match ``config``)."""
     from ..agents import resolve_model
     from ..finetune.agent_train import exact_match_accuracy, train_agent
     from ..finetune.registry import AdapterRegistry, PromotionRejected
@@ -155,8 +159,14 @@ def retrain_agent(agent: Any, log: CallLog, *, data: Sequence[Example] = (),
         + f"; {len(cases)} eval cases")
 
     trace_ids = sorted({it.call.trace_id for it in items if it.call and it.call.trace_id})
+    parent = registry.promoted(agent.name) if warm_start else None
+    if warm_start and parent is None:
+        say(f"{agent.name} has no promoted adapter: training from a fresh LoRA")
+    if parent is not None:
+        config = replace(config, init_adapter=str(registry.path(agent.name, parent) / "adapter"))
+        say(f"warm start from {agent.name}@{parent}")
     run_dir = Path(run_dir) if run_dir else subdir("runs") / f"loop-{agent.name}-" \
-        f"{data_hash(train)[:12]}"
+        f"{data_hash(train)[:12]}{'-from-' + parent if parent else ''}"
     res = train_agent(agent, train, config=config, run_dir=run_dir, registry=registry,
                       promote=False, threads=threads, progress=progress, trace_ids=trace_ids,
                       log=say)
@@ -169,6 +179,7 @@ def retrain_agent(agent: Any, log: CallLog, *, data: Sequence[Example] = (),
         "call_ids": [it.call_id for it in train_items],
         "reviewers": sorted({it.reviewer for it in items if it.reviewer}),
         "flag_runs": sorted({it.flag_run for it in items if it.flag_run}),
+        "warm_start_from": parent,
     }
     registry.update_card(agent.name, version, card)
 

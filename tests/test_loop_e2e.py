@@ -66,6 +66,12 @@ def _cli(*args: str, home: str, cwd: Path, check: bool = True) -> subprocess.Com
     return p
 
 
+def _warm(args: list[str]) -> list[str]:
+    out = list(args)
+    out[out.index("--epochs") + 1] = "2"
+    return out + ["--warm-start"]
+
+
 TRAIN = ["--r", "8", "--lr", "2e-3", "--epochs", "6", "--batch-size", "4", "--max-len", "64",
          "--targets", "q_proj,k_proj,v_proj,o_proj", "--threads", "1"]
 
@@ -112,7 +118,8 @@ def test_flag_review_retrain_promote_rollback(setup, slmflow_home, stores, reque
                       store_url=None if stores == "one-machine" else spans,
                       batch=False)  # lineage reaches the traces
     try:
-        _loop_turn(tmp, traffic, home, pw, calls, spans)
+        # the second run also retrains with a warm start from v1 (2 epochs instead of 6)
+        _loop_turn(tmp, traffic, home, pw, calls, spans, warm=stores == "deploy.yaml")
         tracing.force_flush()
         if stores == "deploy.yaml":
             _everything_was_on_the_server(pg, tmp, Path(home))
@@ -142,7 +149,7 @@ def _everything_was_on_the_server(pg: str, tmp: Path, home: Path) -> None:
     assert not (home / "adapters" / "triage").exists()
 
 
-def _loop_turn(tmp, traffic, home, pw, calls, spans):
+def _loop_turn(tmp, traffic, home, pw, calls, spans, warm=False):
     import time
 
     from slmflow.finetune.registry import AdapterRegistry
@@ -238,7 +245,7 @@ def _loop_turn(tmp, traffic, home, pw, calls, spans):
         t_retrain = time.perf_counter()
         out = _cli("loop", "retrain", "--agent", "triage", "--workflow", "triage.yaml",
                    "--data", "train.jsonl", "--eval-data", "eval.jsonl", "--min-new", "5",
-                   *TRAIN, home=home, cwd=tmp, check=False)
+                   *(TRAIN if not warm else _warm(TRAIN)), home=home, cwd=tmp, check=False)
         assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-3000:])
         res = json.loads(out.stdout[out.stdout.rindex("\n{\n") + 1:])
         t_retrain = time.perf_counter() - t_retrain
@@ -257,6 +264,7 @@ def _loop_turn(tmp, traffic, home, pw, calls, spans):
         assert decision["current"] == "v1" and decision["candidate"] == "v2"
         lineage = reg.card("triage", "v2")["lineage"]
         assert lineage["parent"] == "v1" and lineage["loop"]["reviewers"] == ["rita"]
+        assert lineage["loop"]["warm_start_from"] == ("v1" if warm else None)
         reviewed_calls = {i.call_id for i in done}
         assert set(lineage["loop"]["call_ids"]) <= reviewed_calls and lineage["trace_ids"]
         assert all(any(u.startswith(("adapter:triage@v2", "evals:triage@v2"))

@@ -503,3 +503,49 @@ def test_reference_workflow_trace_has_chat_spans_under_agents(support_trace):
     ids = {s["span_id"]: s for s in support_trace}
     chats = [s for s in support_trace if s["operation"] == "chat"]
     assert chats and all(ids[c["parent_id"]]["operation"] == "invoke_agent" for c in chats)
+
+
+def test_trace_list_pages_equal_the_full_aggregation(tmp_path):
+    """list_traces aggregates only the traces of the newest spans; on data where old traces have
+    late spans (long-running) its pages equal the aggregation over every span."""
+    import random
+
+    from opentelemetry import trace as otel
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from slmflow.tracing.store import _LIST_PATTERNS, _LIST_SQL
+
+    path = tmp_path / "list.db"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(SQLiteSpanExporter(path,
+                                                                       retention_days=None)))
+    tr = provider.get_tracer("t")
+    rng = random.Random(3)
+    t0 = 1_700_000_000 * 10**9
+    for i in range(60):
+        start = t0 + rng.randrange(10**12)
+        root = tr.start_span(f"root{i}", start_time=start)
+        ctx = otel.set_span_in_context(root)
+        late = rng.random() < 0.3  # a long-running trace: children long after it started
+        for j in range(rng.randrange(1, 6)):
+            at = start + (rng.randrange(10**12) if late else rng.randrange(10**6))
+            tr.start_span(f"child{i}.{j}", context=ctx, start_time=at).end(end_time=at + 5)
+        root.end(end_time=start + 10)
+    # adversarial: 70 traces that started long ago hold the 70 newest spans (their late
+    # children); the newest traces by start are elsewhere
+    for i in range(70):
+        start = t0 - 10**13 + i
+        root = tr.start_span(f"old{i}", start_time=start)
+        at = t0 + 2 * 10**12 + i
+        tr.start_span(f"late{i}", context=otel.set_span_in_context(root),
+                      start_time=at).end(end_time=at + 5)
+        root.end(end_time=start + 10)
+    store = SpanStore(path)
+    assert store.count() > 64  # past the first window: the two-step path runs
+    for limit, offset in ((1, 0), (3, 0), (5, 7), (20, 30), (50, 0), (10, 55), (5, 100)):
+        full = store._rows(_LIST_SQL.format(where=""), (*_LIST_PATTERNS, limit, offset))
+        got = store.list_traces(limit=limit, offset=offset)
+        assert [r["trace_id"] for r in got] == [r["trace_id"] for r in full], (limit, offset)
+        assert [r["spans"] for r in got] == [r["spans"] for r in full]
+    provider.shutdown()

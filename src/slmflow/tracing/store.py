@@ -275,6 +275,9 @@ class _Postgres:
         except pg.Error as e:
             raise self._error("cannot connect to the PostgreSQL span store", e) from None
         try:
+            # the store's queries are small lookups; JIT compiling them costs more than it saves
+            # (27 ms of a 54 ms trace list at 300k spans, measured)
+            conn.execute("SET jit = off")
             with conn.transaction():
                 conn.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
                 for stmt in _PG_SCHEMA:
@@ -423,7 +426,7 @@ SELECT trace_id, MIN(start_ns) AS start_ns, MAX(end_ns) AS end_ns, COUNT(*) AS s
            + SUM(CASE WHEN events LIKE ? THEN 1 ELSE 0 END) AS escalations,
        (SELECT s2.name FROM spans s2 WHERE s2.trace_id = s.trace_id
         ORDER BY (s2.parent_id IS NOT NULL), s2.start_ns, s2.span_id LIMIT 1) AS root
-FROM spans s GROUP BY trace_id ORDER BY start_ns DESC, trace_id LIMIT ? OFFSET ?"""
+FROM spans s {where} GROUP BY trace_id ORDER BY start_ns DESC, trace_id LIMIT ? OFFSET ?"""
 _LIST_PATTERNS = ("handoff %", '%"slmflow.handoff.status":"escalated"%', '%"slmflow.escalation"%')
 
 
@@ -471,8 +474,38 @@ class SpanStore:
             return [dict(r) for r in conn.execute(sql, tuple(params))]
 
     def list_traces(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
-        """Newest first: root name, start, duration, span count, errors, tokens, cost."""
-        rows = self._rows(_LIST_SQL, (*_LIST_PATTERNS, limit, offset))
+        """Newest first: root name, start, duration, span count, errors, tokens, cost.
+
+        Why two steps: aggregating every stored span per page grows with the store (70 ms at
+        100k spans). The newest ``k`` spans (the start-time index) name candidate traces, the
+        aggregation runs on those only, and the answer is exact once at least ``limit + offset``
+        candidates *started* after the k-th newest span's start (a trace that started later has
+        all its spans among the k, so none is missed); otherwise ``k`` grows."""
+        want = limit + offset
+        k = max(64, 8 * want)
+        total = None
+        while True:
+            newest = self._rows("SELECT trace_id, start_ns FROM spans ORDER BY start_ns DESC "
+                                "LIMIT ?", (k,))
+            if len(newest) < k:  # fewer than k spans: aggregate them all
+                rows = self._rows(_LIST_SQL.format(where=""), (*_LIST_PATTERNS, limit, offset))
+                break
+            # every span that started after t is among the k: a trace whose first span started
+            # after t is complete here (ties at t may not be: hence the strict >)
+            t = newest[-1]["start_ns"]
+            ids = list(dict.fromkeys(r["trace_id"] for r in newest))
+            marks = ", ".join("?" * len(ids))
+            rows = self._rows(_LIST_SQL.format(where=f"WHERE trace_id IN ({marks})"),
+                              (*_LIST_PATTERNS, *ids, len(ids), 0))
+            exact = [r for r in rows if r["start_ns"] > t]
+            if len(exact) >= want:
+                rows = exact[offset:offset + limit]
+                break
+            total = total if total is not None else self.count()
+            if k >= total:
+                rows = self._rows(_LIST_SQL.format(where=""), (*_LIST_PATTERNS, limit, offset))
+                break
+            k *= 4
         for r in rows:
             r["duration_ms"] = (r["end_ns"] - r["start_ns"]) / 1e6
         return rows

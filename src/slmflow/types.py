@@ -168,3 +168,15 @@ def confidence_from_logprobs(logprobs: Sequence[float] | None) -> float | None:
     if not finite:
         return 0.0
     return math.exp(sum(finite) / len(finite))
+
+
+def db_text(v: str) -> str:
+    """Text any database takes: a NUL byte becomes U+FFFD and lone surrogates are escaped
+    (PostgreSQL refuses both, and a refused row would lose a whole batch of log records/spans)."""
+    if "\x00" in v:
+        v = v.replace("\x00", "\ufffd")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        v = v.encode("utf-8", "backslashreplace").decode("utf-8")
+    return v

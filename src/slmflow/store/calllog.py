@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError, SlmflowError, mask_url
+from ..types import db_text
 from .schema import LATEST, MIGRATIONS, statements
 
 __all__ = ["CallRecord", "Feedback", "Example", "ApiKey", "CallLog", "SQLiteCallLog",
@@ -66,14 +67,7 @@ def _txt(v: Any) -> str | None:
     """Text safe for both SQLite and PostgreSQL: no lone surrogates, no NUL bytes."""
     if v is None:
         return None
-    s = v if isinstance(v, str) else str(v)
-    if "\x00" in s:
-        s = s.replace("\x00", "\ufffd")
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        s = s.encode("utf-8", "backslashreplace").decode("utf-8")
-    return s
+    return db_text(v if isinstance(v, str) else str(v))
 
 
 def _json_default(o: Any) -> Any:

@@ -49,6 +49,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
 from ..errors import ConfigError, SlmflowError, mask_url
+from ..types import db_text
 from . import attrs as A
 
 __all__ = ["SpanStore", "SQLiteSpanExporter", "PostgresSpanExporter", "open_span_store",
@@ -223,15 +224,7 @@ def url_safe(url: str) -> str:
 
 def _pg_text(v: Any) -> Any:
     """PostgreSQL text takes no NUL byte and no lone surrogate (SQLite takes both)."""
-    if not isinstance(v, str):
-        return v
-    if "\x00" in v:
-        v = v.replace("\x00", "\ufffd")
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:
-        v = v.encode("utf-8", "backslashreplace").decode("utf-8")
-    return v
+    return db_text(v) if isinstance(v, str) else v
 
 
 def _pg_sql(sql: str) -> str:

@@ -92,7 +92,13 @@ def pg_url(tmp_path_factory):
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; "
                     "run .ci/install-system-deps.sh as root")
     as_user: list[str] = []
-    base = tmp_path_factory.mktemp("pg")
+    # not under pytest's basetemp: pytest deletes all but the newest three basetemps, so a second
+    # pytest session started meanwhile would delete this server's data directory under it
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="slmflow-test-pg-"))
     if os.geteuid() == 0:
         import pwd
 
@@ -132,6 +138,7 @@ def pg_url(tmp_path_factory):
     yield f"postgresql://slm@127.0.0.1:{port}/slmflow"
     subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
                               "stop"], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 

@@ -14,6 +14,8 @@ zero-shot base model for comparison; a model other than the adapters' base runs 
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 from .errors import ConfigError
@@ -57,7 +59,8 @@ def _run(model_name: str, spec: Path, adapters: bool) -> None:
     if not spec.is_file():
         raise ConfigError(f"the example workflow is not here: {spec} (run from a source checkout)",
                           where="demo")
-    console = Console()
+    # piped or logged (make demo in CI): rich would wrap the tables at 80 columns
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     wf = load_workflow(spec, model=model_name, fallback=model_name)
     tuned = sorted(a.name for a in wf.agents.values() if a.adapter) if adapters else []
     title = (f"support pipeline on {model_name}"

@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 train_app = typer.Typer(help="Fine-tune an agent (LoRA on its own data).", no_args_is_help=True)
-adapters_app = typer.Typer(help="Versioned adapters per agent: list, show, promote, rollback.",
+adapters_app = typer.Typer(help="Versioned adapters per agent: list, show, promote, rollback, "
+                                "copy (files or PostgreSQL).",
                            no_args_is_help=True)
 
 

@@ -16,7 +16,8 @@ import typer
 batch_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Batch work over the call log (in this process or on Ray).")
 config_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                         help="The deployment file (deploy.yaml): stores, tracing, Ray.")
+                         help="The deployment file (deploy.yaml): one database for every "
+                         "store, vectors, tracing, Ray.")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ the gate decides what a regression is.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -41,13 +42,6 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -
     for r in rows:
         t.add_row(r["name"], r["kind"], r["description"], r["agreement"])
     Console().print(t)
-
-
-def _import_ref(ref: str, base: Path) -> Any:
-    """``module:attr`` or ``path/file.py:attr`` (relative to ``base``)."""
-    from ..scale.batch import import_ref
-
-    return import_ref(ref, base)
 
 
 def _finish(rep: Any, json_out: Optional[Path], html: Optional[Path], baseline: Optional[Path],
@@ -117,8 +111,8 @@ def agent_cmd(
                                       "cluster (host:port, ray://host:10001, auto)"),
 ) -> None:
     """Run one agent over a dataset and grade it: `slmflow eval agent router --data cases.jsonl`."""
-    from ..agents import Agent
     from ..evals import create, load_cases, run_suite
+    from ..scale.batch import AgentRef
 
     suite: dict[str, Any] = {}
     base = Path(".")
@@ -132,34 +126,11 @@ def agent_cmd(
                               where=target)
         base = Path(target).parent
         name = suite.get("name")
-        agent = _import_ref(suite["agent"], base)
-    elif workflow is not None:
-        from ..workflow import load_workflow
-
-        wf = load_workflow(workflow)
-        agents = dict(wf.agents)
-        agents.update({a.name: a for a in wf.agents.values() if a.name not in agents})
-        if target not in agents:
-            raise ConfigError(f"no agent step {target!r} in {workflow}; agent steps: "
-                              f"{', '.join(agents)}", where=str(workflow))
-        agent = agents[target]
+        ref = AgentRef(suite["agent"], base=str(base), model=model)
     else:
-        agent = _import_ref(target, Path("."))
-    if callable(agent) and not isinstance(agent, Agent):
-        agent = agent()
-    if not isinstance(agent, Agent):
-        raise ConfigError(f"{target} is not an Agent (got {type(agent).__name__})",
-                          where="eval agent")
+        ref = AgentRef(target, workflow=str(workflow) if workflow else None, model=model)
     conc = concurrency or int(suite.get("concurrency", 1))
-    m = model or (agent.model if isinstance(agent.model, str) else None)
-    if m is not None and (model or conc > 1):
-        from ..models.catalog import resolve
-
-        kw = {"pool_size": conc} if conc > 1 and not m.startswith("openai:") else {}
-        try:
-            agent = agent.with_model(resolve(m, **kw), agent.adapter)
-        except TypeError:
-            agent = agent.with_model(resolve(m), agent.adapter)
+    agent = replace(ref, pool_size=conc).build()  # the Ray path builds it on each worker too
     if data is None:
         if "data" not in suite:
             raise ConfigError("no dataset: pass --data (or a suite file with data:)",
@@ -179,10 +150,8 @@ def agent_cmd(
         else:
             evs.append(create(s))
     if ray:  # the same suite, its cases spread over Ray tasks (slmflow.scale, docs/deploy.md)
-        from ..scale.batch import AgentRef, run_suite_ray
+        from ..scale.batch import run_suite_ray
 
-        ref = AgentRef(suite["agent"], base=str(base), model=model) if suite else \
-            AgentRef(target, workflow=str(workflow) if workflow else None, model=model)
         rep = run_suite_ray(ref, cases, evs, address=ray, concurrency=conc,
                             name=name or agent.name, timeout_s=timeout)
     else:

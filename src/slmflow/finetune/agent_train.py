@@ -43,12 +43,7 @@ def find_agent(workflow_path: str | Path, name: str) -> Any:
     """The agent called `name` in a workflow YAML."""
     from ..workflow import load_workflow
 
-    wf = load_workflow(workflow_path)
-    agents = {s.agent.name: s.agent for s in wf.steps.values() if s.agent is not None}
-    if name not in agents:
-        raise ConfigError(f"no agent {name!r} in {workflow_path}; agents: {sorted(agents)}",
-                          where=str(workflow_path))
-    return agents[name]
+    return load_workflow(workflow_path).agent(name)
 
 
 def exact_match_accuracy(agent: Any, cases: Sequence[Example], *, concurrency: int = 1,

@@ -90,13 +90,7 @@ class AgentRef:
         if self.workflow:
             from ..workflow import load_workflow
 
-            wf = load_workflow(self.workflow)
-            agents = dict(wf.agents)
-            agents.update({a.name: a for a in wf.agents.values() if a.name not in agents})
-            if self.target not in agents:
-                raise ConfigError(f"no agent {self.target!r} in {self.workflow}; agents: "
-                                  f"{', '.join(agents)}", where=self.workflow)
-            agent = agents[self.target]
+            agent = load_workflow(self.workflow).agent(self.target)
         else:
             agent = import_ref(self.target, self.base)
             if callable(agent) and not isinstance(agent, Agent):
@@ -111,7 +105,11 @@ class AgentRef:
 
             kw = {"pool_size": self.pool_size} if self.pool_size > 1 and \
                 not m.startswith("openai:") else {}
-            agent = agent.with_model(resolve(m, **kw), adapter)
+            try:
+                model = resolve(m, **kw)
+            except TypeError:  # a backend without context pools
+                model = resolve(m)
+            agent = agent.with_model(model, adapter)
         elif adapter != agent.adapter:
             agent = agent.with_adapter(adapter)
         return agent

@@ -337,6 +337,18 @@ class Workflow:
     def agents(self) -> dict[str, Agent]:
         return {s.name: s.agent for s in self.steps.values() if s.agent is not None}
 
+    def agent(self, name: str) -> Agent:
+        """The agent of the step called ``name``, or the agent called ``name`` (a step's name
+        and its agent's name usually agree, but need not)."""
+        steps = self.agents
+        if name in steps:
+            return steps[name]
+        by_name = {a.name: a for a in steps.values()}
+        if name in by_name:
+            return by_name[name]
+        raise ConfigError(f"no agent {name!r} in workflow {self.name}; agent steps: "
+                          f"{', '.join(steps) or 'none'}", where=f"workflow {self.name}")
+
     def with_agent(self, step: str, agent: Agent) -> "Workflow":
         """A copy where one step runs ``agent`` instead (another model or adapter, say)."""
         if step not in self.steps or self.steps[step].agent is None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import urllib.request
 from typing import Literal
 
@@ -200,14 +199,9 @@ def test_retention_prunes_old_spans_on_postgres(pg):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    ex = PostgresSpanExporter(pg, retention_days=None)
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(ex))
-    tr = provider.get_tracer("t")
-    now = time.time_ns()
-    for age_days in (30, 20, 3, 0):
-        t = now - int(age_days * 86400e9)
-        tr.start_span(f"age{age_days}", start_time=t).end(end_time=t + 1000)
+    from .test_tracing import aged_spans
+
+    provider, tr, now = aged_spans(PostgresSpanExporter(pg, retention_days=None))
     store = SpanStore(pg)
     assert store.count() == 4
     assert PostgresSpanExporter(pg, retention_days=14).prune() == 2

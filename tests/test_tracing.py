@@ -416,19 +416,25 @@ def test_lazy_default_store_under_home(tmp_path, monkeypatch):
         tracing.reset()
 
 
-def test_retention_prunes_old_spans(tmp_path):
+def aged_spans(exporter):
+    """Four one-span traces, 30, 20, 3 and 0 days old, written through ``exporter``; returns
+    (provider, tracer, now_ns) for more."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    path = tmp_path / "r.db"
-    ex = SQLiteSpanExporter(path, retention_days=None)
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(ex))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     tr = provider.get_tracer("t")
     now = time.time_ns()
     for age_days in (30, 20, 3, 0):
         t = now - int(age_days * 86400e9)
         tr.start_span(f"age{age_days}", start_time=t).end(end_time=t + 1000)
+    return provider, tr, now
+
+
+def test_retention_prunes_old_spans(tmp_path):
+    path = tmp_path / "r.db"
+    provider, _, _ = aged_spans(SQLiteSpanExporter(path, retention_days=None))
     assert SpanStore(path).count() == 4
     assert SQLiteSpanExporter(path, retention_days=14).prune() == 2
     assert {r["root"] for r in SpanStore(path).list_traces()} == {"age3", "age0"}

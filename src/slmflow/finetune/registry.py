@@ -66,7 +66,6 @@ class AdapterRegistry:
 
     def __init__(self, root: str | Path | RegistryStore | None = None) -> None:
         self.store = root if isinstance(root, RegistryStore) else open_registry_store(root)
-        self._lock = threading.Lock()
 
     @property
     def root(self) -> Path | None:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError, SlmflowError, mask_url
+from ..store.pg import PgConnection, is_pg_url
 
 __all__ = ["RegistryStore", "FileRegistryStore", "PostgresRegistryStore", "open_registry_store",
            "ENV_ADAPTERS_URL", "RegistryStoreError"]
@@ -58,10 +59,6 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
-
-
-def _mask(url: str) -> str:
-    return mask_url(url)
 
 
 class RegistryStore(abc.ABC):
@@ -86,8 +83,9 @@ class RegistryStore(abc.ABC):
     @abc.abstractmethod
     def add_version(self, agent: str, files: Path,
                     make_card: Callable[[str], dict[str, Any]]) -> str:
-        """Store the folder ``files`` (``adapter/``, ``adapter.gguf``) as the next version, with
-        the card ``make_card(version)``; all or nothing. Returns the version."""
+        """Store the staging folder ``files`` (``adapter/``, ``adapter.gguf``) as the next
+        version, with the card ``make_card(version)``; all or nothing. The store may take the
+        folder over (the file store moves it in). Returns the version."""
 
     @abc.abstractmethod
     def promoted(self, agent: str) -> dict[str, Any] | None:
@@ -157,7 +155,7 @@ class FileRegistryStore(RegistryStore):
             tmp = d / f".{version}.partial"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                shutil.copytree(files, tmp)
+                shutil.move(str(files), str(tmp))  # a rename when on the same file system
                 _write_json_atomic(tmp / "card.json", make_card(version))
                 tmp.rename(d / version)
             except BaseException:
@@ -242,18 +240,9 @@ class PostgresRegistryStore(RegistryStore):
 
     def __init__(self, url: str, *, cache: str | Path | None = None,
                  connect_timeout: float = 10) -> None:
-        try:
-            import psycopg
-        except ImportError:
-            raise ConfigError("a PostgreSQL adapter registry needs psycopg: "
-                              "pip install 'slmflow[store]'", where=_mask(url)) from None
-        self.url = url.replace("postgresql+psycopg://", "postgresql://")
-        self.location = _mask(self.url)
-        self._pg = psycopg
-        self._lock = threading.RLock()
-        self._timeout = int(max(1, connect_timeout))
-        self._conn = None
-        self._connection()
+        self._db = PgConnection(url, error=RegistryStoreError, what="the adapter registry",
+                                connect_timeout=connect_timeout)
+        self.url, self.location = self._db.url, self._db.url_safe
         if cache is None:
             from ..home import subdir
 
@@ -265,28 +254,14 @@ class PostgresRegistryStore(RegistryStore):
             for stmt in filter(str.strip, _PG_SCHEMA.split(";")):
                 cur.execute(stmt)
 
-    def _connection(self) -> Any:
-        """The open connection, or a new one after the server closed it (restart, failover)."""
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
-        if getattr(self, "_closed", False):
-            raise RegistryStoreError("the adapter registry was closed", where=self.location)
-        try:
-            self._conn = self._pg.connect(self.url, autocommit=True,
-                                          connect_timeout=self._timeout)
-        except self._pg.Error as e:
-            raise RegistryStoreError(f"cannot connect to PostgreSQL: {str(e).strip()}",
-                                     where=self.location) from None
-        return self._conn
-
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock:
+        with self._db.lock:
             try:
-                conn = self._connection()
+                conn = self._db.get()
                 with conn.transaction(), conn.cursor() as cur:
                     yield cur
-            except self._pg.Error as e:
+            except self._db.psycopg.Error as e:
                 raise RegistryStoreError(f"adapter registry query failed: {str(e).strip()}",
                                          where=self.location) from None
 
@@ -408,7 +383,7 @@ class PostgresRegistryStore(RegistryStore):
     def lock(self, agent: str) -> Iterator[None]:
         # a session-level advisory lock on this process's connection, plus the connection's own
         # lock so that other threads' queries wait too
-        with self._lock:
+        with self._db.lock:
             with self._tx() as cur:
                 cur.execute("SELECT pg_advisory_lock(%s)", (_agent_key(agent),))
             try:
@@ -418,10 +393,7 @@ class PostgresRegistryStore(RegistryStore):
                     cur.execute("SELECT pg_advisory_unlock(%s)", (_agent_key(agent),))
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            with contextlib.suppress(Exception):
-                self._conn.close()
+        self._db.close()
 
 
 def open_registry_store(location: str | Path | None = None) -> RegistryStore:
@@ -434,11 +406,11 @@ def open_registry_store(location: str | Path | None = None) -> RegistryStore:
 
         return FileRegistryStore(subdir("adapters"))
     loc = str(location)
-    if loc.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+    if is_pg_url(loc):
         return PostgresRegistryStore(loc)
     if loc.startswith("file://"):
         return FileRegistryStore(loc[len("file://"):])
     if "://" in loc:
-        raise ConfigError(f"unknown adapter registry location {_mask(loc)!r}: a folder or "
+        raise ConfigError(f"unknown adapter registry location {mask_url(loc)!r}: a folder or "
                           "postgresql://...", where="adapters")
     return FileRegistryStore(loc)

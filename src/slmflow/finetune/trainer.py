@@ -257,7 +257,7 @@ def train_lora(base_dir: str | Path, train: Sequence[Example], val: Sequence[Exa
         if acc.is_main_process:
             meta_path.write_text(json.dumps(run_meta, indent=2, default=list))
         return _train(torch, transformers, acc, base_dir, train, val, format_fn, out, config,
-                      base_name, progress and acc.is_main_process, say)
+                      base_name, progress and acc.is_main_process, say, dhash)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -288,11 +288,11 @@ def _load_init_adapter(model: Any, d: Path, config: TrainConfig) -> None:
 def _train(torch: Any, transformers: Any, acc: Any, base_dir: str | Path,
            train: Sequence[Example], val: Sequence[Example],
            format_fn: Callable[[Any], list[Message]], out: Path, config: TrainConfig,
-           base_name: str, progress: bool, say: Callable[[str], None]) -> TrainResult:
+           base_name: str, progress: bool, say: Callable[[str], None],
+           dhash: str) -> TrainResult:
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    dhash = data_hash(list(train) + list(val))
     ckpt = out / "checkpoint"
     rank, n_proc, main = acc.process_index, acc.num_processes, acc.is_main_process
     torch.manual_seed(config.seed)

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, mask_url
+from ..store.pg import PG_SCHEMES
 
 __all__ = ["ScaleConfig", "load_config", "apply_config", "ENV_CONFIG"]
 
 ENV_CONFIG = "SLMFLOW_CONFIG"
 _KEYS = {"home", "database", "call_log", "adapters", "traces", "vectors", "tracing", "ray",
          "llama_threads", "prices"}
-_PG = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
 @dataclass
@@ -177,7 +177,7 @@ def load_config(path: str | Path) -> ScaleConfig:
     if not isinstance(tracing, dict):
         raise bad("tracing", "a mapping (otlp_endpoint, protocol, enabled, capture_content)")
     database = data.get("database")
-    if database and not str(database).startswith(_PG):
+    if database and not str(database).startswith(PG_SCHEMES):
         raise bad("database", f"postgresql://user@host:port/db, got {database!r}")
 
     def url(key: str, ok: tuple[str, ...], want: str) -> str | None:
@@ -186,11 +186,12 @@ def load_config(path: str | Path) -> ScaleConfig:
             raise bad(key, f"{want}, got {v!r}")
         return str(v) if v else database
 
-    call_log = url("call_log", ("sqlite:///",) + _PG, "sqlite:///path or postgresql://...")
-    traces = url("traces", ("sqlite:///",) + _PG, "sqlite:///path or postgresql://...")
+    sql_urls = ("sqlite:///",) + PG_SCHEMES
+    call_log = url("call_log", sql_urls, "sqlite:///path or postgresql://...")
+    traces = url("traces", sql_urls, "sqlite:///path or postgresql://...")
     adapters = data.get("adapters")
     if adapters and "://" in str(adapters):
-        adapters = url("adapters", _PG + ("file://",), "a folder or postgresql://...")
+        adapters = url("adapters", PG_SCHEMES + ("file://",), "a folder or postgresql://...")
     elif adapters:
         adapters = str((p.parent / Path(str(adapters)).expanduser()).resolve())
     else:

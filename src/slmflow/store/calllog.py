@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError, SlmflowError, mask_url
 from ..types import db_text
+from .pg import PgConnection, is_pg_url
 from .schema import LATEST, MIGRATIONS, statements
 
 __all__ = ["CallRecord", "Feedback", "Example", "ApiKey", "CallLog", "SQLiteCallLog",
@@ -625,7 +626,6 @@ class SQLiteCallLog(CallLog):
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
             try:
                 self._conn.close()
             except Exception:
@@ -665,37 +665,19 @@ class PostgresCallLog(CallLog):
     dialect = "postgresql"
 
     def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
-        try:
-            import psycopg
-        except ImportError:
-            raise ConfigError("PostgreSQL needs psycopg: pip install 'slmflow[store]'",
-                              where=url) from None
         self.url = url
-        self._psycopg = psycopg
-        self._timeout = int(max(1, connect_timeout))
-        self._conn = None
-        self._lock = threading.RLock()
-        self._connection()
+        # reopened after the server drops it: the failed statement raises once, the writer
+        # retries, the retry lands (tests/test_pg_restart.py)
+        self._pg = PgConnection(url, error=StoreError, what="the call log",
+                                connect_timeout=connect_timeout)
+        self._psycopg = self._pg.psycopg
+        self._lock = self._pg.lock
+        self._connection = self._pg.get
         try:
             self._migrate()
-        except psycopg.Error as e:
+        except self._psycopg.Error as e:
             raise StoreError(f"cannot migrate the call log: {str(e).strip()}",
                              where=self.url_safe) from None
-
-    def _connection(self) -> Any:
-        """The open connection; a new one after the server closed it (a restart, a failover, an
-        idle timeout): the failed statement raises once, the writer retries, the retry lands."""
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
-        if getattr(self, "_closed", False):
-            raise StoreError("the call log was closed", where=self.url_safe)
-        try:
-            self._conn = self._psycopg.connect(self.url, autocommit=True,
-                                               connect_timeout=self._timeout)
-        except self._psycopg.Error as e:
-            raise StoreError(f"cannot connect to PostgreSQL: {str(e).strip()}",
-                             where=self.url_safe) from None
-        return self._conn
 
     @staticmethod
     def _q(sql: str) -> str:
@@ -728,12 +710,7 @@ class PostgresCallLog(CallLog):
         return "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            try:
-                self._conn.close()
-            except Exception:
-                pass
+        self._pg.close()
 
 
 # ---- opening -----------------------------------------------------------------------------------------
@@ -762,7 +739,7 @@ def open_call_log(url: str | Path | None = None) -> CallLog:
                              else u[len("sqlite://"):])
     if u.startswith("sqlite://"):
         raise ConfigError("write SQLite URLs as sqlite:///absolute/path.db", where=u)
-    if u.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+    if is_pg_url(u):
         return PostgresCallLog(u.replace("postgresql+psycopg://", "postgresql://"))
     if "://" not in u:
         return SQLiteCallLog(u)

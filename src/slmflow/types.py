@@ -89,6 +89,9 @@ def as_messages(messages: Sequence[MessageLike] | str) -> list[Message]:
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
+    # of input_tokens, how many came from a cached KV state instead of being evaluated
+    # (llama.cpp's prefix cache; OpenAI's usage.prompt_tokens_details.cached_tokens)
+    cached_input_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -96,7 +99,8 @@ class Usage:
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(self.input_tokens + other.input_tokens,
-                     self.output_tokens + other.output_tokens)
+                     self.output_tokens + other.output_tokens,
+                     self.cached_input_tokens + other.cached_input_tokens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,24 @@ def default_threads(pool_size: int = 1) -> int:
     return max(1, (cores - 1) // max(1, pool_size))
 
 
+def default_threads_batch(pool_size: int = 1) -> int:
+    """Threads for prompt evaluation (batches): ``$SLMFLOW_LLAMA_THREADS_BATCH``, else every core,
+    shared by the pool's contexts. Prefill is compute-bound and scales with cores (measured in
+    docs/benchmarks.md); the spin-wait penalty that keeps decode off the last core costs little
+    on one long batch."""
+    env = os.environ.get("SLMFLOW_LLAMA_THREADS_BATCH")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ConfigError(f"SLMFLOW_LLAMA_THREADS_BATCH must be a number, got {env!r}",
+                              where="SLMFLOW_LLAMA_THREADS_BATCH") from None
+    if os.environ.get("SLMFLOW_LLAMA_THREADS"):
+        return default_threads(pool_size)
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, pool_size))
+
+
 class LlamaCppModel(Model):
     """A GGUF model run in-process by llama.cpp.
 
@@ -109,7 +127,9 @@ class LlamaCppModel(Model):
 
     def __init__(self, path: str | Path, *, name: str | None = None, n_ctx: int = 2048,
                  n_threads: int | None = None, pool_size: int = 1, lora_path: str | Path | None = None,
-                 adapter: str | None = None, chat: bool = True, n_batch: int = 512) -> None:
+                 adapter: str | None = None, chat: bool = True, n_batch: int = 512,
+                 n_threads_batch: int | None = None, engine: str | None = None,
+                 prefix_cache: bool | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {self.path}", where=name or str(path))
@@ -120,7 +140,18 @@ class LlamaCppModel(Model):
         self.n_ctx = n_ctx
         self.pool_size = max(1, pool_size)
         self.n_threads = n_threads or default_threads(self.pool_size)
+        self.n_threads_batch = n_threads_batch or default_threads_batch(self.pool_size)
         self.n_batch = n_batch
+        self.engine = engine or os.environ.get("SLMFLOW_LLAMA_ENGINE", "fast")
+        if self.engine not in ("fast", "legacy"):
+            raise ConfigError(f"engine must be 'fast' or 'legacy', got {self.engine!r}",
+                              where=name or str(path))
+        if prefix_cache is None:
+            prefix_cache = os.environ.get("SLMFLOW_PREFIX_CACHE", "on").lower() not in (
+                "0", "off", "false", "no")
+        self.prefix_cache = prefix_cache
+        self._sessions: dict[int, Any] = {}
+        self._scope: tuple | None = None
         self.chat = chat
         adapter = adapter or (self.lora_path.stem if self.lora_path else None)
         self.info = ModelInfo("llama.cpp", name or self.path.stem, adapter)
@@ -137,7 +168,7 @@ class LlamaCppModel(Model):
             with _LOAD_LOCK, _quiet_stderr():
                 llm = llama_cpp.Llama(
                     model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                    n_threads_batch=self.n_threads, n_batch=self.n_batch, verbose=False,
+                    n_threads_batch=self.n_threads_batch, n_batch=self.n_batch, verbose=False,
                     lora_path=str(self.lora_path) if self.lora_path else None, seed=0)
         except Exception as e:
             raise ModelLoadError(f"llama.cpp could not load {self.path.name}: {e}",
@@ -177,6 +208,64 @@ class LlamaCppModel(Model):
     # -- generation ------------------------------------------------------------------------
     def _run(self, llm, prompt: str, spec: OutputSpec | None, settings: Settings,
              max_tokens: int) -> Response:
+        if self.engine == "legacy":
+            return self._run_legacy(llm, prompt, spec, settings, max_tokens)
+        return self._run_fast(llm, prompt, spec, settings, max_tokens)
+
+    def _session(self, llm):
+        """The token loop bound to this context (llamacpp_engine.LlamaSession)."""
+        from .llamacpp_engine import LlamaSession, file_scope, shared_cache
+
+        sess = self._sessions.get(id(llm))
+        if sess is None:
+            if self._scope is None:
+                self._scope = file_scope(self.path, self.lora_path) + (self.n_ctx,)
+            sess = LlamaSession(llm, self._scope, shared_cache() if self.prefix_cache else None,
+                                n_threads=self.n_threads, n_threads_batch=self.n_threads_batch)
+            self._sessions[id(llm)] = sess
+        return sess
+
+    def _run_fast(self, llm, prompt: str, spec: OutputSpec | None, settings: Settings,
+                  max_tokens: int) -> Response:
+        from .llamacpp_engine import lltokenizer, new_matcher
+
+        t0 = time.perf_counter()
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if len(tokens) + 1 > self.n_ctx:
+            raise ContextLengthError(
+                f"prompt is {len(tokens)} tokens; the context window is {self.n_ctx}",
+                where=self.info.identity, prompt_tokens=len(tokens), n_ctx=self.n_ctx)
+        max_tokens = min(max_tokens, self.n_ctx - len(tokens))
+        matcher = None
+        if spec is not None:
+            try:
+                matcher = new_matcher(lltokenizer(self.path), spec.schema_text)
+            except ImportError as e:
+                raise BackendUnavailableError(f"llguidance is not installed ({e})",
+                                              where=self.info.identity) from None
+        sess = self._session(llm)
+        try:
+            res = sess.run(np.asarray(tokens, dtype=np.int32), matcher=matcher,
+                           temperature=settings.temperature, top_p=settings.top_p,
+                           seed=settings.seed, max_tokens=max_tokens, stop=settings.stop)
+        except (GenerationError, SchemaError):
+            raise
+        except Exception as e:
+            raise GenerationError(f"llama.cpp failed while generating: {e}",
+                                  where=self.info.identity) from None
+        text = res.text if res.text is not None else llm.detokenize(res.tokens).decode(
+            "utf-8", errors="replace")
+        return Response(
+            text=text, model=self.info,
+            usage=Usage(len(tokens), len(res.tokens), res.reused_tokens),
+            latency_s=time.perf_counter() - t0, finish_reason=res.finish,
+            confidence=confidence_from_logprobs(res.logprobs),
+            token_logprobs=tuple(res.logprobs), time_to_first_token_s=res.ttft_s)
+
+    def _run_legacy(self, llm, prompt: str, spec: OutputSpec | None, settings: Settings,
+                    max_tokens: int) -> Response:
+        """llama-cpp-python's ``Llama.generate`` with the GBNF grammar sampler (engine="legacy",
+        the path before the prefix cache and llguidance; kept for comparison)."""
         import llama_cpp
 
         t0 = time.perf_counter()
@@ -256,9 +345,20 @@ class LlamaCppModel(Model):
         msgs = as_messages(messages)
         if not self._llamas:
             await asyncio.to_thread(self.load)
-        if spec is not None:
+        if spec is not None and self.engine == "legacy":
             _gbnf(spec.schema_text)  # schema errors surface before any work is queued
             _gbnf(spec.tightened().schema_text)
+        elif spec is not None:
+            from .llamacpp_engine import grammar_for
+
+            try:
+                grammar_for(spec.schema_text)  # schema errors surface before any work is queued
+            except ImportError as e:
+                raise BackendUnavailableError(f"llguidance is not installed ({e})",
+                                              where=self.info.identity) from None
+            except ValueError as e:
+                raise SchemaError(f"llguidance cannot turn this schema into a grammar: {e}",
+                                  where=self.info.identity) from None
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
             hinted = s is not None and settings.schema_hint
@@ -269,6 +369,10 @@ class LlamaCppModel(Model):
         return await generate_validated(attempt, spec, where=self.info.identity)
 
     async def aclose(self) -> None:
+        for sess in self._sessions.values():
+            with contextlib.suppress(Exception):
+                sess.close()
+        self._sessions = {}
         for llm in self._llamas:
             with contextlib.suppress(Exception):
                 llm.close()

@@ -1,0 +1,496 @@
+"""The llama.cpp token loop: prefix reuse across calls, constrained decoding with fast-forward.
+
+Why slmflow drives llama.cpp's context itself instead of ``Llama.generate``: in a chain of small
+agents the cost is prompt evaluation, not decoding (a 135M model prefills ~190 tokens/s on one
+portable-build thread, so a 330-token verifier prompt is ~1.7 s for 6 output tokens), and most
+of those tokens were evaluated before: an agent's instructions and schema text are the same in
+every call, and the verifier reads the passages and ticket the reasoner read a moment earlier.
+``Llama.generate`` only reuses the prefix of the *last* prompt of *its own* context. Here:
+
+* `PrefixCache` keeps KV states of earlier prompts (``llama_state_seq_get_data`` of sequence 0:
+  only the KV cells of that sequence, ~23 KB per token for SmolLM2-135M; ``Llama.save_state``
+  is the wrong tool, it copies the whole context state with its logits buffer). A call finds the
+  entry with the longest common token prefix, restores it (~1 ms for 300 tokens) and drops the
+  cells past the match, so it evaluates only what no earlier call evaluated: RadixAttention's
+  idea over opaque state blobs. The live context is itself a candidate (no restore needed).
+  Entries are scoped by (model file, adapter file, context type): a state computed under one
+  LoRA adapter is never restored into another (the adapter changes K and V). Memory is bounded:
+  LRU by bytes (`SLMFLOW_PREFIX_CACHE_MB`, default 256), and an entry whose tokens are a prefix
+  of a newer entry's is dropped (the newer one serves every match the older one could).
+* Constrained decoding runs on llguidance (`LLMatcher` over the llama.cpp vocabulary, the
+  tokenizer bridge ``llguidance.llamacpp``): tokens the grammar forces (``{"category":"``) are
+  decoded in one batch instead of one by one (fast-forward); the unconstrained argmax is checked
+  first and the ~50 us mask is computed only when the grammar rejects it; generation stops as
+  soon as the grammar is complete (no decode of a closing EOS). llama.cpp's GBNF sampler, which
+  checks every vocabulary entry per token, stays behind ``engine="legacy"``.
+* Confidence stays what it was: the mean log-probability of every emitted token under the raw
+  (unconstrained) distribution, forced tokens included. A forced batch asks llama.cpp for one
+  logits row per forced token (one output-projection row each, no extra decode), so a forced
+  token the model would not have chosen still lowers confidence.
+
+Threads: prefill is compute-bound and scales with cores; the decode of one token is short and
+suffers most when another process holds a core. `n_threads_batch` and `n_threads` are set per
+phase by the caller (see `default_threads` in llamacpp.py).
+
+One `LlamaSession` drives one llama.cpp context and is used by one thread at a time (the
+model's context pool guarantees it); the `PrefixCache` is shared by every context of the
+process and locks its own table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _cache_bytes_default() -> int:
+    env = os.environ.get("SLMFLOW_PREFIX_CACHE_MB")
+    if env:
+        try:
+            return max(0, int(float(env) * 1024 * 1024))
+        except ValueError:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"SLMFLOW_PREFIX_CACHE_MB must be a number, got {env!r}",
+                              where="SLMFLOW_PREFIX_CACHE_MB") from None
+    return 256 * 1024 * 1024
+
+
+def file_scope(*paths: Path | None) -> tuple:
+    """What a KV state depends on: each file's resolved path, size and modification time (a
+    replaced adapter file never reuses the states of the old one)."""
+    out: list[Any] = []
+    for p in paths:
+        if p is None:
+            out.append(None)
+            continue
+        st = Path(p).stat()
+        out.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+@dataclass
+class _Entry:
+    scope: tuple
+    tokens: np.ndarray  # int32
+    state: Any  # ctypes uint8 array
+    nbytes: int
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    neq = np.flatnonzero(a[:n] != b[:n])
+    return int(neq[0]) if len(neq) else n
+
+
+class PrefixCache:
+    """KV states of earlier prompts, found by longest common token prefix; LRU by bytes."""
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = _cache_bytes_default() if max_bytes is None else max_bytes
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._next = 0
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def lookup(self, scope: tuple, tokens: np.ndarray) -> tuple[_Entry | None, int]:
+        """The entry sharing the longest prefix with `tokens` in `scope`, and that length."""
+        best, best_n = None, 0
+        with self._lock:
+            for key, e in self._entries.items():
+                if e.scope != scope:
+                    continue
+                n = _common_prefix(e.tokens, tokens)
+                if n > best_n:
+                    best, best_n, best_key = e, n, key
+            if best is not None:
+                self._entries.move_to_end(best_key)
+                self.hits += 1
+            else:
+                self.misses += 1
+        return best, best_n
+
+    def put(self, scope: tuple, tokens: np.ndarray, state: Any, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            return
+        with self._lock:
+            # entries this one dominates (their tokens are a prefix of these) go
+            for key in [k for k, e in self._entries.items()
+                        if e.scope == scope and len(e.tokens) <= len(tokens)
+                        and _common_prefix(e.tokens, tokens) == len(e.tokens)]:
+                self._bytes -= self._entries.pop(key).nbytes
+            self._entries[self._next] = _Entry(scope, tokens.copy(), state, nbytes)
+            self._next += 1
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes and self._entries:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= old.nbytes
+                self.evictions += 1
+
+    def dominated_by(self, scope: tuple, tokens: np.ndarray) -> bool:
+        """True when an entry already holds `tokens` as (a prefix of) its own."""
+        with self._lock:
+            return any(e.scope == scope and len(e.tokens) >= len(tokens)
+                       and _common_prefix(e.tokens, tokens) == len(tokens)
+                       for e in self._entries.values())
+
+
+_CACHE: PrefixCache | None = None
+_CACHE_LOCK = threading.Lock()
+
+
+def shared_cache() -> PrefixCache:
+    """The process's prefix cache (sized by ``SLMFLOW_PREFIX_CACHE_MB`` on first use)."""
+    global _CACHE
+    with _CACHE_LOCK:
+        if _CACHE is None:
+            _CACHE = PrefixCache()
+        return _CACHE
+
+
+# -- llguidance ------------------------------------------------------------------------------
+_LLTOK: dict[str, tuple[Any, Any]] = {}
+_LLTOK_LOCK = threading.Lock()
+
+
+def lltokenizer(model_path: str | Path) -> Any:
+    """llguidance's view of a model's vocabulary (built once per model file: ~1 s).
+
+    llguidance keeps llama.cpp's vocab pointer and calls ``llama_tokenize`` through it for as
+    long as the tokenizer lives, so the vocab must outlive every context that is closed or
+    garbage-collected (a tokenizer built on a context's own model segfaulted the next call once
+    that model was freed). It therefore comes from a vocab-only load of the file (no weights,
+    a few MB) that this cache owns for the life of the process."""
+    key = str(Path(model_path).resolve())
+    with _LLTOK_LOCK:
+        hit = _LLTOK.get(key)
+        if hit is None:
+            import warnings
+
+            import llama_cpp
+            from llguidance.llamacpp import lltokenizer_from_vocab
+
+            holder = llama_cpp.Llama(model_path=key, vocab_only=True, verbose=False)
+            with warnings.catch_warnings():  # it calls a deprecated alias once per token
+                warnings.simplefilter("ignore", DeprecationWarning)
+                tok = lltokenizer_from_vocab(holder._model.vocab)
+            hit = _LLTOK[key] = (tok, holder)
+        return hit[0]
+
+
+_GRAMMARS: OrderedDict[str, str] = OrderedDict()
+
+
+def closed_objects(schema: Any) -> Any:
+    """A copy of `schema` where every object with ``properties`` and no ``additionalProperties``
+    gets ``additionalProperties: false``.
+
+    JSON Schema allows extra keys by default and llguidance follows the spec, so a pydantic
+    model's schema would let a small model append ``,"description":...`` until max_tokens (seen
+    here). llama.cpp's GBNF converter closed such objects; this keeps that behaviour: the model
+    may only write the keys the schema names (pydantic ignores extra keys anyway)."""
+    if isinstance(schema, list):
+        return [closed_objects(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (closed_objects(v) if k not in ("const", "enum", "default", "examples") else v)
+           for k, v in schema.items()}
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out \
+            and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def grammar_for(schema_text: str) -> str:
+    """llguidance grammar of a JSON schema: objects closed (`closed_objects`), compact JSON (no
+    free whitespace between tokens, so structure is forced and fast-forwarded), cached by
+    schema text."""
+    g = _GRAMMARS.get(schema_text)
+    if g is None:
+        import json
+
+        import llguidance
+
+        closed = json.dumps(closed_objects(json.loads(schema_text)))
+        g = llguidance.LLMatcher.grammar_from_json_schema(
+            closed, defaults={"whitespace_flexible": False})
+        _GRAMMARS[schema_text] = g
+        while len(_GRAMMARS) > 256:
+            _GRAMMARS.popitem(last=False)
+    return g
+
+
+def new_matcher(lltok: Any, schema_text: str) -> Any:
+    import llguidance
+
+    from ..errors import SchemaError
+
+    m = llguidance.LLMatcher(lltok, grammar_for(schema_text))
+    if m.is_error():
+        raise SchemaError(f"llguidance rejected the schema: {m.get_error()}", where="llamacpp")
+    return m
+
+
+# -- the token loop --------------------------------------------------------------------------
+@dataclass
+class LoopResult:
+    tokens: list[int]
+    logprobs: list[float]
+    finish: str
+    prompt_tokens: int
+    reused_tokens: int
+    forced_tokens: int = 0
+    masked_steps: int = 0
+    ttft_s: float | None = None
+    text: str | None = None  # set when a stop string cut the text
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _logprob(row: np.ndarray, tok: int) -> float:
+    m = float(row.max())
+    return float(row[tok]) - m - float(np.log(np.exp(row - m).sum()))
+
+
+class LlamaSession:
+    """Drives one llama.cpp context: what sequence 0 holds, prefill with reuse, decode."""
+
+    def __init__(self, llm: Any, scope: tuple, cache: PrefixCache | None, *,
+                 n_threads: int, n_threads_batch: int, save_min_tokens: int = 16) -> None:
+        import llama_cpp
+
+        self._lc = llama_cpp
+        self.llm = llm
+        self.ctx = llm._ctx.ctx
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.scope = scope
+        self.cache = cache
+        self.n_vocab = llm.n_vocab()
+        self.n_batch = llm.n_batch
+        self.n_threads = n_threads
+        self.n_threads_batch = n_threads_batch
+        self.save_min_tokens = save_min_tokens
+        self.tokens = np.zeros(0, dtype=np.int32)  # what sequence 0's KV cells hold, in order
+        self._batch = llama_cpp.llama_batch_init(max(self.n_batch, 1), 0, 1)
+        self._threads_set: tuple[int, int] | None = None
+        self.vocab = llm._model.vocab
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._lc.llama_batch_free(self._batch)
+            self._batch = None
+
+    def _set_threads(self) -> None:
+        want = (self.n_threads, self.n_threads_batch)
+        if self._threads_set != want:
+            self._lc.llama_set_n_threads(self.ctx, *want)
+            self._threads_set = want
+
+    # -- KV bookkeeping ------------------------------------------------------------------
+    def _truncate(self, n: int) -> None:
+        if n < len(self.tokens):
+            if not self._lc.llama_memory_seq_rm(self.mem, 0, n, -1):
+                self._lc.llama_memory_seq_rm(self.mem, 0, -1, -1)
+                n = 0
+            self.tokens = self.tokens[:n]
+
+    def _restore(self, entry: Any, n: int) -> bool:
+        ok = self._lc.llama_state_seq_set_data(self.ctx, entry.state, entry.nbytes, 0)
+        if not ok:
+            self._lc.llama_memory_seq_rm(self.mem, 0, -1, -1)
+            self.tokens = self.tokens[:0]
+            return False
+        self.tokens = entry.tokens.copy()
+        self._truncate(n)
+        return True
+
+    def save(self) -> None:
+        """Put what sequence 0 holds into the prefix cache (unless it adds nothing)."""
+        if self.cache is None or self.cache.max_bytes <= 0:
+            return
+        if len(self.tokens) < self.save_min_tokens or self.cache.dominated_by(self.scope,
+                                                                              self.tokens):
+            return
+        size = self._lc.llama_state_seq_get_size(self.ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        got = self._lc.llama_state_seq_get_data(self.ctx, buf, size, 0)
+        if got:
+            self.cache.put(self.scope, self.tokens, buf, got)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _decode(self, toks: Sequence[int], all_logits: bool) -> np.ndarray:
+        """Evaluate `toks` after what the context holds; logits rows (all, or the last)."""
+        from ..errors import GenerationError
+
+        rows = []
+        pos0 = len(self.tokens)
+        for i in range(0, len(toks), self.n_batch):
+            chunk = toks[i:i + self.n_batch]
+            b = self._batch
+            b.n_tokens = len(chunk)
+            for j, t in enumerate(chunk):
+                b.token[j] = int(t)
+                b.pos[j] = pos0 + i + j
+                b.n_seq_id[j] = 1
+                b.seq_id[j][0] = 0
+                b.logits[j] = all_logits
+            b.logits[len(chunk) - 1] = True
+            rc = self._lc.llama_decode(self.ctx, b)
+            if rc != 0:
+                self._truncate(pos0)  # what was half-decoded is dropped, the context stays usable
+                raise GenerationError(f"llama_decode returned {rc}", where="llamacpp")
+            self.tokens = np.concatenate([self.tokens, np.asarray(chunk, dtype=np.int32)])
+            want = range(len(chunk)) if all_logits else [len(chunk) - 1]
+            for j in want:
+                rows.append(np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self.ctx, j),
+                                                  shape=(self.n_vocab,)).copy())
+        return np.stack(rows) if rows else np.zeros((0, self.n_vocab), np.float32)
+
+    def prefill(self, prompt: np.ndarray) -> tuple[np.ndarray, int]:
+        """Bring sequence 0 to `prompt`, reusing the longest cached prefix; the last logits row
+        and how many prompt tokens were reused."""
+        self._set_threads()
+        live = _common_prefix(self.tokens, prompt)
+        entry, cached = (None, 0)
+        if self.cache is not None:
+            entry, cached = self.cache.lookup(self.scope, prompt)
+        # At least two tokens are evaluated. One is needed for the logits that start the answer;
+        # the second keeps the answer bit-identical to a fresh evaluation: llama.cpp computes a
+        # one-token batch with other kernels than a longer one (measured here: last-row logits
+        # off by up to 0.34 when only the final prompt token was evaluated, 0.0 with two or
+        # more), so a repeated prompt could otherwise flip a near-tie and answer differently.
+        limit = max(0, len(prompt) - 2)
+        if entry is not None and min(cached, limit) > min(live, limit):
+            if not self._restore(entry, min(cached, limit)):
+                self._truncate(0)
+        else:
+            self._truncate(min(live, limit))
+        reused = len(self.tokens)
+        logits = self._decode(prompt[reused:], all_logits=False)[-1]
+        return logits, reused
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, prompt: np.ndarray, *, matcher: Any = None, temperature: float = 0.0,
+            top_p: float = 1.0, seed: int | None = 0, max_tokens: int = 256,
+            stop: Sequence[str] = (), eog: Any = None) -> LoopResult:
+        t0 = time.perf_counter()
+        logits, reused = self.prefill(prompt)
+        t_prefill = time.perf_counter() - t0
+        self.save()
+        rng = np.random.default_rng(seed) if temperature > 0 else None
+        out: list[int] = []
+        lps: list[float] = []
+        forced = masked = 0
+        finish = "length"
+        cut_text = None
+        ttft = None
+        bitmask = None
+        is_eog = eog or (lambda t: self._lc.llama_vocab_is_eog(self.vocab, t))
+        while len(out) < max_tokens:
+            if matcher is not None:
+                if matcher.is_stopped():
+                    finish = "stop"
+                    break
+                ff = matcher.compute_ff_tokens()
+                if ff:
+                    ff = ff[:max_tokens - len(out)]
+                    if not matcher.consume_tokens(ff):
+                        raise _grammar_error(matcher)
+                    lps.append(_logprob(logits, ff[0]))
+                    out.extend(ff)
+                    forced += len(ff)
+                    ttft = ttft if ttft is not None else time.perf_counter() - t0
+                    if matcher.is_stopped() or len(out) >= max_tokens:
+                        # the remaining forced tokens' confidence needs their rows
+                        if len(ff) > 1:
+                            rows = self._decode(ff[:-1], all_logits=True)
+                            lps.extend(_logprob(r, t) for r, t in zip(rows, ff[1:]))
+                        finish = "stop" if matcher.is_stopped() else "length"
+                        break
+                    rows = self._decode(ff, all_logits=True)
+                    lps.extend(_logprob(r, t) for r, t in zip(rows[:-1], ff[1:]))
+                    logits = rows[-1]
+                    continue
+            tok = self._pick(logits, temperature, top_p, rng)
+            if matcher is not None and not matcher.validate_tokens([tok]):
+                masked += 1
+                if bitmask is None:
+                    bitmask = np.empty((self.n_vocab + 31) // 32, dtype=np.int32)
+                matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
+                allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:self.n_vocab]
+                masked_logits = np.where(allowed.astype(bool), logits, -np.inf)
+                if not np.isfinite(masked_logits).any():
+                    raise _grammar_error(matcher)
+                tok = self._pick(masked_logits, temperature, top_p, rng)
+            ttft = ttft if ttft is not None else time.perf_counter() - t0
+            lp = _logprob(logits, tok)
+            if is_eog(tok):
+                finish = "stop"
+                break
+            lps.append(lp)
+            out.append(tok)
+            if matcher is not None:
+                if not matcher.consume_token(tok):
+                    raise _grammar_error(matcher)
+                if matcher.is_stopped():
+                    finish = "stop"
+                    break
+            if stop:
+                text = self.llm.detokenize(out).decode("utf-8", errors="ignore")
+                hit = [text.index(s) for s in stop if s in text]
+                if hit:
+                    cut_text = text[:min(hit)]
+                    finish = "stop"
+                    break
+            if len(out) >= max_tokens:
+                break
+            logits = self._decode([tok], all_logits=False)[-1]
+        return LoopResult(out, lps, finish, len(prompt), reused, forced, masked, ttft, cut_text,
+                          {"prefill_s": t_prefill, "total_s": time.perf_counter() - t0})
+
+    @staticmethod
+    def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: Any) -> int:
+        if rng is None or temperature <= 0:
+            return int(np.argmax(logits))
+        z = logits.astype(np.float64) / temperature
+        z -= z[np.isfinite(z)].max()
+        p = np.exp(z)
+        p /= p.sum()
+        if top_p < 1.0:
+            order = np.argsort(-p)
+            keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
+            q = np.zeros_like(p)
+            q[keep] = p[keep]
+            p = q / q.sum()
+        return int(rng.choice(len(p), p=p))
+
+
+def _grammar_error(matcher: Any) -> Exception:
+    from ..errors import GenerationError
+
+    return GenerationError(f"constraint failed: {matcher.get_error() or 'no token allowed'}",
+                           where="llamacpp")

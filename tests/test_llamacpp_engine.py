@@ -1,0 +1,235 @@
+"""The llama.cpp token loop (models/llamacpp_engine.py) on the real embedded model: a reused
+prefix gives the logits a fresh evaluation gives, states of different adapters never mix, the
+cache stays inside its byte bound, concurrent requests stay correct, constrained decoding
+fast-forwards forced tokens and stays valid."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+from slmflow.models.catalog import resolve
+from slmflow.models.llamacpp_engine import PrefixCache, closed_objects
+from slmflow.types import Message, Settings
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ROUTER = ROOT / "examples" / "support" / "adapters" / "router" / "adapter.gguf"
+EXTRACTOR = ROOT / "examples" / "support" / "adapters" / "extractor" / "adapter.gguf"
+
+SYSTEM = ("You are a customer-support agent. Answer the customer in 2 short sentences, using "
+          "only the policy. Mention the order or account id if there is one.")
+
+
+class Route(BaseModel):
+    category: Literal["refund", "shipping", "billing", "account", "other"]
+
+
+def _model(**kw):
+    kw.setdefault("prefix_cache", True)
+    return resolve("smollm2-135m", **kw).load()
+
+
+def _tokens(m, text: str) -> np.ndarray:
+    llm = m._llamas[0]
+    return np.asarray(llm.tokenize(text.encode(), add_bos=True, special=True), dtype=np.int32)
+
+
+def _fresh_logits(m, tokens: np.ndarray) -> np.ndarray:
+    """The last logits row of `tokens` evaluated from an empty context, nothing reused."""
+    sess = m._session(m._llamas[0])
+    cache, sess.cache = sess.cache, None
+    try:
+        sess._truncate(0)
+        return sess.prefill(tokens)[0]
+    finally:
+        sess.cache = cache
+
+
+def test_reused_prefix_gives_the_logits_of_a_fresh_evaluation():
+    m = _model(prefix_cache=True)
+    m_cache = PrefixCache(64 << 20)
+    sess = m._session(m._llamas[0])
+    sess.cache = m_cache
+    a = _tokens(m, m.prompt_text([Message("system", SYSTEM),
+                                  Message("user", "Ticket: my order A-1042 arrived broken")]))
+    b = _tokens(m, m.prompt_text([Message("system", SYSTEM),
+                                  Message("user", "Ticket: where is my parcel B-77?")]))
+    sess._truncate(0)
+    sess.prefill(a)
+    sess.save()
+    assert len(m_cache) == 1
+    # the live context is moved elsewhere, so b can only come from the cache
+    sess._truncate(0)
+    sess.prefill(_tokens(m, "An unrelated text that shares only the start token."))
+    logits_b, reused = sess.prefill(b)
+    shared = int(np.flatnonzero(a[:len(b)] != b[:len(a)])[0])
+    assert reused == shared > 20  # the system prompt and the template came from the cache
+    fresh = _fresh_logits(m, b)
+    # bit-identical: the suffix is evaluated with the same kernels as in a fresh evaluation
+    np.testing.assert_array_equal(logits_b, fresh)
+
+
+def test_whole_answers_are_the_same_with_and_without_the_cache():
+    prompts = [[Message("system", SYSTEM), Message("user", f"Ticket: {t}")] for t in (
+        "My order A-1042 arrived broken, I want a refund",
+        "I was charged twice for my subscription this month, account 88231.",
+        "My order A-1042 arrived broken, I want a refund")]
+
+    async def answers(cache: bool):
+        m = _model(prefix_cache=cache)
+        out = []
+        for p in prompts:
+            if not cache:  # a fresh evaluation every time: nothing in the context either
+                m._session(m._llamas[0])._truncate(0)
+            r = await m.generate(p, settings=Settings(max_tokens=24))
+            out.append((r.text, r.usage.cached_input_tokens, r.confidence))
+        await m.aclose()
+        return out
+
+    with_cache = asyncio.run(answers(True))
+    without = asyncio.run(answers(False))
+    assert [t for t, _, _ in with_cache] == [t for t, _, _ in without]
+    assert [c for _, _, c in with_cache] == [c for _, _, c in without]
+    assert all(n == 0 for _, n, _ in without)
+    assert with_cache[1][1] > 20 and with_cache[2][1] > with_cache[1][1]
+
+
+def test_states_of_different_adapters_never_mix():
+    cache = PrefixCache(64 << 20)
+    text = [Message("system", "Classify the ticket."), Message("user", "Ticket: refund please")]
+    router = resolve("smollm2-135m", lora_path=ROUTER, prefix_cache=True).load()
+    extractor = resolve("smollm2-135m", lora_path=EXTRACTOR, prefix_cache=True).load()
+    base = _model()
+    sessions = []
+    for m in (router, extractor, base):
+        s = m._session(m._llamas[0])
+        s.cache = cache
+        sessions.append(s)
+    toks = _tokens(base, base.prompt_text(text))
+    logits = []
+    for s in sessions:
+        s._truncate(0)
+        row, reused = s.prefill(toks)
+        s.save()
+        assert reused == 0  # a state made under another adapter is never offered
+        logits.append(row)
+    assert len({s.scope for s in sessions}) == 3
+    assert len(cache) == 3
+    # and the adapters do change the states: the rows differ
+    assert not np.allclose(logits[0], logits[1], atol=1e-2)
+    # the same adapter does reuse its own state
+    sessions[0]._truncate(0)
+    _, reused = sessions[0].prefill(toks)
+    assert reused == len(toks) - 2  # two tokens are always evaluated (see prefill)
+
+
+def test_cache_evicts_within_its_byte_bound():
+    m = _model()
+    sess = m._session(m._llamas[0])
+    cache = PrefixCache(0)
+    sess.cache = cache
+    sess._truncate(0)
+    sess.prefill(_tokens(m, "one two three four five six seven eight nine ten " * 4))
+    size_one = __import__("llama_cpp").llama_state_seq_get_size(sess.ctx, 0)
+    cache.max_bytes = int(size_one * 2.5)
+    for i in range(6):
+        sess._truncate(0)
+        sess.prefill(_tokens(m, f"{i} distinct prompt number {i} " * 8))
+        sess.save()
+        assert cache.nbytes <= cache.max_bytes
+    assert cache.evictions >= 3
+    assert 1 <= len(cache) <= 2
+
+
+def test_a_prefix_entry_is_replaced_by_the_longer_one_that_contains_it():
+    cache = PrefixCache(1 << 30)
+    scope = ("s",)
+    cache.put(scope, np.arange(10, dtype=np.int32), object(), 100)
+    cache.put(scope, np.arange(20, dtype=np.int32), object(), 200)
+    cache.put(("other",), np.arange(10, dtype=np.int32), object(), 100)
+    assert len(cache) == 2 and cache.nbytes == 300
+    entry, n = cache.lookup(scope, np.r_[np.arange(15), [99]].astype(np.int32))
+    assert n == 15 and len(entry.tokens) == 20
+
+
+def test_concurrent_requests_on_a_pool_share_the_cache_and_stay_correct():
+    tickets = ["My order A-1042 arrived broken", "Where is order B-77?",
+               "I was charged twice, account 88231", "How do I change my email?"] * 2
+
+    async def run(m):
+        return await asyncio.gather(*(m.generate(
+            [Message("system", "Classify the ticket."), Message("user", f"Ticket: {t}")],
+            schema=Route, settings=Settings(max_tokens=16)) for t in tickets))
+
+    pooled = resolve("smollm2-135m", pool_size=2, prefix_cache=True).load()
+    serial = resolve("smollm2-135m", prefix_cache=False).load()
+    together = asyncio.run(run(pooled))
+    one_by_one = [asyncio.run(serial.generate(
+        [Message("system", "Classify the ticket."), Message("user", f"Ticket: {t}")],
+        schema=Route, settings=Settings(max_tokens=16))) for t in tickets]
+    assert [r.parsed for r in together] == [r.parsed for r in one_by_one]
+    assert sum(r.usage.cached_input_tokens for r in together) > 0
+
+
+def test_constrained_decoding_fast_forwards_and_stops_when_complete():
+    m = _model()
+    msgs = [Message("system", "Classify the ticket."), Message("user", "Ticket: refund please")]
+    from slmflow.models.llamacpp_engine import lltokenizer, new_matcher
+    from slmflow.structured import OutputSpec
+
+    spec = OutputSpec.build(Route)
+    llm = m._llamas[0]
+    matcher = new_matcher(lltokenizer(m.path), spec.schema_text)
+    sess = m._session(llm)
+    res = sess.run(_tokens(m, m.prompt_text(spec.with_instruction(msgs))), matcher=matcher,
+                   max_tokens=32)
+    text = llm.detokenize(res.tokens).decode()
+    Route.model_validate_json(text)
+    assert res.finish == "stop"
+    assert res.forced_tokens >= 3  # {"category":" at least
+    assert len(res.logprobs) == len(res.tokens)  # forced tokens carry their raw probability
+    assert matcher.is_stopped()
+
+
+def test_closed_objects_forbids_extra_keys_but_keeps_free_dicts():
+    s = closed_objects({"type": "object", "properties": {"a": {"type": "object"},
+                                                          "b": {"properties": {"c": {}}}}})
+    assert s["additionalProperties"] is False
+    assert "additionalProperties" not in s["properties"]["a"]
+    assert s["properties"]["b"]["additionalProperties"] is False
+    assert closed_objects({"properties": {}, "additionalProperties": True})[
+        "additionalProperties"] is True
+    assert json.dumps(closed_objects({"enum": [{"properties": 1}]})) == '{"enum": [{"properties": 1}]}'
+
+
+def test_legacy_engine_stays_selectable():
+    m = resolve("smollm2-135m", engine="legacy").load()
+    r = asyncio.run(m.generate([Message("user", "Say hi")], schema=Route,
+                               settings=Settings(max_tokens=16)))
+    assert isinstance(r.parsed, Route)
+    with pytest.raises(Exception, match="engine"):
+        resolve("smollm2-135m", engine="warp")
+
+
+def test_the_grammar_tokenizer_outlives_a_closed_model():
+    """llguidance calls llama_tokenize through the vocab it was built on: built on a context's
+    own model, it crashed the process once that model was closed and freed."""
+    import gc
+
+    async def once():
+        m = resolve("smollm2-135m", prefix_cache=False).load()
+        r = await m.generate([Message("user", "refund please")], schema=Route,
+                             settings=Settings(max_tokens=16))
+        await m.aclose()
+        return r.parsed
+
+    assert isinstance(asyncio.run(once()), Route)
+    gc.collect()
+    assert isinstance(asyncio.run(once()), Route)

@@ -88,7 +88,7 @@ def test_auth_401_403_and_allowed_models(make):
 def test_config_keys_rate_limit_and_token_budget(make):
     s = make({"auth": {"keys": [
         {"name": "slow", "sha256": hash_key("sk-slow"), "rpm": 2},
-        {"name": "poor", "sha256": hash_key("sk-poor"), "tokens_per_day": 40}]},
+        {"name": "poor", "sha256": hash_key("sk-poor"), "tokens_per_day": 64}]},
         "cache": {"enabled": False}})
     c = _client(s, "sk-slow")
     c.chat.completions.create(model="echo", messages=MSG)
@@ -97,18 +97,18 @@ def test_config_keys_rate_limit_and_token_budget(make):
         c.chat.completions.create(model="echo", messages=MSG)
     assert e.value.body["code"] == "rate_limit_exceeded"
     assert int(e.value.response.headers["retry-after"]) >= 1
-    # a request reserves its prompt estimate + max_tokens (here 28 + 8 of the 40) and settles
-    # with its real usage (2 + 3): 35 left, so the same request no longer fits, one token less does
+    # a request reserves its prompt estimate + max_tokens (here 52 + 8 of the 64) and settles
+    # with its real usage (2 + 3): 59 left, so the same request no longer fits, one token less does
     from slmflow.gateway.auth import estimate_tokens
 
     need = estimate_tokens(len("hello there"), 1) + 8
-    assert need == 36
+    assert need == 60
     p = _client(s, "sk-poor")
     p.chat.completions.create(model="echo", messages=MSG, max_tokens=8)
     assert s.gateway.budget.used("poor") == 5
     with pytest.raises(openai.RateLimitError) as e:
         p.chat.completions.create(model="echo", messages=MSG, max_tokens=8)
-    assert e.value.body["code"] == "insufficient_quota" and "35 tokens left" in e.value.message
+    assert e.value.body["code"] == "insufficient_quota" and "59 tokens left" in e.value.message
     p.chat.completions.create(model="echo", messages=MSG, max_tokens=7)
     assert s.gateway.budget.used("poor") == 10
 

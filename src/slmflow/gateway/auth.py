@@ -112,9 +112,10 @@ class RateLimiter:
 
 def estimate_tokens(text_bytes: int, messages: int = 1) -> int:
     """A generous prompt-token estimate for a reservation, without the model's tokenizer: a
-    token per 3 bytes, 8 per message (role markers of a chat template), 16 for a template's
-    preamble. The real count settles the reservation after the call."""
-    return -(-int(text_bytes) // 3) + 8 * int(messages) + 16
+    token per 3 bytes (English runs near 4, CJK near 3), 8 per message (role markers of a chat
+    template), 40 for a template's preamble (SmolLM2's default system prompt and markers are 26
+    tokens). The real count settles the reservation after the call."""
+    return -(-int(text_bytes) // 3) + 8 * int(messages) + 40
 
 
 @dataclass

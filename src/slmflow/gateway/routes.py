@@ -199,7 +199,8 @@ def make_app(gw: Gateway) -> FastAPI:
                    breakers={n: b.state for n, b in gw.breakers.items()})
         return out
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=_errors(401, 403))
+    # not response_class=PlainTextResponse: FastAPI would document the JSON errors as text too
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}, **_errors(401, 403)})
     async def metrics(request: Request) -> PlainTextResponse:
         """Prometheus text format; needs a key with the ``metrics`` scope when auth is on."""
         gw.require_scope(request, "metrics")

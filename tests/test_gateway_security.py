@@ -114,6 +114,25 @@ def test_concurrent_requests_cannot_overspend_the_daily_budget(make):
     assert s.gateway.budget.used("poor") == spent
 
 
+def test_budget_reservations_on_agents_and_workflows_settle_to_the_logged_tokens(make):
+    from slmflow.agents import Agent
+    from slmflow.workflow import Step, Workflow
+
+    reply = Agent("reply", FunctionModel(lambda m, s: "one two three", name="fm"),
+                  instructions="Reply.", max_tokens=8)
+    wf = Workflow("w", [Step("reply", agent=reply)])
+    s = make({**_keys(("team", {"tokens_per_day": 1000})), "cache": {"enabled": False}},
+             workflows={"w": wf})
+    r = httpx.post(f"{s.url}/workflows/w/runs", headers=_h("sk-team"), json={"input": "hi"})
+    assert r.status_code == 200, r.text
+    r = httpx.post(f"{s.url}/chat/completions", headers=_h("sk-team"),
+                   json={"model": "w.reply", "messages": MSG})
+    assert r.status_code == 200, r.text
+    s.gateway.writer.flush()
+    logged = s.gateway.call_log.tokens_since("team", time.time() - time.time() % 86400)
+    assert logged > 0 and s.gateway.budget.used("team") == logged
+
+
 def _serve(cfg_path: Path, port: int, home: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "SLMFLOW_HOME": str(home), "SLMFLOW_TRACING": "off",
            "SLMFLOW_LLAMA_THREADS": "1"}

@@ -611,7 +611,7 @@ class Gateway:
             if schema is None:
                 raise ApiError(400, "response_format.json_schema.schema must be an object",
                                param="response_format.json_schema.schema")
-        res = await self.limit(key, self._need(t, [m.content for m in msgs], max_tokens))
+        held = await self.limit(key, self._need(t, [m.content for m in msgs], max_tokens))
         info = RequestInfo()
         token = set_info(info)
         t0 = time.perf_counter()
@@ -679,7 +679,7 @@ class Gateway:
                 tracing.set_attributes(sp, {"slmflow.cache": info.cache,
                                             "slmflow.escalated": info.escalated or None})
         except BaseException as e:
-            self.release(res)
+            self.release(held)
             rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
             rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
             rec.latency_s = time.perf_counter() - t0
@@ -692,6 +692,8 @@ class Gateway:
             _INFO.reset(token)
         rec.latency_s = time.perf_counter() - t0
         rec.cache = info.cache
+        if t.kind == "agent":  # the agent's only record (its own logging is off): its tokens
+            rec.input_tokens, rec.output_tokens = usage.input_tokens, usage.output_tokens
         if t.kind == "model":
             rec.input_tokens, rec.output_tokens = usage.input_tokens, usage.output_tokens
             rec.escalated = info.escalated
@@ -703,7 +705,7 @@ class Gateway:
         if shown:
             rec.meta["guardrails"] = shown
         self._finish(rec, t.name, usage=usage)
-        await self.settle(res, usage.total_tokens)
+        await self.settle(held, usage.total_tokens)
         body = {
             "id": f"chatcmpl-{rec.id}", "object": "chat.completion", "created": int(rec.ts),
             "model": t.name,
@@ -739,7 +741,7 @@ class Gateway:
             raise ApiError(404, f"no workflow named {name!r}", "invalid_request_error",
                            "workflow_not_found", "name")
         self.admit(key, name)
-        res = await self.limit(key, self._need(t, [_answer_text(value)], 0))
+        held = await self.limit(key, self._need(t, [_answer_text(value)], 0))
         t0 = time.perf_counter()
         rec = CallRecord(kind="workflow", workflow=name, key_name=key.name if key else None,
                          input=self._log_redact(_value(value)), meta={"target": name})
@@ -766,7 +768,7 @@ class Gateway:
                     if red != txt:
                         answer = red if isinstance(answer, str) else _redact(_value(answer))
         except BaseException as e:
-            self.release(res)
+            self.release(held)
             rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
             rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
             rec.latency_s = time.perf_counter() - t0
@@ -782,7 +784,7 @@ class Gateway:
         if rr.error is not None:
             rec.error = f"{type(rr.error).__name__}: {getattr(rr.error, 'message', rr.error)}"
         self._finish(rec, name, usage=usage)
-        await self.settle(res, usage.total_tokens)
+        await self.settle(held, usage.total_tokens)
         steps = [{"step": s.step, "kind": s.kind, "status": s.status, "model": s.model,
                   "latency_ms": round(s.latency_s * 1000, 2), "confidence": s.confidence,
                   "escalated": s.escalated,

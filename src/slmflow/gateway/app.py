@@ -5,7 +5,8 @@ Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
 ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
 
 A request goes: body-size limit → JSON validation (400 on any error, OpenAI error body) → API key
-(401) → allowed model (403) → rate limit and token budget (429) → the target:
+(401) → allowed model (403) → rate limit and token budget (429: both checked and reserved in the
+call-log database, so replicas share them; see auth.py) → the target:
 
 * a model: ``Cached(Guarded(Resilient(Escalating(slm, strong))))``, each layer optional;
 * an agent (``<workflow>.<agent>``) or a workflow: input guardrails, ``agent.run`` /
@@ -13,7 +14,9 @@ A request goes: body-size limit → JSON validation (400 on any error, OpenAI er
 
 Every request, failed ones included, is queued to the call log (the background writer batches
 and never drops; PII redacted unless ``guardrails.log_pii``); every agent call of a workflow run
-is logged too, with the run id and trace id. Streaming: the answer is generated first (the
+is logged too, with the run id and trace id. With ``call_log_durable`` (the default) an answer is
+sent only once its records are committed (group commit), so a SIGKILL loses no answered call.
+Refused requests (401/403/404/429) are logged as ``kind="gateway"``, ``status="rejected"``. Streaming: the answer is generated first (the
 `Model` interface returns whole answers) and then sent as SSE chunks, so the call log and the
 cache see the complete answer even if the client disconnects mid-stream.
 

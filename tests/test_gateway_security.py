@@ -84,7 +84,7 @@ def test_feedback_only_on_the_keys_own_calls_and_by_is_the_key(make):
         ("alice", "down", None), ("root", None, "checked")]
 
 
-# ---- 6. token budget under concurrency, one replica ------------------------------------------------
+# ---- 6. token budget under concurrency, one replica ----------------------------------------------
 
 def test_concurrent_requests_cannot_overspend_the_daily_budget(make):
     answer = " ".join(["word"] * 8)  # as a real model does at max_tokens=8
@@ -240,7 +240,7 @@ def test_scope_names_are_reserved():
         GatewayConfig.model_validate({"models": {"metrics": {}}})
 
 
-# ---- refused requests in the call log -------------------------------------------------------------
+# ---- refused requests in the call log ------------------------------------------------------------
 
 def test_refused_requests_are_in_the_call_log_and_in_usage(make):
     from typer.testing import CliRunner
@@ -281,7 +281,7 @@ def test_refused_requests_are_in_the_call_log_and_in_usage(make):
     assert got == {(None, "rejected"): (2, 2), ("app", "rejected"): (3, 3), ("app", "ok"): (1, 0)}
 
 
-# ---- nothing lost on a hard kill ------------------------------------------------------------------
+# ---- nothing lost on a hard kill -----------------------------------------------------------------
 
 @pytest.mark.slow
 def test_sigkill_under_load_loses_no_answered_call(tmp_path):

@@ -16,9 +16,10 @@ Every request, failed ones included, is queued to the call log (the background w
 and never drops; PII redacted unless ``guardrails.log_pii``); every agent call of a workflow run
 is logged too, with the run id and trace id. With ``call_log_durable`` (the default) an answer is
 sent only once its records are committed (group commit), so a SIGKILL loses no answered call.
-Refused requests (401/403/404/429) are logged as ``kind="gateway"``, ``status="rejected"``. Streaming: the answer is generated first (the
-`Model` interface returns whole answers) and then sent as SSE chunks, so the call log and the
-cache see the complete answer even if the client disconnects mid-stream.
+Refused requests (401/403/404/429) are logged as ``kind="gateway"``, ``status="rejected"``.
+Streaming: the answer is generated first (the `Model` interface returns whole answers) and then
+sent as SSE chunks, so the call log and the cache see the complete answer even if the client
+disconnects mid-stream.
 
 Errors never leak a traceback: every exception maps to an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``; an unexpected one is a 500 with a reference id

@@ -133,6 +133,30 @@ def test_budget_reservations_on_agents_and_workflows_settle_to_the_logged_tokens
     assert logged > 0 and s.gateway.budget.used("team") == logged
 
 
+def test_store_reservations_and_rate_bucket_are_atomic_across_connections(call_log):
+    """The limits' primitives on SQLite and PostgreSQL, from two store objects (two connections,
+    as two replicas have) and 16 threads at once: exactly what fits is granted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = open_call_log(call_log.url)
+    logs = [call_log, other]
+    try:
+        with ThreadPoolExecutor(16) as ex:
+            got = list(ex.map(lambda i: logs[i % 2].reserve_tokens("k", 10, 35), range(16)))
+        assert sum(ok for ok, _, _ in got) == 3 and call_log.budget_used("k") == 30
+        day = got[0][2]
+        call_log.settle_tokens("k", day, -6)  # one reservation of 10 used 4
+        assert other.reserve_tokens("k", 10, 35)[0] and call_log.budget_used("k") == 34
+        t = 1_000_000.0
+        with ThreadPoolExecutor(16) as ex:
+            waits = list(ex.map(lambda i: logs[i % 2].take_rate("r", 4, now=t), range(16)))
+        assert waits.count(0.0) == 4 and all(w > 0 for w in waits if w)
+        assert call_log.take_rate("r", 4, now=t + 15.0) == 0.0  # one refilled in 15 s at 4/min
+        assert other.take_rate("r", 4, now=t + 15.0) == pytest.approx(15.0)
+    finally:
+        other.close()
+
+
 def _serve(cfg_path: Path, port: int, home: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "SLMFLOW_HOME": str(home), "SLMFLOW_TRACING": "off",
            "SLMFLOW_LLAMA_THREADS": "1"}

@@ -7,6 +7,14 @@ In front of it, in the same run: the slmflow gateway (guardrails on, auth on, ca
 LiteLLM proxy (installed in its own venv, ``.bench/venv-litellm``; skipped with a note if absent).
 
     .venv/bin/python bench/gateway.py [--requests 64] [--max-tokens 4] [--json out.json]
+
+The cost of the durable call log (``call_log_durable``: a request's record is committed before
+its answer is sent) is measured on its own, side by side in one run: two gateways, one durable and
+one queued (the background writer only), in front of an instant `FunctionModel`, so the figure is
+the gateway's own overhead and the log write is as large a share of it as it can be. Rounds
+alternate between the two so that a change in the machine's load hits both:
+
+    .venv/bin/python bench/gateway.py --only-durability [--durability-call-log postgresql://...]
 """
 
 from __future__ import annotations
@@ -91,14 +99,85 @@ async def load(url: str, model: str, n: int, conc: int, max_tokens: int, key: st
             "rps": len(lat) / wall}
 
 
+def durability(levels: list[int], requests: int, call_log: str | None, tmp: Path,
+               rounds: int = 3) -> dict:
+    """requests/s with and without the durable call-log write, per concurrency level."""
+    from slmflow import FunctionModel
+    from slmflow.gateway.app import Gateway
+    from slmflow.gateway.auth import hash_key
+    from slmflow.gateway.config import GatewayConfig
+    from slmflow.gateway.server import GatewayServer
+    from slmflow.store import open_call_log
+
+    servers, urls = {}, {}
+    for mode in ("queued", "durable"):
+        url = call_log or f"sqlite:///{tmp / f'calls-{mode}.db'}"
+        if call_log:  # one PostgreSQL database: both gateways write to it
+            url = call_log
+        cfg = GatewayConfig.model_validate({
+            "call_log": url, "call_log_durable": mode == "durable",
+            "cache": {"enabled": False},
+            "auth": {"keys": [{"name": "bench", "sha256": hash_key("sk-bench")}]}})
+        gw = Gateway(cfg, models={"fn": FunctionModel(lambda m, s: "hello there", name="fn")})
+        servers[mode] = GatewayServer(gw).start()
+        urls[mode] = servers[mode].url
+    sent = {"queued": 0, "durable": 0}
+    out: dict = {}
+    try:
+        for mode in urls:  # warm-up
+            asyncio.run(load(urls[mode], "fn", 16, 4, 4, "sk-bench"))
+            sent[mode] += 16
+        for conc in levels:
+            n = max(requests, conc * 4)
+            runs: dict[str, list[dict]] = {"queued": [], "durable": []}
+            for _ in range(rounds):
+                for mode in ("queued", "durable"):
+                    r = asyncio.run(load(urls[mode], "fn", n, conc, 4, "sk-bench"))
+                    runs[mode].append(r)
+                    sent[mode] += n
+            row = {}
+            for mode, rs in runs.items():
+                row[mode] = {"rps": sum(r["rps"] for r in rs) / len(rs),
+                             "p50_ms": sorted(r["p50_ms"] for r in rs)[len(rs) // 2],
+                             "p99_ms": max(r["p99_ms"] for r in rs),
+                             "errors": sum(r["errors"] for r in rs)}
+            row["ratio"] = row["durable"]["rps"] / row["queued"]["rps"]
+            out[conc] = row
+            print(f"durability c={conc:<3} queued {row['queued']['rps']:7.1f} req/s "
+                  f"(p50 {row['queued']['p50_ms']:6.1f} ms)  durable "
+                  f"{row['durable']['rps']:7.1f} req/s (p50 {row['durable']['p50_ms']:6.1f} ms)"
+                  f"  durable/queued {row['ratio']:.2f}", flush=True)
+    finally:
+        for srv in servers.values():
+            srv.stop()  # drains the queued one
+    if not call_log:
+        for mode in servers:
+            with open_call_log(f"sqlite:///{tmp / f'calls-{mode}.db'}") as log:
+                n = log.count(kind="model")
+            print(f"durability {mode}: {sent[mode]} requests, {n} records", flush=True)
+            out[f"{mode}_records"] = {"sent": sent[mode], "logged": n}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     ap.add_argument("--max-tokens", type=int, default=4)
     ap.add_argument("--levels", default="1,16,64")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only-durability", action="store_true",
+                    help="only the durable vs queued call-log comparison (no backend)")
+    ap.add_argument("--durability-call-log", default=None,
+                    help="call log of that comparison (default: a SQLite file each)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    if args.only_durability:
+        tmp = Path(tempfile.mkdtemp(prefix="slmflow-bench-durable-"))
+        os.environ.setdefault("SLMFLOW_HOME", str(tmp / "home"))
+        res = {"durability": durability(levels, args.requests, args.durability_call_log, tmp)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        return
 
     from slmflow.gateway.app import Gateway
     from slmflow.gateway.auth import hash_key
@@ -198,6 +277,7 @@ def main() -> None:
                                "lost": gateway_requests - logged}
         print(f"call log: {gateway_requests} requests through the gateway, {logged} records, "
               f"{gateway_requests - logged} lost", flush=True)
+        results["durability"] = durability(levels, args.requests, None, tmp)
         for k in [k for k in results if k.startswith("added_")]:
             if k in results:
                 print(f"{k}: {results[k]:.1f}")

@@ -88,7 +88,7 @@ def test_auth_401_403_and_allowed_models(make):
 def test_config_keys_rate_limit_and_token_budget(make):
     s = make({"auth": {"keys": [
         {"name": "slow", "sha256": hash_key("sk-slow"), "rpm": 2},
-        {"name": "poor", "sha256": hash_key("sk-poor"), "tokens_per_day": 5}]},
+        {"name": "poor", "sha256": hash_key("sk-poor"), "tokens_per_day": 64}]},
         "cache": {"enabled": False}})
     c = _client(s, "sk-slow")
     c.chat.completions.create(model="echo", messages=MSG)
@@ -97,11 +97,20 @@ def test_config_keys_rate_limit_and_token_budget(make):
         c.chat.completions.create(model="echo", messages=MSG)
     assert e.value.body["code"] == "rate_limit_exceeded"
     assert int(e.value.response.headers["retry-after"]) >= 1
+    # a request reserves its prompt estimate + max_tokens (here 52 + 8 of the 64) and settles
+    # with its real usage (2 + 3): 59 left, so the same request no longer fits, one token less does
+    from slmflow.gateway.auth import estimate_tokens
+
+    need = estimate_tokens(len("hello there"), 1) + 8
+    assert need == 60
     p = _client(s, "sk-poor")
-    p.chat.completions.create(model="echo", messages=MSG)  # 2 + 4 tokens: budget now spent
+    p.chat.completions.create(model="echo", messages=MSG, max_tokens=8)
+    assert s.gateway.budget.used("poor") == 5
     with pytest.raises(openai.RateLimitError) as e:
-        p.chat.completions.create(model="echo", messages=MSG)
-    assert e.value.body["code"] == "insufficient_quota"
+        p.chat.completions.create(model="echo", messages=MSG, max_tokens=8)
+    assert e.value.body["code"] == "insufficient_quota" and "59 tokens left" in e.value.message
+    p.chat.completions.create(model="echo", messages=MSG, max_tokens=7)
+    assert s.gateway.budget.used("poor") == 10
 
 
 def test_exact_cache_hits_ttl_and_marking(make):
@@ -315,7 +324,9 @@ def test_usage_report_and_feedback_api(make, tmp_path):
 
     from slmflow.cli import app
 
-    s = make({"auth": {"keys": [{"name": "k1", "sha256": hash_key("sk-1")}]}})
+    s = make({"auth": {"keys": [{"name": "k1", "sha256": hash_key("sk-1")},
+                                {"name": "prom", "sha256": hash_key("sk-prom"),
+                                 "models": ["metrics"]}]}})
     c = _client(s, "sk-1")
     r = c.chat.completions.create(model="echo", messages=MSG)
     call_id = r.model_extra["slmflow"]["call_id"]
@@ -332,10 +343,15 @@ def test_usage_report_and_feedback_api(make, tmp_path):
     res = CliRunner().invoke(app, ["usage", "--json", "--by", "key,model",
                                    "--call-log", s.gateway.call_log.url])
     assert res.exit_code == 0, res.output
-    (row,) = json.loads(res.output)
+    # the call, and the refused feedback on an unknown id (a 404: logged, with no model)
+    by_model = {x["model"]: x for x in json.loads(res.output)}
+    assert set(by_model) == {"echo", None}
+    row, refused = by_model["echo"], by_model[None]
     assert row["key"] == "k1" and row["model"] == "echo" and row["calls"] == 1
     assert row["input_tokens"] == r.usage.prompt_tokens and row["cost_usd"] > 0
-    metrics = httpx.get(f"{s.base_url}/metrics").text
+    assert row["rejected"] == 0 and refused["rejected"] == 1 and refused["model"] is None
+    metrics = httpx.get(f"{s.base_url}/metrics",
+                        headers={"authorization": "Bearer sk-prom"}).text
     assert 'slmflow_gateway_tokens_total{direction="input",key="k1",target="echo"}' in metrics
     assert "slmflow_gateway_request_duration_seconds_bucket" in metrics
 

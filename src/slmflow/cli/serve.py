@@ -42,12 +42,13 @@ def serve_cmd(
 def usage_cmd(
     since: str = typer.Option("30d", "--since", help="a duration back (24h, 7d) or a date"),
     by: str = typer.Option("key,agent,model", "--by",
-                           help="group by: key, agent, model, workflow, kind, day"),
+                           help="group by: key, agent, model, workflow, kind, status, day"),
     key: Optional[str] = typer.Option(None, "--key", help="only this key"),
     url: Optional[str] = _URL,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Tokens and cost per key, per agent and per model, from the call log."""
+    """Tokens and cost per key, per agent and per model, from the call log; ``rejected`` counts
+    the requests the gateway refused (401/403/404/429)."""
     from ..store import open_call_log
 
     groups = tuple(b.strip() for b in by.split(",") if b.strip())
@@ -62,20 +63,21 @@ def usage_cmd(
     t = Table(title=f"usage since {since}")
     for g in groups:
         t.add_column(g)
-    for c in ("calls", "input tok", "output tok", "cost USD", "escalated", "cache hits"):
+    for c in ("calls", "input tok", "output tok", "cost USD", "escalated", "cache hits",
+              "rejected"):
         t.add_column(c, justify="right")
     tot = [0, 0, 0, 0.0]
     for r in rows:
         t.add_row(*[str(r[g]) if r[g] is not None else "-" for g in groups],
                   str(r["calls"]), str(r["input_tokens"]), str(r["output_tokens"]),
                   "-" if r["cost_usd"] is None else f"{r['cost_usd']:.6f}",
-                  str(r["escalated"]), str(r["cache_hits"]))
+                  str(r["escalated"]), str(r["cache_hits"]), str(r["rejected"]))
         tot[0] += r["calls"]
         tot[1] += r["input_tokens"]
         tot[2] += r["output_tokens"]
         tot[3] += r["cost_usd"] or 0.0
     t.add_row(*(["total"] + [""] * (len(groups) - 1)), str(tot[0]), str(tot[1]), str(tot[2]),
-              f"{tot[3]:.6f}", "", "", style="bold")
+              f"{tot[3]:.6f}", "", "", "", style="bold")
     Console().print(t)
 
 

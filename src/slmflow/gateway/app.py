@@ -5,7 +5,8 @@ Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
 ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
 
 A request goes: body-size limit → JSON validation (400 on any error, OpenAI error body) → API key
-(401) → allowed model (403) → rate limit and token budget (429) → the target:
+(401) → allowed model (403) → rate limit and token budget (429: both checked and reserved in the
+call-log database, so replicas share them; see auth.py) → the target:
 
 * a model: ``Cached(Guarded(Resilient(Escalating(slm, strong))))``, each layer optional;
 * an agent (``<workflow>.<agent>``) or a workflow: input guardrails, ``agent.run`` /
@@ -13,9 +14,12 @@ A request goes: body-size limit → JSON validation (400 on any error, OpenAI er
 
 Every request, failed ones included, is queued to the call log (the background writer batches
 and never drops; PII redacted unless ``guardrails.log_pii``); every agent call of a workflow run
-is logged too, with the run id and trace id. Streaming: the answer is generated first (the
-`Model` interface returns whole answers) and then sent as SSE chunks, so the call log and the
-cache see the complete answer even if the client disconnects mid-stream.
+is logged too, with the run id and trace id. With ``call_log_durable`` (the default) an answer is
+sent only once its records are committed (group commit), so a SIGKILL loses no answered call.
+Refused requests (401/403/404/429) are logged as ``kind="gateway"``, ``status="rejected"``.
+Streaming: the answer is generated first (the `Model` interface returns whole answers) and then
+sent as SSE chunks, so the call log and the cache see the complete answer even if the client
+disconnects mid-stream.
 
 Errors never leak a traceback: every exception maps to an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``; an unexpected one is a 500 with a reference id
@@ -44,7 +48,8 @@ from ..store.calllog import CallLog, CallRecord, Example, open_call_log
 from ..store.writer import (CallLogWriter, _cost, _value, agent_meta, logging_context,
                             note_agent)
 from ..types import Message, Settings, Usage
-from .auth import Authenticator, KeyInfo, RateLimiter, TokenBudget
+from .auth import (Authenticator, KeyInfo, RateLimiter, Reservation, TokenBudget,
+                   estimate_tokens)
 from .config import GatewayConfig
 from .metrics import Metrics
 from .wrappers import (BackendTimeoutError, Cached, CircuitBreaker, CircuitOpenError, Escalating,
@@ -290,10 +295,11 @@ class Gateway:
         log_ = call_log if isinstance(call_log, CallLog) else open_call_log(call_log or
                                                                             cfg.call_log)
         self.call_log = log_
-        self.writer = CallLogWriter(log_)
+        # durable: requests await the commit of their records, so no lingering for a batch
+        self.writer = CallLogWriter(log_, max_wait_s=0.0 if cfg.call_log_durable else 0.05)
         self.metrics = Metrics()
         self.auth = Authenticator(log_, cfg.auth.keys) if cfg.auth.enabled else None
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(log_)
         self.budget = TokenBudget(log_)
         self.breakers: dict[str, CircuitBreaker] = {}
         self.caches: dict[str, Cached] = {}
@@ -444,25 +450,113 @@ class Gateway:
         info = self.auth.lookup(token)
         if info is None:
             raise ApiError(401, "invalid API key", "invalid_request_error", "invalid_api_key")
+        request.state.slmflow_key = info.name  # for the record of a refusal
         return info
 
     def admit(self, key: KeyInfo | None, model: str) -> None:
-        if key is None:
-            return
-        if not key.allows(model):
+        if key is not None and not key.allows(model):
             raise ApiError(403, f"the key {key.name!r} may not use {model!r}",
                            "permission_error", "model_not_allowed", "model")
-        wait = self.limiter.take(key.name, key.rpm)
+
+    async def limit(self, key: KeyInfo | None, need: int = 0) -> Reservation | None:
+        """429 unless the key's rate bucket has a request and its daily budget has room for
+        ``need`` tokens, which stay reserved until `settle` / `release`. Both are checked in the
+        call-log database (shared by replicas), off the event loop. Called right before the
+        work, so that every later failure releases the reservation."""
+        if key is None or (key.rpm is None and key.tokens_per_day is None):
+            return None
+        try:
+            wait = await asyncio.to_thread(self.limiter.take, key.name, key.rpm)
+            res, used = (None, 0) if key.tokens_per_day is None else await asyncio.to_thread(
+                self.budget.reserve, key.name, need, key.tokens_per_day)
+        except Exception as e:  # noqa: BLE001 - the limits cannot be checked: refuse, say why
+            log.warning("key limits unavailable: %s: %s", type(e).__name__, e)
+            raise ApiError(503, "the key's limits cannot be checked (call-log database "
+                           "unavailable)", "server_error", "backend_unavailable",
+                           headers={"Retry-After": "2"}) from None
         if wait > 0:
             raise ApiError(429, f"rate limit of {key.rpm} requests per minute reached for key "
                            f"{key.name!r}; retry in {wait:.1f} s", "rate_limit_error",
                            "rate_limit_exceeded", headers={"Retry-After": str(int(wait) + 1)})
-        if key.tokens_per_day is not None and self.budget.used(key.name) >= key.tokens_per_day:
+        if key.tokens_per_day is not None and res is None:
+            left = max(0, key.tokens_per_day - used)
             raise ApiError(429, f"the daily token budget of key {key.name!r} "
-                           f"({key.tokens_per_day}) is spent", "insufficient_quota",
+                           f"({key.tokens_per_day}) has {left} tokens left; this request may "
+                           f"use up to {need} (prompt estimate + max_tokens): lower max_tokens "
+                           "or wait for the next UTC day", "insufficient_quota",
                            "insufficient_quota")
+        return res
 
-    def target(self, name: str) -> Target:
+    def _need(self, t: Target, texts: list[str], max_tokens: int) -> int:
+        """The tokens a request may use at most, for its budget reservation: the prompt estimate
+        plus max_tokens for a model; for an agent or a workflow, each agent's instructions and
+        the input plus its max_tokens (an estimate: the real usage settles it)."""
+        size = sum(len(x.encode("utf-8", "surrogatepass")) for x in texts)
+        if t.kind == "model":
+            return estimate_tokens(size, len(texts)) + max_tokens
+        agents = [t.agent] if t.kind == "agent" else list(getattr(t.workflow, "agents",
+                                                                  {}).values())
+        return sum(estimate_tokens(size + len((getattr(a, "instructions", "") or "").encode()),
+                                   len(texts) + 1) + int(getattr(a, "max_tokens", 256) or 256)
+                   for a in agents) or estimate_tokens(size, len(texts))
+
+    async def settle(self, res: Reservation | None, used: int) -> None:
+        """Replace a reservation by the real usage (awaited: the next request sees it)."""
+        if res is not None:
+            try:
+                await asyncio.to_thread(self.budget.settle, res, used)
+            except Exception as e:  # noqa: BLE001 - the reservation stays: over-, never under-
+                log.warning("could not settle the token reservation of key %s: %s", res.key, e)
+
+    def release(self, res: Reservation | None) -> None:
+        """Give a failed request's reservation back, without waiting (usable while unwinding)."""
+        if res is not None and not res.settled:
+            import threading
+
+            threading.Thread(target=self._release, args=(res,), daemon=True).start()
+
+    def _release(self, res: Reservation) -> None:
+        try:
+            self.budget.settle(res, 0)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not release the token reservation of key %s: %s", res.key, e)
+
+    def require_scope(self, request: Any, scope: str) -> KeyInfo | None:
+        """401 without a valid key, 403 unless it holds ``scope`` (no check when auth is off)."""
+        key = self.authenticate(request)
+        if key is not None and not key.has_scope(scope):
+            raise ApiError(403, f"the key {key.name!r} lacks the {scope!r} scope",
+                           "permission_error", "scope_required")
+        return key
+
+    async def committed(self) -> None:
+        """With ``call_log_durable``: wait until this request's records are committed (group
+        commit with the concurrent requests); 503 if the call log cannot take them in time."""
+        if self.config.call_log_durable and not await self.writer.committed(
+                self.config.limits.request_timeout_s):
+            raise ApiError(503, "the call log could not be written in time; the answer was "
+                           "not sent (it is logged once the database is back)", "server_error",
+                           "call_log_unavailable", headers={"Retry-After": "2"})
+
+    def log_refusal(self, request: Any, e: ApiError) -> None:
+        """Put a refused request (401/403/404/429) in the call log: route, code and message, the
+        key's name when known, the client address; never the key or the body."""
+        route = request.scope.get("route")
+        client = request.client.host if request.client else None
+        rec = CallRecord(kind="gateway", status="rejected",
+                         key_name=getattr(request.state, "slmflow_key", None),
+                         error=f"HTTP {e.status} {e.code}: {e.message}"[:1000],
+                         meta={"route": getattr(route, "path", request.url.path[:200]),
+                               "method": request.method, "http_status": e.status,
+                               "code": e.code, "client": client})
+        try:
+            self.writer.submit(rec)
+        except Exception as err:  # noqa: BLE001 - never fail the refusal itself
+            log.warning("could not log a refused request: %s", err)
+        self.metrics.inc("refused", status=e.status, code=e.code,
+                         help="Requests refused (401/403/404/429) by status and code.")
+
+    def target(self, name: str, key: KeyInfo | None = None) -> Target:
         t = self.targets.get(name)
         if t is None and self.config.expose_catalog:
             from ..models.catalog import CATALOG
@@ -475,7 +569,8 @@ class Gateway:
         if t is None:
             import difflib
 
-            close = difflib.get_close_matches(name, list(self.targets), n=1)
+            usable = [n for n in self.targets if key is None or key.allows(n)]
+            close = difflib.get_close_matches(name, usable, n=1)
             raise ApiError(404, f"the model {name!r} does not exist"
                            + (f"; did you mean {close[0]!r}?" if close else ""),
                            "invalid_request_error", "model_not_found", "model")
@@ -500,7 +595,7 @@ class Gateway:
     # -- the three kinds of target ---------------------------------------------------------------
     async def run_chat(self, req: ChatRequest, key: KeyInfo | None) -> tuple[dict, CallRecord]:
         """Run a chat completion; returns (the response body, its call record)."""
-        t = self.target(req.model)
+        t = self.target(req.model, key)
         self.admit(key, req.model)
         msgs = [Message("system" if m.role == "developer" else m.role, _text(m.content),
                         name=m.name, tool_call_id=m.tool_call_id) for m in req.messages]
@@ -520,6 +615,7 @@ class Gateway:
             if schema is None:
                 raise ApiError(400, "response_format.json_schema.schema must be an object",
                                param="response_format.json_schema.schema")
+        held = await self.limit(key, self._need(t, [m.content for m in msgs], max_tokens))
         info = RequestInfo()
         token = set_info(info)
         t0 = time.perf_counter()
@@ -587,6 +683,7 @@ class Gateway:
                 tracing.set_attributes(sp, {"slmflow.cache": info.cache,
                                             "slmflow.escalated": info.escalated or None})
         except BaseException as e:
+            self.release(held)
             rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
             rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
             rec.latency_s = time.perf_counter() - t0
@@ -599,6 +696,8 @@ class Gateway:
             _INFO.reset(token)
         rec.latency_s = time.perf_counter() - t0
         rec.cache = info.cache
+        if t.kind == "agent":  # the agent's only record (its own logging is off): its tokens
+            rec.input_tokens, rec.output_tokens = usage.input_tokens, usage.output_tokens
         if t.kind == "model":
             rec.input_tokens, rec.output_tokens = usage.input_tokens, usage.output_tokens
             rec.escalated = info.escalated
@@ -610,8 +709,7 @@ class Gateway:
         if shown:
             rec.meta["guardrails"] = shown
         self._finish(rec, t.name, usage=usage)
-        if key is not None:
-            self.budget.add(key.name, usage.total_tokens)
+        await self.settle(held, usage.total_tokens)
         body = {
             "id": f"chatcmpl-{rec.id}", "object": "chat.completion", "created": int(rec.ts),
             "model": t.name,
@@ -647,6 +745,7 @@ class Gateway:
             raise ApiError(404, f"no workflow named {name!r}", "invalid_request_error",
                            "workflow_not_found", "name")
         self.admit(key, name)
+        held = await self.limit(key, self._need(t, [_answer_text(value)], 0))
         t0 = time.perf_counter()
         rec = CallRecord(kind="workflow", workflow=name, key_name=key.name if key else None,
                          input=self._log_redact(_value(value)), meta={"target": name})
@@ -673,6 +772,7 @@ class Gateway:
                     if red != txt:
                         answer = red if isinstance(answer, str) else _redact(_value(answer))
         except BaseException as e:
+            self.release(held)
             rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
             rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
             rec.latency_s = time.perf_counter() - t0
@@ -688,8 +788,7 @@ class Gateway:
         if rr.error is not None:
             rec.error = f"{type(rr.error).__name__}: {getattr(rr.error, 'message', rr.error)}"
         self._finish(rec, name, usage=usage)
-        if key is not None:
-            self.budget.add(key.name, usage.total_tokens)
+        await self.settle(held, usage.total_tokens)
         steps = [{"step": s.step, "kind": s.kind, "status": s.status, "model": s.model,
                   "latency_ms": round(s.latency_s * 1000, 2), "confidence": s.confidence,
                   "escalated": s.escalated,

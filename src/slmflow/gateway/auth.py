@@ -1,4 +1,4 @@
-"""API keys, per-key rate limits and token budgets.
+"""API keys, their scopes, per-key rate limits and token budgets.
 
 Keys are random 256-bit tokens (``sk-slm-...``) shown once at creation; only their SHA-256 is
 stored (in the call-log store's ``api_keys`` table, or as ``sha256:`` in gateway.yaml). Why a
@@ -6,9 +6,18 @@ plain SHA-256 and not a password hash (bcrypt, scrypt): a key has 256 bits of en
 is nothing to brute-force, and the gateway checks it on every request; this is what API
 providers do for machine-generated keys.
 
+Scopes: a key's ``models`` list names the models it may use and, besides them, the scopes it
+holds: ``metrics`` (read ``/metrics`` and the details of ``/healthz``: a Prometheus scraper's
+key), ``admin`` (feedback on, and reading of, any key's calls), ``review`` (the review UI). A
+scope is granted only by naming it (a key without a ``models`` list may use every model but
+holds no scope), and the names are reserved: no model or workflow may be called so.
+
 Rate limit: a token bucket of ``rpm`` requests per minute per key (bursts up to ``rpm``).
-Token budget: input + output tokens per UTC day per key, seeded from the call log at the first
-request of the day (so a restart does not reset it) and counted in memory after that.
+Token budget: input + output tokens per UTC day per key. A request reserves its worst case
+(prompt estimate + ``max_tokens``) before generating and settles with the real usage after, so
+concurrent requests cannot all pass a check made before any of them is counted. Both live in the
+call-log database (`CallLog.take_rate`, `CallLog.reserve_tokens`), so gateway replicas sharing
+one PostgreSQL enforce one key's limits together; SQLite does the same for one machine.
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from typing import Any
 from ..store.calllog import ApiKey, CallLog, hash_key
 
 __all__ = ["hash_key", "new_key", "KeyInfo", "Authenticator", "RateLimiter", "TokenBudget",
-           "create_key"]
+           "Reservation", "create_key", "SCOPES", "estimate_tokens", "owns_call"]
+
+SCOPES = ("admin", "metrics", "review")
 
 
 def new_key() -> str:
@@ -47,6 +58,10 @@ class KeyInfo:
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    def has_scope(self, scope: str) -> bool:
+        """Granted only by naming it in ``models`` (an all-models key holds no scope)."""
+        return self.models is not None and scope in self.models
 
 
 class Authenticator:
@@ -83,24 +98,55 @@ class Authenticator:
 
 
 class RateLimiter:
-    def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+    """The rpm token bucket of each key, kept in the call-log database (shared by replicas)."""
+
+    def __init__(self, log: CallLog) -> None:
+        self.log = log
 
     def take(self, key: str, rpm: int | None) -> float:
-        """0.0 if allowed, else the seconds to wait."""
+        """0.0 if allowed, else the seconds to wait. Blocking (a database transaction)."""
         if rpm is None:
             return 0.0
-        now = time.monotonic()
-        rate = rpm / 60.0
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(rpm), now))
-            tokens = min(float(rpm), tokens + (now - last) * rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / rate
+        return self.log.take_rate(key, rpm)
+
+
+def estimate_tokens(text_bytes: int, messages: int = 1) -> int:
+    """A generous prompt-token estimate for a reservation, without the model's tokenizer: a
+    token per 3 bytes (English runs near 4, CJK near 3), 8 per message (role markers of a chat
+    template), 40 for a template's preamble (SmolLM2's default system prompt and markers are 26
+    tokens). The real count settles the reservation after the call."""
+    return -(-int(text_bytes) // 3) + 8 * int(messages) + 40
+
+
+@dataclass
+class Reservation:
+    key: str
+    day: int
+    tokens: int
+    settled: bool = False
+
+
+class TokenBudget:
+    """Daily token budgets: `reserve` before a generation, `settle` after (see module doc)."""
+
+    def __init__(self, log: CallLog) -> None:
+        self.log = log
+
+    def reserve(self, key: str, tokens: int, limit: int) -> tuple[Reservation | None, int]:
+        """(the reservation, or None when it does not fit; the day's counter). Blocking."""
+        ok, used, day = self.log.reserve_tokens(key, tokens, limit)
+        return (Reservation(key, day, int(tokens)) if ok else None), used
+
+    def settle(self, res: Reservation, used: int) -> None:
+        """Replace the reserved count by the real one (0 releases it). Blocking; idempotent."""
+        if res.settled:
+            return
+        res.settled = True
+        self.log.settle_tokens(res.key, res.day, int(used) - res.tokens)
+
+    def used(self, key: str) -> int:
+        n = self.log.budget_used(key)
+        return n if n is not None else self.log.tokens_since(key, _day_start())
 
 
 def _day_start(now: float | None = None) -> float:
@@ -108,28 +154,10 @@ def _day_start(now: float | None = None) -> float:
     return t - (t % 86400)
 
 
-class TokenBudget:
-    def __init__(self, log: CallLog | None) -> None:
-        self.log = log
-        self._used: dict[str, tuple[float, int]] = {}
-        self._lock = threading.Lock()
-
-    def used(self, key: str) -> int:
-        day = _day_start()
-        with self._lock:
-            d, n = self._used.get(key, (None, None))  # type: ignore[assignment]
-            if d == day:
-                return n  # type: ignore[return-value]
-        n = self.log.tokens_since(key, day) if self.log is not None else 0
-        with self._lock:
-            d2, n2 = self._used.get(key, (None, None))  # type: ignore[assignment]
-            if d2 == day:
-                return n2  # type: ignore[return-value]
-            self._used[key] = (day, n)
-        return n
-
-    def add(self, key: str, tokens: int) -> None:
-        self.used(key)
-        with self._lock:
-            d, n = self._used[key]
-            self._used[key] = (d, n + tokens)
+def owns_call(log: CallLog, key: str, call_id: str | None = None,
+              run_id: str | None = None) -> bool:
+    """Whether the call (or some call of the run) was made with the key named ``key``."""
+    if call_id is not None:
+        rec = log.get(call_id)
+        return rec is not None and rec.key_name == key
+    return run_id is not None and log.count(run_id=run_id, key=key) > 0

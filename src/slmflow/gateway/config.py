@@ -6,6 +6,7 @@ Shape (every section optional; see examples/gateway.yaml and docs/gateway.md):
     host: 127.0.0.1
     port: 8080
     call_log: sqlite:///path/calls.db        # or postgresql://...; default $SLMFLOW_HOME/calls.db
+    call_log_durable: true                    # commit a request's record before answering it
     models:                                   # names clients put in "model"
       slm: {model: smollm2-135m, pool_size: 2, escalate_to: strong, confidence_threshold: 0.4}
       strong: {model: "openai:gpt-4o-mini@https://api.openai.com/v1", timeout_s: 30}
@@ -102,6 +103,8 @@ class GatewayConfig(_Cfg):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     call_log: Optional[str] = None
+    # a request's records are committed before its answer is sent (group commit); false: queued
+    call_log_durable: bool = True
     prices: Optional[str] = None
     expose_catalog: bool = False
     models: dict[str, ModelCfg] = Field(default_factory=dict)
@@ -120,6 +123,11 @@ class GatewayConfig(_Cfg):
                                  f"(declared: {', '.join(self.models)})")
             if m.escalate_to == name:
                 raise ValueError(f"models.{name}.escalate_to: a model cannot escalate to itself")
+        reserved = sorted((set(self.models) | set(self.workflows)) & {"admin", "metrics",
+                                                                      "review"})
+        if reserved:
+            raise ValueError(f"{reserved[0]!r} is a key scope (auth.keys[].models), not a name "
+                             "for a model or a workflow")
         clash = set(self.models) & set(self.workflows)
         if clash:
             raise ValueError(f"names used for both a model and a workflow: {sorted(clash)}")

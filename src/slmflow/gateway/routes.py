@@ -141,6 +141,8 @@ def make_app(gw: Gateway) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
+        if e.status in (401, 403, 404, 429):  # refusals go in the call log: abuse is visible
+            gw.log_refusal(request, e)
         return error_response(e)
 
     @app.exception_handler(RequestValidationError)
@@ -185,15 +187,23 @@ def make_app(gw: Gateway) -> FastAPI:
         return {c: _ERRORS[c] for c in codes}
 
     @app.get("/healthz", responses=_errors(503))
-    async def healthz() -> dict:
-        """Liveness and the state of the call-log writer and the circuit breakers."""
-        return {"status": "ok", "uptime_s": round(time.time() - gw.started, 1),
-                "call_log": gw.writer.stats(),
-                "breakers": {n: b.state for n, b in gw.breakers.items()}}
+    async def healthz(request: Request) -> dict:
+        """Liveness; with a ``metrics``-scope key (or auth off) also the state of the call-log
+        writer and the circuit breakers (which name the models)."""
+        out: dict[str, Any] = {"status": "ok", "uptime_s": round(time.time() - gw.started, 1)}
+        try:
+            gw.require_scope(request, "metrics")
+        except ApiError:
+            return out  # a probe without a key still learns that the process is alive
+        out.update(call_log=gw.writer.stats(),
+                   breakers={n: b.state for n, b in gw.breakers.items()})
+        return out
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        """Prometheus text format."""
+    # not response_class=PlainTextResponse: FastAPI would document the JSON errors as text too
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}, **_errors(401, 403)})
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text format; needs a key with the ``metrics`` scope when auth is on."""
+        gw.require_scope(request, "metrics")
         return PlainTextResponse(gw.metrics.render(),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -212,6 +222,7 @@ def make_app(gw: Gateway) -> FastAPI:
         workflow. ``stream: true`` answers with server-sent events."""
         key = gw.authenticate(request)
         body, rec = await gw.run_chat(req, key)
+        await gw.committed()  # the call is in the log before the client has its answer
         headers = {"x-slmflow-call-id": rec.id, "x-slmflow-cache": rec.cache or "none"}
         if req.stream:
             inc = bool(req.stream_options and req.stream_options.include_usage)
@@ -224,24 +235,35 @@ def make_app(gw: Gateway) -> FastAPI:
     async def run_workflow(name: str, req: RunRequest, request: Request) -> Any:
         """Run a whole workflow once; the response has every step and the run id."""
         key = gw.authenticate(request)
-        return JSONResponse(await gw.run_workflow(name, req.input, key))
+        out = await gw.run_workflow(name, req.input, key)
+        await gw.committed()
+        return JSONResponse(out)
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, status_code=201,
               responses=_errors(400, 401, 404))
     async def feedback(req: FeedbackRequest, request: Request) -> Any:
-        """Attach thumbs up/down, a label or a correction to a call or a workflow run."""
-        gw.authenticate(request)
+        """Attach thumbs up/down, a label or a correction to a call or a workflow run of the
+        key's own (any key's with the ``admin`` scope); ``by`` is the key's name when auth is on
+        (the body's ``by`` is used only without auth)."""
+        key = gw.authenticate(request)
         from ..errors import ConfigError
+        from .auth import owns_call
 
         if (req.call_id is None) == (req.run_id is None):
             raise ApiError(400, "give exactly one of call_id and run_id", param="call_id")
         if req.thumbs is None and req.label is None and req.correction is None:
             raise ApiError(400, "give thumbs, a label or a correction", param="thumbs")
         await asyncio.to_thread(gw.writer.flush, 10.0)
+        if key is not None and not key.has_scope("admin") and not await asyncio.to_thread(
+                owns_call, gw.call_log, key.name, req.call_id, req.run_id):
+            what = f"call {req.call_id!r}" if req.call_id else f"run {req.run_id!r}"
+            raise ApiError(404, f"no {what} made with this key", "invalid_request_error",
+                           "not_found", "call_id" if req.call_id else "run_id")
         try:
             fb = await asyncio.to_thread(gw.call_log.add_feedback, req.call_id,
                                          run_id=req.run_id, signal=req.thumbs, label=req.label,
-                                         correction=req.correction, by=req.by)
+                                         correction=req.correction,
+                                         by=key.name if key is not None else req.by)
         except ConfigError as e:
             raise ApiError(404, e.message, "invalid_request_error", "not_found",
                            "call_id" if req.call_id else "run_id") from None
@@ -250,11 +272,13 @@ def make_app(gw: Gateway) -> FastAPI:
 
     @app.get("/v1/calls/{call_id}", responses=_errors(401, 404))
     async def get_call(call_id: str, request: Request) -> Any:
-        """One call-log record (input and output as logged, so PII-redacted by default)."""
+        """One call-log record (input and output as logged, so PII-redacted by default): the
+        key's own calls, or any with the ``admin`` scope."""
         key = gw.authenticate(request)
         await asyncio.to_thread(gw.writer.flush, 10.0)
         rec = await asyncio.to_thread(gw.call_log.get, call_id)
-        if rec is None or (key is not None and rec.key_name != key.name):
+        if rec is None or (key is not None and rec.key_name != key.name
+                           and not key.has_scope("admin")):
             raise ApiError(404, f"no call {call_id!r}", code="not_found", param="call_id")
         return JSONResponse(rec.as_dict())
 

@@ -256,7 +256,7 @@ def parse_since(value: Any) -> float | None:
 _FILTERS = {"agent": "agent", "workflow": "workflow", "model": "model", "key": "key_name",
             "run_id": "run_id", "trace_id": "trace_id", "kind": "kind", "status": "status"}
 _GROUPS = {"key": "key_name", "agent": "agent", "model": "model", "workflow": "workflow",
-           "kind": "kind", "day": None}
+           "kind": "kind", "status": "status", "day": None}
 
 
 class CallLog(abc.ABC):
@@ -382,7 +382,8 @@ class CallLog(abc.ABC):
 
     def usage(self, by: Sequence[str] = ("key", "agent", "model"), *, since: Any = None,
               until: Any = None, **filters: Any) -> list[dict[str, Any]]:
-        """Calls, tokens and cost summed per group (key, agent, model, workflow, kind, day)."""
+        """Calls, tokens and cost summed per group (key, agent, model, workflow, kind, status,
+        day); ``rejected`` counts the requests the gateway refused (401/403/404/429)."""
         cols = []
         for b in by:
             if b not in _GROUPS:
@@ -395,7 +396,8 @@ class CallLog(abc.ABC):
         sql = (f"SELECT {sel}{', ' if sel else ''}COUNT(*), COALESCE(SUM(input_tokens), 0), "
                f"COALESCE(SUM(output_tokens), 0), SUM(cost_usd), "
                f"COALESCE(SUM(escalated), 0), COALESCE(SUM(CASE WHEN cache IS NOT NULL AND "
-               f"cache <> 'miss' THEN 1 ELSE 0 END), 0) FROM calls{where}"
+               f"cache <> 'miss' THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN status = "
+               f"'rejected' THEN 1 ELSE 0 END), 0) FROM calls{where}"
                + (f" GROUP BY {grp} ORDER BY {grp}" if grp else ""))
         out = []
         for r in self._all(sql, params):
@@ -403,9 +405,76 @@ class CallLog(abc.ABC):
             n = len(by)
             d.update(calls=int(r[n]), input_tokens=int(r[n + 1]), output_tokens=int(r[n + 2]),
                      cost_usd=None if r[n + 3] is None else float(r[n + 3]),
-                     escalated=int(r[n + 4]), cache_hits=int(r[n + 5]))
+                     escalated=int(r[n + 4]), cache_hits=int(r[n + 5]),
+                     rejected=int(r[n + 6]))
             out.append(d)
         return out
+
+    # -- per-key limits shared by gateway replicas ----------------------------------------------
+    # Why in the database and not in process memory: two gateway replicas on one call log must
+    # enforce one key's budget and rate together. Each check-and-take is one conditional UPDATE in
+    # one transaction (PostgreSQL re-evaluates the WHERE on the locked row; SQLite's BEGIN
+    # IMMEDIATE serialises writers), so concurrent requests on any replica cannot both pass.
+
+    def reserve_tokens(self, key_name: str, tokens: int, limit: int,
+                       now: float | None = None) -> tuple[bool, int, int]:
+        """Add ``tokens`` to the key's counter for the UTC day if the sum stays within ``limit``.
+        Returns (reserved, the counter after (or as it stands when refused), the day number).
+        The day's row is seeded from the tokens already in the call log for that day."""
+        t = time.time() if now is None else now
+        day = int(t // 86400)
+        with self._tx() as cur:
+            self._exec(cur, "SELECT tokens FROM key_budget WHERE key_name = ? AND day = ?",
+                       (key_name, day))
+            if cur.fetchone() is None:
+                self._exec(cur, "INSERT INTO key_budget (key_name, day, tokens) SELECT ?, ?, "
+                           "COALESCE(SUM(input_tokens + output_tokens), 0) FROM calls WHERE "
+                           "key_name = ? AND ts >= ? ON CONFLICT (key_name, day) DO NOTHING",
+                           (key_name, day, key_name, day * 86400.0))
+            n = self._exec(cur, "UPDATE key_budget SET tokens = tokens + ? WHERE key_name = ? "
+                           "AND day = ? AND tokens + ? <= ?",
+                           (int(tokens), key_name, day, int(tokens), int(limit)))
+            self._exec(cur, "SELECT tokens FROM key_budget WHERE key_name = ? AND day = ?",
+                       (key_name, day))
+            used = int(cur.fetchone()[0])
+        return bool(n), used, day
+
+    def settle_tokens(self, key_name: str, day: int, delta: int) -> None:
+        """Correct a reservation by ``delta`` (real usage minus reserved; never below zero)."""
+        if not delta:
+            return
+        g = self._greatest()
+        with self._tx() as cur:
+            self._exec(cur, f"UPDATE key_budget SET tokens = {g}(0, tokens + ?) WHERE "
+                       "key_name = ? AND day = ?", (int(delta), key_name, int(day)))
+
+    def budget_used(self, key_name: str, now: float | None = None) -> int | None:
+        """The key's counter for the UTC day (None before its first reservation that day)."""
+        day = int((time.time() if now is None else now) // 86400)
+        rows = self._all("SELECT tokens FROM key_budget WHERE key_name = ? AND day = ?",
+                         (key_name, day))
+        return int(rows[0][0]) if rows else None
+
+    def take_rate(self, key_name: str, rpm: int, now: float | None = None) -> float:
+        """Take one request from the key's token bucket (``rpm`` per minute, bursts up to
+        ``rpm``): 0.0 if taken, else the seconds until one is available. ``now`` is wall-clock
+        time, shared by the replicas (keep their clocks synchronised, as NTP does)."""
+        t = time.time() if now is None else now
+        rate = rpm / 60.0
+        g, lst = self._greatest(), self._least()
+        level = f"{lst}(?, level + {g}(0, ? - ts) * ?)"
+        with self._tx() as cur:
+            self._exec(cur, "INSERT INTO key_rate (key_name, level, ts) VALUES (?, ?, ?) "
+                       "ON CONFLICT (key_name) DO NOTHING", (key_name, float(rpm), t))
+            n = self._exec(cur, f"UPDATE key_rate SET level = {level} - 1, ts = {g}(ts, ?) "
+                           f"WHERE key_name = ? AND {level} >= 1",
+                           (float(rpm), t, rate, t, key_name, float(rpm), t, rate))
+            if n:
+                return 0.0
+            self._exec(cur, "SELECT level, ts FROM key_rate WHERE key_name = ?", (key_name,))
+            lv, ts = cur.fetchone()
+        have = min(float(rpm), float(lv) + max(0.0, t - float(ts)) * rate)
+        return max(0.001, (1.0 - have) / rate)
 
     def tokens_since(self, key_name: str, since: float) -> int:
         r = self._all("SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM calls "
@@ -546,6 +615,12 @@ class CallLog(abc.ABC):
     def _day_expr(self) -> str:
         raise NotImplementedError
 
+    def _greatest(self) -> str:
+        return "GREATEST"
+
+    def _least(self) -> str:
+        return "LEAST"
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
@@ -623,6 +698,12 @@ class SQLiteCallLog(CallLog):
 
     def _day_expr(self) -> str:
         return "date(ts, 'unixepoch')"
+
+    def _greatest(self) -> str:
+        return "max"  # SQLite's multi-argument max/min are the scalar GREATEST/LEAST
+
+    def _least(self) -> str:
+        return "min"
 
     def close(self) -> None:
         with self._lock:

@@ -134,6 +134,23 @@ MIGRATIONS.append((3, [
     "CREATE INDEX calls_kind_ts ON calls (kind, ts)",
 ]))
 
+# 4: per-key limits shared by every gateway replica on one database. A day's token counter per key
+# (reserved before a generation, settled with the real usage after; one conditional UPDATE is the
+# atomic check-and-add) and the rpm token bucket per key (level and time of the last take).
+MIGRATIONS.append((4, [
+    """CREATE TABLE key_budget (
+        key_name TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        tokens BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_name, day)
+    )""",
+    """CREATE TABLE key_rate (
+        key_name TEXT PRIMARY KEY,
+        level DOUBLE PRECISION NOT NULL,
+        ts DOUBLE PRECISION NOT NULL
+    )""",
+]))
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -8,6 +8,13 @@ dropped), `flush()` waits until everything submitted is written, and `close()` d
 (whatever still cannot be written after its timeout goes to ``calls.unsent.jsonl`` beside the
 home, so no record is silently lost).
 
+Why `committed()` (group commit): a process killed with SIGKILL loses whatever is still queued,
+so a client that got an answer might not find its call. The gateway awaits ``committed()`` before
+it sends an answer: it resolves once everything submitted so far is written. Requests arriving
+while a batch is being written form the next batch, so the wait costs one transaction shared by
+every concurrent request, not one each (bench/gateway.py measures it; the writer then runs with
+``max_wait_s=0``: it writes what is queued at once instead of lingering for a fuller batch).
+
 Why a context (`logging_context`) and not an argument: every agent call is logged from one place,
 `Agent.run`; who called it (a workflow run, a gateway request with its API key and redaction) is
 known only higher up, so the caller opens a context and the agent reads it. ``SLMFLOW_CALLLOG=off``
@@ -16,6 +23,7 @@ turns agent call logging off for a process.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import contextvars
@@ -63,6 +71,7 @@ class CallLogWriter:
         self.last_error: str | None = None
         self._closed = False
         self._unsent = Path(unsent_path) if unsent_path else None
+        self._waiters: list[tuple[int, Any, Any]] = []  # (count, loop, future) of committed()
         self._thread = threading.Thread(target=self._run, name="slmflow-calllog", daemon=True)
         self._thread.start()
 
@@ -77,6 +86,7 @@ class CallLogWriter:
             with self._cv:
                 self.submitted += 1
                 self.written += 1
+                self._wake()
             return record.id
         with self._cv:
             self.submitted += 1
@@ -122,6 +132,7 @@ class CallLogWriter:
                 with self._cv:
                     self.written += len(batch)
                     self._cv.notify_all()
+                    self._wake()
                 return
             except Exception as e:  # retried: a record is never dropped on a transient error
                 tries += 1
@@ -145,7 +156,42 @@ class CallLogWriter:
         with self._cv:
             self.written += len(batch)
             self._cv.notify_all()
+            self._wake()
         log.error("call log unreachable at shutdown: %d records saved to %s", len(batch), path)
+
+    def _wake(self) -> None:
+        """Resolve the `committed` waiters whose records are written (called under ``_cv``)."""
+        if not self._waiters:
+            return
+        keep = []
+        for upto, loop, fut in self._waiters:
+            if upto <= self.written:
+                try:
+                    loop.call_soon_threadsafe(_resolve, fut)
+                except RuntimeError:  # that event loop is closed
+                    pass
+            else:
+                keep.append((upto, loop, fut))
+        self._waiters = keep
+
+    async def committed(self, timeout: float = 30.0) -> bool:
+        """Wait (without blocking the event loop) until every record submitted before this call
+        is written; False on timeout. Records are written in submission order, so the count of
+        written records reaching the count submitted now means this caller's are in."""
+        with self._cv:
+            upto = self.submitted
+            if self.written >= upto:
+                return True
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append((upto, fut.get_loop(), fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            with self._cv:
+                self._waiters = [w for w in self._waiters if w[2] is not fut]
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every submitted record is written; False on timeout."""
@@ -170,6 +216,11 @@ class CallLogWriter:
     def stats(self) -> dict[str, Any]:
         return {"submitted": self.submitted, "written": self.written, "pending": self.pending,
                 "failed_batches": self.failed_batches, "last_error": self.last_error}
+
+
+def _resolve(fut: Any) -> None:
+    if not fut.done():
+        fut.set_result(True)
 
 
 _WRITER: CallLogWriter | None = None

@@ -28,10 +28,13 @@ class Route(BaseModel):
 
 
 class Fields(BaseModel):
-    """What extraction pulls out of the ticket (loose: the model writes it)."""
+    """What extraction pulls out of the ticket. The id patterns are part of the extractor's own
+    output type, so constrained decoding can only write ids the reasoner's contract accepts:
+    no handoff-repair call by design (it cost a second extractor call whenever an id was
+    malformed)."""
 
-    order_id: Optional[str] = Field(None, max_length=12)
-    account_id: Optional[str] = Field(None, max_length=12)
+    order_id: Optional[str] = Field(None, pattern=ORDER_ID, max_length=12)
+    account_id: Optional[str] = Field(None, pattern=ACCOUNT_ID, max_length=12)
     urgent: bool
 
 

@@ -27,6 +27,7 @@ training examples for the agent that escalated.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -179,6 +180,10 @@ class Agent:
     instructions: str = ""
     prompt: str | None = None
     input_type: Any = None
+    # A template (like `prompt`) rendered first in the system message, before `instructions`:
+    # put what several agents read here (retrieved passages, the ticket), so they share a
+    # token prefix and llama.cpp's prefix cache evaluates it once for the whole chain.
+    context: str | None = None
     output_type: Any = str
     tools: tuple[Tool, ...] = ()
     adapter: str | None = None
@@ -208,14 +213,35 @@ class Agent:
         for t in self.tools:
             if not isinstance(t, Tool):
                 raise ConfigError(f"tools must be @tool functions, got {t!r}", where=where)
-        if self.prompt is not None and self.input_type is not None:
-            import string
+        for label in ("prompt", "context"):
+            template = getattr(self, label)
+            if template is not None and self.input_type is not None:
+                import string
 
-            names = {f for _, f, _, _ in string.Formatter().parse(self.prompt) if f}
-            unknown = names - set(self.input_type.model_fields)
-            if unknown:
-                raise ConfigError(f"prompt references {sorted(unknown)}, not fields of "
-                                  f"{self.input_type.__name__}", where=where)
+                names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+                unknown = names - set(self.input_type.model_fields)
+                if unknown:
+                    raise ConfigError(f"{label} references {sorted(unknown)}, not fields of "
+                                      f"{self.input_type.__name__}", where=where)
+
+    @property
+    def fallback_repeats_primary(self) -> bool:
+        """True when escalating could only repeat the first answer: the fallback is the primary
+        model itself (the same object or catalog name, no adapter on either side) and decoding
+        is greedy. The reference workflow's default ``fallback: smollm2-135m`` is such a case;
+        re-running a rejected draft there cost a reasoner and a verifier call per rejected
+        ticket (~3 s) for the same draft. ``SLMFLOW_ESCALATE_TO_SAME_MODEL=1`` restores the
+        re-run (for benchmarks of the old path)."""
+        if self.fallback is None or self.temperature > 0 or self.fallback_adapter or self.adapter:
+            return False
+        if os.environ.get("SLMFLOW_ESCALATE_TO_SAME_MODEL", "").lower() in ("1", "true", "on"):
+            return False
+        return self.fallback is self.model or (
+            isinstance(self.fallback, str) and self.fallback == self.model)
+
+    @property
+    def can_escalate(self) -> bool:
+        return self.fallback is not None and not self.fallback_repeats_primary
 
     # -- swapping ---------------------------------------------------------------------------
     def with_model(self, model: Model | str, adapter: str | None = None) -> "Agent":
@@ -264,7 +290,10 @@ class Agent:
             user = str(input)
         else:
             user = "\n".join(f"{k}: {render_value(v)}" for k, v in values.items())
-        msgs = [Message("system", self.instructions)] if self.instructions else []
+        rendered = {k: render_value(v) for k, v in values.items()}
+        context = self.context.format_map(rendered) if self.context is not None else ""
+        system = "\n\n".join(p for p in (context, self.instructions) if p)
+        msgs = [Message("system", system)] if system else []
         return msgs + [Message("user", user)]
 
     # -- running ----------------------------------------------------------------------------
@@ -311,7 +340,7 @@ class Agent:
             try:
                 r, value, tools_done = await self._attempt(role, msgs, out_type, attempts)
             except (StructuredOutputError, ModelError, ServerError) as e:
-                if use_fallback or self.fallback is None:
+                if use_fallback or not self.can_escalate:
                     e.details.setdefault("attempts", [a.__dict__ for a in attempts])
                     raise
                 escalated = True
@@ -319,7 +348,7 @@ class Agent:
                               else "model_error") + f": {e.message}"[:300]
                 r, value, tools_done = await on_fallback(esc_reason)
             low = (r.confidence is not None and r.confidence < self.confidence_threshold)
-            if low and not escalated and self.fallback is not None:
+            if low and not escalated and self.can_escalate:
                 escalated = True
                 esc_reason = (f"low_confidence: {r.confidence:.3f} < "
                               f"{self.confidence_threshold:.3f}")

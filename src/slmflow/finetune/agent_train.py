@@ -29,8 +29,8 @@ def base_for(model: Any) -> tuple[Path, Path | None, str]:
     from ..models.transformers import TransformersModel, dequantized_base
 
     m = resolve(model) if isinstance(model, str) else model
-    if isinstance(m, LlamaCppModel):
-        return dequantized_base(m.path, m.info.name), m.path, m.info.name
+    if isinstance(m, LlamaCppModel):  # train on the file as shipped, whatever it serves in
+        return dequantized_base(m.source_path, m.info.name), m.source_path, m.info.name
     if isinstance(m, TransformersModel):
         if m.gguf:
             return dequantized_base(m.path, m.info.name), m.path, m.info.name
@@ -134,8 +134,10 @@ def _with_threads(model: Any, threads: int | None) -> Any:
 
     if not threads or not isinstance(model, LlamaCppModel) or model.n_threads == threads:
         return model
-    return LlamaCppModel(model.path, name=model.info.name, n_ctx=model.n_ctx, n_threads=threads,
-                         pool_size=model.pool_size, chat=model.chat)
+    return LlamaCppModel(model.source_path, name=model.info.name, n_ctx=model.n_ctx,
+                         n_threads=threads, pool_size=model.pool_size, chat=model.chat,
+                         weights=model.weights or "as-shipped", engine=model.engine,
+                         prefix_cache=model.prefix_cache)
 
 
 @dataclass

@@ -337,9 +337,11 @@ def _with_adapter(base: Model, gguf: Path, peft: Path, adapter_name: str, card: 
         if not gguf.is_file():
             raise ConfigError(f"{adapter_name} has no GGUF LoRA (registered without a GGUF "
                               "base)", where=where)
-        model = LlamaCppModel(base.path, name=base.info.name, n_ctx=base.n_ctx,
-                              n_threads=base.n_threads, pool_size=base.pool_size,
-                              lora_path=gguf, adapter=adapter_name, chat=base.chat)
+        model = LlamaCppModel(base.source_path, name=base.info.name, n_ctx=base.n_ctx,
+                              n_threads=base.n_threads, n_threads_batch=base.n_threads_batch,
+                              pool_size=base.pool_size, lora_path=gguf, adapter=adapter_name,
+                              chat=base.chat, weights=base.weights or "as-shipped",
+                              engine=base.engine, prefix_cache=base.prefix_cache)
     elif isinstance(base, TransformersModel):
         if not (peft / "adapter_config.json").is_file():
             raise ConfigError(f"{adapter_name} has no PEFT adapter folder", where=where)

@@ -100,6 +100,83 @@ def default_threads(pool_size: int = 1) -> int:
     return max(1, (cores - 1) // max(1, pool_size))
 
 
+WEIGHT_FORMATS = {"q4_1": 3, "q8_0": 7, "f16": 1, "bf16": 32}
+"""Weight formats a GGUF can be converted to (llama.cpp file types). Which is fastest depends on
+the CPU and on how llama.cpp was built: docs/benchmarks.md, "Kernels and weight format"."""
+
+_CONVERT_LOCK = threading.Lock()
+
+
+def gguf_in_format(path: Path, fmt: str | None, *, where: str = "llamacpp") -> Path:
+    """`path` converted to weight format `fmt`, made once under ``$SLMFLOW_HOME/models`` (the
+    way the transformers path caches its dequantized copy) and reused. ``None`` or the file's
+    own format returns `path` unchanged. Conversion requantizes (``allow_requantize``): from the
+    shipped Q4_1, Q8_0/F16/BF16 hold the same values (to their precision), so quality is the
+    shipped file's, and only speed changes."""
+    if fmt is None:
+        return path
+    fmt = fmt.lower()
+    if fmt not in WEIGHT_FORMATS:
+        raise ConfigError(f"unknown weight format {fmt!r}; one of {', '.join(WEIGHT_FORMATS)}",
+                          where=where)
+    if path.stem.lower().endswith(fmt.replace("_", "")) or path.stem.lower().endswith(fmt):
+        return path
+    from ..home import subdir
+
+    st = path.stat()
+    target = subdir("models") / f"{path.stem}.{st.st_size}-{int(st.st_mtime)}.{fmt}.gguf"
+    if target.is_file():
+        return target
+    llama_cpp = _import_llama_cpp()
+    with _CONVERT_LOCK:
+        if target.is_file():
+            return target
+        src_type = _file_type(path)
+        if src_type == WEIGHT_FORMATS[fmt]:
+            return path
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = WEIGHT_FORMATS[fmt]
+        params.allow_requantize = True
+        params.nthread = os.cpu_count() or 1
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        with _quiet_stderr():
+            rc = llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            raise ModelLoadError(f"llama.cpp could not convert {path.name} to {fmt} (rc {rc})",
+                                 where=where)
+        os.replace(tmp, target)
+    return target
+
+
+def _file_type(path: Path) -> int | None:
+    """general.file_type of a GGUF, read from its header (None when absent)."""
+    try:
+        from gguf import GGUFReader
+
+        f = GGUFReader(str(path)).fields.get("general.file_type")
+        return int(f.parts[f.data[0]][0]) if f is not None else None
+    except Exception:
+        return None
+
+
+def default_weights() -> str | None:
+    """The weight format the embedded model runs in: ``$SLMFLOW_LLAMA_WEIGHTS`` (q4_1 | q8_0 |
+    f16 | bf16 | as-shipped), else the measured default (docs/benchmarks.md)."""
+    env = os.environ.get("SLMFLOW_LLAMA_WEIGHTS", "").strip().lower()
+    if env in ("as-shipped", "shipped", "none"):
+        return None
+    if env:
+        if env not in WEIGHT_FORMATS:
+            raise ConfigError(f"SLMFLOW_LLAMA_WEIGHTS must be one of {', '.join(WEIGHT_FORMATS)} "
+                              f"or as-shipped, got {env!r}", where="SLMFLOW_LLAMA_WEIGHTS")
+        return env
+    return DEFAULT_WEIGHTS
+
+
+DEFAULT_WEIGHTS: str | None = None
+
+
 def default_threads_batch(pool_size: int = 1) -> int:
     """Threads for prompt evaluation (batches): ``$SLMFLOW_LLAMA_THREADS_BATCH``, else every core,
     shared by the pool's contexts. Prefill is compute-bound and scales with cores (measured in
@@ -129,10 +206,15 @@ class LlamaCppModel(Model):
                  n_threads: int | None = None, pool_size: int = 1, lora_path: str | Path | None = None,
                  adapter: str | None = None, chat: bool = True, n_batch: int = 512,
                  n_threads_batch: int | None = None, engine: str | None = None,
-                 prefix_cache: bool | None = None) -> None:
+                 prefix_cache: bool | None = None, weights: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {self.path}", where=name or str(path))
+        self.source_path = self.path
+        self.weights = default_weights() if weights is None else (
+            None if weights.lower() in ("as-shipped", "shipped") else weights.lower())
+        if self.weights is not None:
+            self.path = gguf_in_format(self.path, self.weights, where=name or str(path))
         self.lora_path = Path(lora_path) if lora_path else None
         if self.lora_path is not None and not self.lora_path.is_file():
             raise ModelNotFoundError(f"LoRA adapter file not found: {self.lora_path}",

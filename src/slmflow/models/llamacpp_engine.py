@@ -195,7 +195,11 @@ def lltokenizer(model_path: str | Path) -> Any:
             import llama_cpp
             from llguidance.llamacpp import lltokenizer_from_vocab
 
-            holder = llama_cpp.Llama(model_path=key, vocab_only=True, verbose=False)
+            from .llamacpp import _quiet_stderr
+
+            with _quiet_stderr():
+                holder = llama_cpp.Llama(model_path=key, vocab_only=True, verbose=False,
+                                         n_ctx=64)
             with warnings.catch_warnings():  # it calls a deprecated alias once per token
                 warnings.simplefilter("ignore", DeprecationWarning)
                 tok = lltokenizer_from_vocab(holder._model.vocab)

@@ -363,7 +363,7 @@ class _Run:
             contract = contract_type(owner, t)
             note = ("Your previous answer did not fit the next step. Fix: "
                     + "; ".join(errors[:3]))
-            modes = ["repaired"] + (["escalated"] if agent.fallback is not None else [])
+            modes = ["repaired"] + (["escalated"] if agent.can_escalate else [])
             fallback_tried = False
             for mode in modes:
                 if mode == "escalated" and fallback_tried:
@@ -449,9 +449,14 @@ class _Run:
         rec.status, rec.detail = "rejected", reason
         if trec.agent_result is not None and trec.agent_result.call_id:
             _flag(trec.agent_result.call_id, f"verifier:{s.name}", f"verifier_rejected: {reason}")
-        if s.name in self.reverified or target.agent.fallback is None:  # type: ignore[union-attr]
-            self.rejected = reason + ("" if s.name in self.reverified else
-                                      f" (no fallback model for {target.name!r} to escalate to)")
+        agent = target.agent
+        if s.name in self.reverified or not agent.can_escalate:  # type: ignore[union-attr]
+            why = ("" if s.name in self.reverified else
+                   f" (no fallback model for {target.name!r} to escalate to)"
+                   if agent.fallback is None else  # type: ignore[union-attr]
+                   f" ({target.name!r}'s fallback is its own model at temperature 0: a re-run "
+                   "would repeat the draft)")
+            self.rejected = reason + why
             return
         self.reverified.add(s.name)
         new = StepRecord(target.name, "agent", detail=f"re-run after {s.name} rejected it")

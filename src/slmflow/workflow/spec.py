@@ -63,6 +63,7 @@ class AgentSpec(_Spec):
     fallback: Optional[str] = None
     adapter: Optional[str] = None
     instructions: str = ""
+    context: Optional[str] = None
     prompt: Optional[str] = None
     input: Optional[str] = None
     output: str = "str"
@@ -339,7 +340,7 @@ def _build(spec: WorkflowSpec, ctx: _Ctx, *, fallback: str | None, model: str | 
                 name=name, model=model or model_ref(a.model, loc + ("model",)),
                 fallback=fallback or model_ref(a.fallback, loc + ("fallback",)),
                 adapter=_adapter_ref(ctx, a.adapter), instructions=a.instructions,
-                prompt=a.prompt,
+                context=a.context, prompt=a.prompt,
                 input_type=ctx.type_ref(a.input, loc + ("input",)),
                 output_type=ctx.type_ref(a.output, loc + ("output",), allow_str=True),
                 tools=tuple(tools[t] for t in a.tools),

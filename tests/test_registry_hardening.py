@@ -5,6 +5,7 @@ file; files whose bytes changed after registration. Files and PostgreSQL alike."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -191,15 +192,17 @@ def test_postgresql_file_paths_cannot_leave_the_cache(pg_url, tmp_path, peft_dir
     reg.store.cache = tmp_path / "cache"
     try:
         reg.register("router", peft_dir, {})
-        for path in ["../../../../evil", "adapter/../../x", "/tmp/evil", "a//b"]:
+        sha = hashlib.sha256(b"x").hexdigest()  # the row's checksum is right: only its path
+        # (from cache/router/.v1.partial/) would land at tmp_path/evil, tmp_path/x, /tmp/evil
+        for path in ["../../../evil", "adapter/../../../../x", "/tmp/evil", "a//b"]:
             with reg.store._tx() as cur:
-                cur.execute("DELETE FROM adapter_files WHERE sha256 = %s", ("0" * 64,))
+                cur.execute("DELETE FROM adapter_files WHERE sha256 = %s", (sha,))
                 cur.execute("INSERT INTO adapter_files (agent, version, path, data, sha256) "
-                            "VALUES ('router', 1, %s, %s, %s)", (path, b"x", "0" * 64))
+                            "VALUES ('router', 1, %s, %s, %s)", (path, b"x", sha))
             with pytest.raises(RegistryStoreError, match="invalid file path") as e:
                 reg.path("router", "v1")
             assert "adapter_files" in str(e.value)
-        assert not any(p.name in ("evil", "x") for p in tmp_path.rglob("*"))
+            assert not (tmp_path / "evil").exists() and not (tmp_path / "x").exists()
     finally:
         reg.store.close()
 

@@ -224,6 +224,23 @@ def test_corrupt_adapters_are_refused_with_the_file_and_the_reason(tmp_path):
         assert str(path) in str(e.value), (path, e.value)
 
 
+def test_work_is_bounded_whatever_the_counts_say(tmp_path, monkeypatch):
+    """The loops a file's length allows are capped too (strings in arrays, tensors), so a huge
+    crafted file cannot keep the check busy for minutes or fill memory."""
+    from slmflow.models import gguf_check
+
+    kvs, tensors = router_parts()
+    monkeypatch.setattr(gguf_check, "MAX_STRINGS", 10)
+    p = write_gguf(tmp_path / "s.gguf", kvs + [("tokenizer.ggml.tokens", ARR,
+                                                 (STR, 11, _s("a") * 11))], tensors)
+    with pytest.raises(ModelLoadError, match="more than 10 strings"):
+        read_gguf(p)
+    monkeypatch.setattr(gguf_check, "MAX_TENSORS", 100)
+    monkeypatch.setattr(gguf_check, "_CACHE", {})  # read earlier in this session
+    with pytest.raises(ModelLoadError, match="bogus tensor count 240"):
+        read_gguf(ROUTER)
+
+
 def test_corrupt_model_file_is_refused(tmp_path):
     raw = model_path().read_bytes()[:2_000_000]
     (tmp_path / "model.gguf").write_bytes(raw)

@@ -243,7 +243,8 @@ class AdapterRegistry:
                 with tempfile.TemporaryDirectory(prefix=f"slmflow-{agent}-") as tmp:
                     staged = Path(tmp) / "version"
                     shutil.copytree(src, staged,
-                                    ignore=shutil.ignore_patterns("card.json", ".complete", CHECKSUMS))
+                                    ignore=shutil.ignore_patterns("card.json", ".complete",
+                                                                  CHECKSUMS))
                     card = other.card(agent, v)
                     got = self.store.add_version(agent, staged, lambda _v, c=card: c)
                 if got != v:  # versions are numbered densely from v1, as in the source

@@ -61,7 +61,8 @@ from ..errors import ConfigError, ModelLoadError, SlmflowError, mask_url
 from ..store.pg import PgConnection, is_pg_url
 
 __all__ = ["RegistryStore", "FileRegistryStore", "PostgresRegistryStore", "open_registry_store",
-           "ENV_ADAPTERS_URL", "RegistryStoreError", "AdapterFileError", "check_agent", "check_version"]
+           "ENV_ADAPTERS_URL", "RegistryStoreError", "AdapterFileError", "check_agent",
+           "check_version"]
 
 ENV_ADAPTERS_URL = "SLMFLOW_ADAPTERS_URL"
 _VERSION = re.compile(r"v([0-9]{1,9})")

@@ -502,8 +502,8 @@ class PostgresRegistryStore(RegistryStore):
                 data = bytes(data)
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise AdapterFileError(f"{agent}@{version}/{path}: stored bytes do not "
-                                             "match their checksum", where=self.location)
-                out = tmp / path
+                                           "match their checksum", where=self.location)
+                out = tmp / _check_rel_path(path, f"{self._row(agent, version)}: adapter_files")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(data)
             card = self.card(agent, version)

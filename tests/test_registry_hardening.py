@@ -99,6 +99,14 @@ def test_traversal_names_are_refused_by_the_api_and_the_store(registry, peft_dir
     assert outside.read_text() == before
     assert reg.promoted("router") == "v1" and reg.promoted("other") is None
     assert reg.agents() == ["other", "router"]
+    if reg.root is not None:  # a folder that is no valid agent name is not listed
+        (reg.root / ".hidden").mkdir()
+        (reg.root / "a..b").mkdir()
+    else:
+        with reg.store._tx() as cur:
+            cur.execute("INSERT INTO adapter_promoted (agent, state, seq) VALUES "
+                        "('../x', '{}', 1)")
+    assert reg.agents() == ["other", "router"]
     assert not (tmp_path / "etc").exists()
     # names that are valid still work
     assert reg.register("support.router_2-b", peft_dir, {}) == "v1"

@@ -80,9 +80,13 @@ class AdapterFileError(RegistryStoreError, ModelLoadError):
     cannot be loaded, for whoever serves it: the gateway answers 503, not 500)."""
 
 
+def _valid_agent(agent: Any) -> bool:
+    return isinstance(agent, str) and bool(_AGENT.fullmatch(agent)) and ".." not in agent
+
+
 def check_agent(agent: Any, where: str = "adapters") -> str:
     """``agent`` if it is a valid agent name (see the module doc), else a `ConfigError`."""
-    if not isinstance(agent, str) or not _AGENT.fullmatch(agent) or ".." in agent:
+    if not _valid_agent(agent):
         raise ConfigError(f"invalid agent name {agent!r}: 1-128 characters of A-Z a-z 0-9 . _ -, "
                           "not starting with '.' or '-', without '..'", where=where)
     return agent
@@ -240,8 +244,7 @@ class FileRegistryStore(RegistryStore):
     def agents(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and _AGENT.fullmatch(p.name) and ".." not in p.name)
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _valid_agent(p.name))
 
     def versions(self, agent: str) -> list[str]:
         d = self._dir(agent)
@@ -399,7 +402,7 @@ class PostgresRegistryStore(RegistryStore):
     def agents(self) -> list[str]:
         rows = self._all("SELECT DISTINCT agent FROM adapter_versions UNION "
                          "SELECT agent FROM adapter_promoted")
-        return sorted(r[0] for r in rows)
+        return sorted(r[0] for r in rows if _valid_agent(r[0]))
 
     def versions(self, agent: str) -> list[str]:
         rows = self._all("SELECT version FROM adapter_versions WHERE agent = %s ORDER BY version",

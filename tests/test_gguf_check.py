@@ -247,6 +247,9 @@ def test_corrupt_model_file_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="past the end of the file") as e:
         read_gguf(tmp_path / "model.gguf")
     assert "model.gguf" in str(e.value)
+    (tmp_path / "model.gguf").write_bytes(raw[:500_000])  # inside the vocabulary's strings
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.ggml\.tokens.*\[\d+\] runs past the end"):
+        read_gguf(tmp_path / "model.gguf")
 
 
 def test_mutated_headers_give_a_model_load_error_or_pass(tmp_path):

@@ -22,7 +22,7 @@ What `read_gguf` checks (the rules of llama.cpp's ``gguf.cpp``):
   and no two tensors overlapping.
 Reading is bounded in time and memory whatever the file says: it is memory-mapped, never read
 whole; numeric arrays are skipped in one step and string arrays walked over their lengths, not
-built (SmolLM2's 49k-token vocabulary and merges: 50 ms), at most 8M strings in all; at most 64k
+built (SmolLM2's 49k-token vocabulary and its merges: 50 ms on a loaded 2-core machine), at most 8M strings in all; at most 64k
 tensors and 64k keys, only strings up to 1 KiB kept. The answer is cached per (path, size, mtime,
 inode), so swapping adapters on one base does not re-read the base.
 
@@ -179,8 +179,13 @@ def _read_value(r: _Reader, vtype: int, what: str) -> Any:
             r.strings += count
             if r.strings > MAX_STRINGS:
                 raise _Bad(f"{what}: more than {MAX_STRINGS} strings in arrays")
+            # the one long loop (a vocabulary): lengths only, locals only
+            pos, buf, size, unpack = r.pos, r.buf, r.size, struct.unpack_from
             for i in range(count):
-                r.string(f"{what}[{i}]", keep=False)
+                start = pos
+                if pos + 8 > size or (pos := pos + 8 + unpack("<Q", buf, pos)[0]) > size:
+                    raise _Bad(f"{what}[{i}] runs past the end of the file (at offset {start})")
+            r.pos = pos
         else:
             raise _Bad(f"{what} has unknown element type {etype}")
         return ("array", etype, count)

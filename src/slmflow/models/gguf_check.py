@@ -22,9 +22,9 @@ What `read_gguf` checks (the rules of llama.cpp's ``gguf.cpp``):
   and no two tensors overlapping.
 Reading is bounded in time and memory whatever the file says: it is memory-mapped, never read
 whole; numeric arrays are skipped in one step and string arrays walked over their lengths, not
-built (SmolLM2's 49k-token vocabulary and its merges: 50 ms on a loaded 2-core machine), at most 8M strings in all; at most 64k
-tensors and 64k keys, only strings up to 1 KiB kept. The answer is cached per (path, size, mtime,
-inode), so swapping adapters on one base does not re-read the base.
+built (SmolLM2's 49k-token vocabulary and its merges: 50 ms on a loaded 2-core machine), at most
+8M strings in all; at most 64k tensors and 64k keys, only strings up to 1 KiB kept. The answer is
+cached per (path, size, mtime, inode), so swapping adapters on one base does not re-read the base.
 
 What `check_gguf_files` adds for a LoRA adapter on a model (llama.cpp's ``llama-adapter.cpp``
 refuses these too, and the binding turns the refusal into the crash above):
@@ -32,6 +32,9 @@ refuses these too, and the binding turns the refusal into the crash above):
 ``general.architecture`` the model's; every tensor is ``<base>.lora_a``/``.lora_b`` (norms are
 skipped as llama.cpp does) in complete pairs, each base tensor exists in the model with
 ``a.ne[0] == W.ne[0]``, ``b.ne[1] == W.ne[1]``, ``a.ne[1] == b.ne[0]``.
+
+`LlamaCppModel` calls `check_gguf_files` when it is built, and after llama.cpp has loaded it
+refuses an adapter that came back NULL anyway (a second line, for whatever this module misses).
 
 Not checked: the values of the weights (NaNs load and generate nonsense, they do not crash), and
 tokenizer metadata of a model file beyond its structure. Checksums are the registry's business:

@@ -111,10 +111,15 @@ def adapters_promote(agent: str, version: str,
                      tolerance: float = typer.Option(0.0),
                      force: bool = typer.Option(False, help="skip the gate (recorded)")) -> None:
     """Promote a version if its eval scores are at least the promoted version's."""
+    from ..errors import ConfigError
+
     scores = {}
     for s in score:
         k, _, v = s.partition("=")
-        scores[k] = float(v)
+        try:
+            scores[k] = float(v)
+        except ValueError:
+            raise ConfigError(f"--score wants metric=number, got {s!r}", where="--score") from None
     d = _registry().promote(agent, version, scores or None, tolerance=tolerance, force=force)
     typer.echo(json.dumps(d, indent=2, default=str))
 

@@ -38,10 +38,10 @@ from typing import Any, Sequence
 from ..errors import ConfigError, SlmflowError
 from ..models.base import Model, SettingsOverride
 from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
-from .registry_store import RegistryStore, open_registry_store
+from .registry_store import (CHECKSUMS, RegistryStore, check_agent, check_version,
+                             open_registry_store)
 
 _log = logging.getLogger("slmflow.adapters")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class PromotionRejected(SlmflowError):
@@ -76,10 +76,11 @@ class AdapterRegistry:
         return f"AdapterRegistry({self.store.location!r})"
 
     # -- reading ---------------------------------------------------------------------------
-    def _check(self, agent: str) -> str:
-        if not _NAME.match(agent):
-            raise ConfigError(f"invalid agent name {agent!r}", where="adapters")
-        return agent
+    def _check(self, agent: str, version: str | None = None) -> str:
+        """Names are checked here (the Python API and the CLI) and again by the store."""
+        if version is not None:
+            check_version(version, where=f"adapters/{agent}")
+        return check_agent(agent)
 
     def versions(self, agent: str) -> list[str]:
         return self.store.versions(self._check(agent))
@@ -88,7 +89,7 @@ class AdapterRegistry:
         return self.store.agents()
 
     def card(self, agent: str, version: str) -> dict[str, Any]:
-        card = self.store.card(self._check(agent), version)
+        card = self.store.card(self._check(agent, version), version)
         if card is None:
             raise ConfigError(f"no adapter {agent}@{version}; known: {self.versions(agent)}",
                               where=f"adapters ({self.store.location})")
@@ -96,6 +97,9 @@ class AdapterRegistry:
 
     def update_card(self, agent: str, version: str, card: dict[str, Any]) -> None:
         """Replace a version's card (lineage and scores; the adapter's files never change)."""
+        if not isinstance(card, dict):
+            raise ConfigError(f"a card is a dict, not {type(card).__name__}",
+                              where=f"adapters/{agent}@{version}")
         self.card(agent, version)
         self.store.write_card(agent, version, card)
 
@@ -157,7 +161,7 @@ class AdapterRegistry:
         scores stored on the old card are not comparable). extra: more context for the history
         (which reviews and calls produced the candidate). One decision at a time per agent, also
         across processes (the store's lock)."""
-        self._check(agent)
+        self._check(agent, version)
         with self.store.lock(agent):
             return self._promote(agent, version, scores, tolerance=tolerance, force=force,
                                  baseline=baseline, extra=extra)
@@ -239,7 +243,8 @@ class AdapterRegistry:
                 with tempfile.TemporaryDirectory(prefix=f"slmflow-{agent}-") as tmp:
                     staged = Path(tmp) / "version"
                     shutil.copytree(src, staged,
-                                    ignore=shutil.ignore_patterns("card.json", ".complete"))
+                                    ignore=shutil.ignore_patterns("card.json", ".complete",
+                                                                  CHECKSUMS))
                     card = other.card(agent, v)
                     got = self.store.add_version(agent, staged, lambda _v, c=card: c)
                 if got != v:  # versions are numbered densely from v1, as in the source
@@ -304,8 +309,14 @@ def model_for_path(base: Model, adapter: str | Path) -> Model:
         if not (p / "card.json").is_file():
             raise ConfigError("an adapter folder needs card.json beside adapter.gguf / adapter/",
                               where=str(p))
-        gguf, peft, card = p / "adapter.gguf", p / "adapter", json.loads((p / "card.json")
-                                                                      .read_text())
+        gguf, peft = p / "adapter.gguf", p / "adapter"
+        try:
+            card = json.loads((p / "card.json").read_text())
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"{p / 'card.json'} is not readable JSON ({e})",
+                              where=str(p / "card.json")) from None
+        if not isinstance(card, dict):
+            raise ConfigError(f"{p / 'card.json'} is not a JSON object", where=str(p))
         label = "/".join(p.resolve().parts[-2:])
     else:
         raise ConfigError(f"adapter not found: {p} (a folder with card.json and adapter.gguf, "

@@ -21,6 +21,22 @@ stale copy) because llama.cpp and PEFT load from paths. Cards (eval scores, line
 always read from the database. Adapters of SLMs are small (3.7 MB GGUF for a 135M model at r=8;
 tens of MB for 7B models), well within PostgreSQL's 1 GB per value.
 
+Names are checked at this door too, not only by `AdapterRegistry` (issue 15: a version named
+``../../outside`` was read, promoted and had its card rewritten outside the registry): an agent
+is 1-128 characters of ``[A-Za-z0-9._-]``, not starting with ``.`` or ``-``, without ``..``; a
+version is ``v1``, ``v2``, ... (the only names either store creates). What a store reads back is
+checked the same way: a promoted pointer naming ``../x``, a file path in ``adapter_files`` leaving
+the version's folder, a truncated ``card.json`` or ``promoted.json`` are one `RegistryStoreError`
+naming the file (or the database row), never a path outside the registry or a traceback.
+
+Checksums: the PostgreSQL store keeps each file's sha256 beside its bytes; the file store writes
+``checksums.json`` into a version's folder at registration. ``local_dir`` verifies a version's
+files against them every time it hands the folder out (a few ms for an SLM's adapter), so a file
+changed on disk after registration (a corrupt copy, a tampered cache) is refused (files) or fetched
+again from the database (PostgreSQL) before llama.cpp or PEFT open it. Versions registered before
+checksums existed have no ``checksums.json``; their GGUF files still go through
+`slmflow.models.gguf_check`.
+
 The interface: `versions`, `card`/`write_card`, `add_version`, `promoted`/`write_promoted`,
 `append_history`/`history`, `local_dir`, `stamp` (cheap; changes when the promoted pointer does)
 and `lock` (one promotion decision at a time per agent, across processes).
@@ -41,18 +57,104 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import ConfigError, SlmflowError, mask_url
+from ..errors import ConfigError, ModelLoadError, SlmflowError, mask_url
 from ..store.pg import PgConnection, is_pg_url
 
 __all__ = ["RegistryStore", "FileRegistryStore", "PostgresRegistryStore", "open_registry_store",
-           "ENV_ADAPTERS_URL", "RegistryStoreError"]
+           "ENV_ADAPTERS_URL", "RegistryStoreError", "AdapterFileError", "check_agent",
+           "check_version"]
 
 ENV_ADAPTERS_URL = "SLMFLOW_ADAPTERS_URL"
-_VERSION = re.compile(r"v(\d+)")
+_VERSION = re.compile(r"v([0-9]{1,9})")
+_AGENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+CHECKSUMS = "checksums.json"
 
 
 class RegistryStoreError(SlmflowError):
-    """The registry's storage failed (database unreachable, a query refused)."""
+    """The registry's storage failed (database unreachable, a query refused) or holds something
+    it never writes (a truncated card, a pointer to an invalid version, a changed file)."""
+
+
+class AdapterFileError(RegistryStoreError, ModelLoadError):
+    """A version's file does not match the checksum recorded at registration (a model that
+    cannot be loaded, for whoever serves it: the gateway answers 503, not 500)."""
+
+
+def _valid_agent(agent: Any) -> bool:
+    return isinstance(agent, str) and bool(_AGENT.fullmatch(agent)) and ".." not in agent
+
+
+def check_agent(agent: Any, where: str = "adapters") -> str:
+    """``agent`` if it is a valid agent name (see the module doc), else a `ConfigError`."""
+    if not _valid_agent(agent):
+        raise ConfigError(f"invalid agent name {agent!r}: 1-128 characters of A-Z a-z 0-9 . _ -, "
+                          "not starting with '.' or '-', without '..'", where=where)
+    return agent
+
+
+def check_version(version: Any, where: str = "adapters") -> str:
+    """``version`` if it is ``v1``, ``v2``, ..., else a `ConfigError`."""
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise ConfigError(f"invalid version {version!r}: versions are v1, v2, ...", where=where)
+    return version
+
+
+def _check_state(state: Any, where: str) -> dict[str, Any]:
+    """A promoted pointer read back from the store: a dict naming valid versions."""
+    if not isinstance(state, dict):
+        raise RegistryStoreError(f"the promoted pointer is not an object: {state!r:.80}",
+                                 where=where)
+    for k in ("version", "previous"):
+        v = state.get(k)
+        if (k == "version" or v is not None) and \
+                (not isinstance(v, str) or not _VERSION.fullmatch(v)):
+            raise RegistryStoreError(f"the promoted pointer names an invalid {k} {v!r:.80} "
+                                     "(versions are v1, v2, ...)", where=where)
+    return state
+
+
+def _loads(text: str, what: str, where: str, kind: type = dict) -> Any:
+    """json.loads for what a store reads back: one `RegistryStoreError` naming the file."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise RegistryStoreError(f"{what} is not valid JSON ({e}); was it truncated?",
+                                 where=where) from None
+    if not isinstance(data, kind):
+        raise RegistryStoreError(f"{what} holds a {type(data).__name__}, not a JSON "
+                                 f"{'object' if kind is dict else kind.__name__}", where=where)
+    return data
+
+
+def _check_rel_path(path: Any, where: str) -> str:
+    """A file path inside a version's folder (``adapter.gguf``, ``adapter/x.json``)."""
+    parts = path.split("/") if isinstance(path, str) else []
+    if not parts or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise RegistryStoreError(f"invalid file path {path!r:.120} in the registry (a path must "
+                                 "stay inside its version's folder)", where=where)
+    return path
+
+
+def _sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_pointer(state: dict[str, Any], where: str) -> None:
+    """A pointer about to be written names valid versions (a `ConfigError` otherwise)."""
+    check_version(state.get("version"), where=where)
+    if state.get("previous") is not None:
+        check_version(state["previous"], where=where)
+
+
+def _sha256_ok(p: Path, sha: str) -> bool:
+    try:
+        return _sha256_file(p) == sha
+    except OSError:
+        return False
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -125,11 +227,24 @@ class FileRegistryStore(RegistryStore):
         self._tlock = threading.RLock()
 
     def _dir(self, agent: str) -> Path:
-        return self.root / agent
+        return self.root / check_agent(agent, where=self.location)
+
+    def _vdir(self, agent: str, version: str) -> Path:
+        return self._dir(agent) / check_version(version, where=self.location)
+
+    def _read(self, p: Path, kind: type = dict) -> Any:
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RegistryStoreError(f"cannot read {p}: {e}", where=str(p)) from None
+        return _loads(text, p.name, str(p), kind)
 
     def agents(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() \
-            else []
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _valid_agent(p.name))
 
     def versions(self, agent: str) -> list[str]:
         d = self._dir(agent)
@@ -139,11 +254,10 @@ class FileRegistryStore(RegistryStore):
         return sorted(vs, key=lambda v: int(v[1:]))
 
     def card(self, agent: str, version: str) -> dict[str, Any] | None:
-        p = self._dir(agent) / version / "card.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        return self._read(self._vdir(agent, version) / "card.json")
 
     def write_card(self, agent: str, version: str, card: dict[str, Any]) -> None:
-        _write_json_atomic(self._dir(agent) / version / "card.json", card)
+        _write_json_atomic(self._vdir(agent, version) / "card.json", card)
 
     def add_version(self, agent: str, files: Path,
                     make_card: Callable[[str], dict[str, Any]]) -> str:
@@ -156,6 +270,10 @@ class FileRegistryStore(RegistryStore):
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 shutil.move(str(files), str(tmp))  # a rename when on the same file system
+                sums = {p.relative_to(tmp).as_posix(): _sha256_file(p)
+                        for p in sorted(tmp.rglob("*")) if p.is_file() and
+                        p.relative_to(tmp).as_posix() not in (CHECKSUMS, "card.json")}
+                _write_json_atomic(tmp / CHECKSUMS, sums)
                 _write_json_atomic(tmp / "card.json", make_card(version))
                 tmp.rename(d / version)
             except BaseException:
@@ -165,9 +283,11 @@ class FileRegistryStore(RegistryStore):
 
     def promoted(self, agent: str) -> dict[str, Any] | None:
         p = self._dir(agent) / "promoted.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        state = self._read(p)
+        return None if state is None else _check_state(state, str(p))
 
     def write_promoted(self, agent: str, state: dict[str, Any]) -> None:
+        _check_pointer(state, self.location)
         self._dir(agent).mkdir(parents=True, exist_ok=True)
         _write_json_atomic(self._dir(agent) / "promoted.json", state)
 
@@ -180,10 +300,19 @@ class FileRegistryStore(RegistryStore):
         p = self._dir(agent) / "history.jsonl"
         if not p.is_file():
             return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return [_loads(line, f"{p.name}:{i}", str(p)) for i, line in
+                enumerate(p.read_text().splitlines(), 1) if line.strip()]
 
     def local_dir(self, agent: str, version: str) -> Path:
-        return self._dir(agent) / version
+        d = self._vdir(agent, version)
+        sums = self._read(d / CHECKSUMS)
+        for rel, sha in (sums or {}).items():
+            f = d / _check_rel_path(rel, str(d / CHECKSUMS))
+            if not _sha256_ok(f, sha):
+                raise AdapterFileError(
+                    f"{agent}@{version}/{rel} is missing or does not match the checksum recorded "
+                    "at registration; register the adapter again", where=str(f))
+        return d
 
     def stamp(self, agent: str) -> Any:
         try:
@@ -273,34 +402,35 @@ class PostgresRegistryStore(RegistryStore):
     def agents(self) -> list[str]:
         rows = self._all("SELECT DISTINCT agent FROM adapter_versions UNION "
                          "SELECT agent FROM adapter_promoted")
-        return sorted(r[0] for r in rows)
+        return sorted(r[0] for r in rows if _valid_agent(r[0]))
 
     def versions(self, agent: str) -> list[str]:
         rows = self._all("SELECT version FROM adapter_versions WHERE agent = %s ORDER BY version",
-                         (agent,))
+                         (check_agent(agent, where=self.location),))
         return [f"v{r[0]}" for r in rows]
 
-    @staticmethod
-    def _num(version: str) -> int:
-        m = _VERSION.fullmatch(version)
-        if not m:
-            raise ConfigError(f"a version looks like v1, v2, ...; got {version!r}",
-                              where="adapters")
-        return int(m.group(1))
+    def _num(self, version: str) -> int:
+        return int(check_version(version, where=self.location)[1:])
+
+    def _row(self, agent: str, version: str | None = None) -> str:
+        return f"{self.location} ({agent}{'@' + version if version else ''})"
 
     def card(self, agent: str, version: str) -> dict[str, Any] | None:
         rows = self._all("SELECT card FROM adapter_versions WHERE agent = %s AND version = %s",
-                         (agent, self._num(version)))
-        return json.loads(rows[0][0]) if rows else None
+                         (check_agent(agent, where=self.location), self._num(version)))
+        return _loads(rows[0][0], f"the card of {agent}@{version}",
+                      self._row(agent, version)) if rows else None
 
     def write_card(self, agent: str, version: str, card: dict[str, Any]) -> None:
         with self._tx() as cur:
             cur.execute("UPDATE adapter_versions SET card = %s WHERE agent = %s AND version = %s",
-                        (json.dumps(card, default=str), agent, self._num(version)))
+                        (json.dumps(card, default=str), check_agent(agent, where=self.location),
+                         self._num(version)))
 
     def add_version(self, agent: str, files: Path,
                     make_card: Callable[[str], dict[str, Any]]) -> str:
-        entries = sorted(p for p in Path(files).rglob("*") if p.is_file())
+        check_agent(agent, where=self.location)
+        entries = sorted(p for p in Path(files).rglob("*") if p.is_file() and p.name != CHECKSUMS)
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_agent_key(agent),))
             cur.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM adapter_versions "
@@ -319,35 +449,53 @@ class PostgresRegistryStore(RegistryStore):
         return version
 
     def promoted(self, agent: str) -> dict[str, Any] | None:
-        rows = self._all("SELECT state FROM adapter_promoted WHERE agent = %s", (agent,))
-        return json.loads(rows[0][0]) if rows else None
+        rows = self._all("SELECT state FROM adapter_promoted WHERE agent = %s",
+                         (check_agent(agent, where=self.location),))
+        if not rows:
+            return None
+        where = f"{self._row(agent)}: adapter_promoted"
+        return _check_state(_loads(rows[0][0], "the promoted pointer", where), where)
 
     def write_promoted(self, agent: str, state: dict[str, Any]) -> None:
+        check_agent(agent, where=self.location)
+        _check_pointer(state, self.location)
         with self._tx() as cur:
             cur.execute("INSERT INTO adapter_promoted (agent, state, seq) VALUES (%s, %s, 1) "
                         "ON CONFLICT (agent) DO UPDATE SET state = EXCLUDED.state, "
                         "seq = adapter_promoted.seq + 1", (agent, json.dumps(state, default=str)))
 
     def append_history(self, agent: str, entry: dict[str, Any]) -> None:
+        check_agent(agent, where=self.location)
         with self._tx() as cur:
             cur.execute("INSERT INTO adapter_history (agent, entry, at) VALUES (%s, %s, %s)",
                         (agent, json.dumps(entry, default=str), time.time()))
 
     def history(self, agent: str) -> list[dict[str, Any]]:
-        rows = self._all("SELECT entry FROM adapter_history WHERE agent = %s ORDER BY id",
-                         (agent,))
-        return [json.loads(r[0]) for r in rows]
+        rows = self._all("SELECT id, entry FROM adapter_history WHERE agent = %s ORDER BY id",
+                         (check_agent(agent, where=self.location),))
+        return [_loads(e, f"history entry {i}", f"{self._row(agent)}: adapter_history")
+                for i, e in rows]
 
     def local_dir(self, agent: str, version: str) -> Path:
         # The copy is named by the version *and* its files' checksums: a database that was
         # reset and refilled (or another registry at the same URL) reuses version names, and a
         # stale copy must never be served for them.
         listing = self._all("SELECT path, sha256 FROM adapter_files WHERE agent = %s AND "
-                            "version = %s ORDER BY path", (agent, self._num(version)))
+                            "version = %s ORDER BY path",
+                            (check_agent(agent, where=self.location), self._num(version)))
+        for p, _ in listing:
+            _check_rel_path(p, f"{self._row(agent, version)}: adapter_files")
         digest = hashlib.sha256("\n".join(f"{p}:{h}" for p, h in listing).encode()).hexdigest()
         d = self.cache / agent / f"{version}-{digest[:16]}"
         if (d / ".complete").is_file():
-            return d
+            if all(_sha256_ok(d / p, h) for p, h in listing):
+                return d
+            # the machine's copy changed since it was made (a bad disk, a hand edit): set it
+            # aside and copy the verified bytes from the database again
+            aside = d.with_name(f".{d.name}.{os.getpid()}.{threading.get_ident()}.stale")
+            with contextlib.suppress(OSError):
+                d.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
         rows = self._all("SELECT path, data, sha256 FROM adapter_files WHERE agent = %s AND "
                          "version = %s ORDER BY path", (agent, self._num(version)))
         tmp = d.with_name(f".{version}.{os.getpid()}.{threading.get_ident()}.partial")
@@ -356,9 +504,9 @@ class PostgresRegistryStore(RegistryStore):
             for path, data, sha in rows:
                 data = bytes(data)
                 if hashlib.sha256(data).hexdigest() != sha:
-                    raise RegistryStoreError(f"{agent}@{version}/{path}: stored bytes do not "
-                                             "match their checksum", where=self.location)
-                out = tmp / path
+                    raise AdapterFileError(f"{agent}@{version}/{path}: stored bytes do not "
+                                           "match their checksum", where=self.location)
+                out = tmp / _check_rel_path(path, f"{self._row(agent, version)}: adapter_files")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(data)
             card = self.card(agent, version)
@@ -376,13 +524,15 @@ class PostgresRegistryStore(RegistryStore):
         return d
 
     def stamp(self, agent: str) -> Any:
-        rows = self._all("SELECT seq FROM adapter_promoted WHERE agent = %s", (agent,))
+        rows = self._all("SELECT seq FROM adapter_promoted WHERE agent = %s",
+                         (check_agent(agent, where=self.location),))
         return rows[0][0] if rows else None
 
     @contextlib.contextmanager
     def lock(self, agent: str) -> Iterator[None]:
         # a session-level advisory lock on this process's connection, plus the connection's own
         # lock so that other threads' queries wait too
+        check_agent(agent, where=self.location)
         with self._db.lock:
             with self._tx() as cur:
                 cur.execute("SELECT pg_advisory_lock(%s)", (_agent_key(agent),))

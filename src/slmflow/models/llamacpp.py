@@ -219,6 +219,8 @@ class LlamaCppModel(Model):
         if self.lora_path is not None and not self.lora_path.is_file():
             raise ModelNotFoundError(f"LoRA adapter file not found: {self.lora_path}",
                                      where=name or str(path))
+        from .gguf_check import check_gguf_files  # what llama.cpp would refuse, it crashes on
+        check_gguf_files(self.path, self.lora_path)
         self.n_ctx = n_ctx
         self.pool_size = max(1, pool_size)
         self.n_threads = n_threads or default_threads(self.pool_size)
@@ -255,6 +257,10 @@ class LlamaCppModel(Model):
         except Exception as e:
             raise ModelLoadError(f"llama.cpp could not load {self.path.name}: {e}",
                                  where=self.info.identity) from None
+        if self.lora_path is not None and not llm._lora_adapter:  # refused: NULL, not None
+            llm.close()
+            raise ModelLoadError(f"llama.cpp refused the LoRA adapter {self.lora_path}",
+                                 where=self.info.identity)
         return llm
 
     def load(self) -> "LlamaCppModel":

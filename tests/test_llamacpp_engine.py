@@ -198,6 +198,33 @@ def test_constrained_decoding_fast_forwards_and_stops_when_complete():
     assert matcher.is_stopped()
 
 
+def test_closed_objects_require_every_key_in_order():
+    s = closed_objects({"type": "object", "properties": {"b": {}, "a": {}, "c": {}},
+                        "required": ["c"]})
+    assert s["required"] == ["c", "b", "a"] == list(s["properties"])
+
+
+def test_optional_fields_are_written_so_a_later_key_is_not_lost():
+    """Regression: with optional keys skippable, the extractor adapter wrote `urgent` first and
+    llguidance (which keeps key order) closed the object: the order id was lost."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "examples" / "support"))
+    from support_schemas import Fields
+
+    m = resolve("smollm2-135m", lora_path=EXTRACTOR, prefix_cache=False).load()
+    from slmflow.finetune.registry import SettingsOverride
+
+    model = SettingsOverride(m, schema_hint=False)
+    msgs = [Message("system", "Extract fields from the ticket. order_id looks like A-1042 "
+                    "(letter, dash, digits). account_id is only digits. Use null when the "
+                    "ticket does not contain it. urgent is true only when the customer says it "
+                    "is urgent."), Message("user", "Ticket: My order A-1042 arrived broken")]
+    r = asyncio.run(model.generate(msgs, schema=Fields, settings=Settings(max_tokens=48)))
+    assert r.parsed.order_id == "A-1042"
+    assert list(json.loads(r.text)) == ["urgent", "order_id", "account_id"]
+
+
 def test_closed_objects_forbids_extra_keys_but_keeps_free_dicts():
     s = closed_objects({"type": "object", "properties": {"a": {"type": "object"},
                                                           "b": {"properties": {"c": {}}}}})

@@ -211,16 +211,16 @@ class LlamaCppModel(Model):
         if not self.path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {self.path}", where=name or str(path))
         self.source_path = self.path
-        self.weights = default_weights() if weights is None else (
-            None if weights.lower() in ("as-shipped", "shipped") else weights.lower())
-        if self.weights is not None:
-            self.path = gguf_in_format(self.path, self.weights, where=name or str(path))
         self.lora_path = Path(lora_path) if lora_path else None
         if self.lora_path is not None and not self.lora_path.is_file():
             raise ModelNotFoundError(f"LoRA adapter file not found: {self.lora_path}",
                                      where=name or str(path))
         from .gguf_check import check_gguf_files  # what llama.cpp would refuse, it crashes on
         check_gguf_files(self.path, self.lora_path)
+        self.weights = default_weights() if weights is None else (
+            None if weights.lower() in ("as-shipped", "shipped") else weights.lower())
+        if self.weights is not None:  # converted by llama.cpp itself from the checked file
+            self.path = gguf_in_format(self.path, self.weights, where=name or str(path))
         self.n_ctx = n_ctx
         self.pool_size = max(1, pool_size)
         self.n_threads = n_threads or default_threads(self.pool_size)

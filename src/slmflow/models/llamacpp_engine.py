@@ -211,22 +211,33 @@ _GRAMMARS: OrderedDict[str, str] = OrderedDict()
 
 
 def closed_objects(schema: Any) -> Any:
-    """A copy of `schema` where every object with ``properties`` and no ``additionalProperties``
-    gets ``additionalProperties: false``.
+    """A copy of `schema` where every object with ``properties`` gets
+    ``additionalProperties: false`` (unless it says otherwise) and lists every property as
+    required: the required ones first, then the others, each group in the schema's order (the
+    order llama.cpp's GBNF converter wrote them in, which the shipped adapters learned).
 
-    JSON Schema allows extra keys by default and llguidance follows the spec, so a pydantic
-    model's schema would let a small model append ``,"description":...`` until max_tokens (seen
-    here). llama.cpp's GBNF converter closed such objects; this keeps that behaviour: the model
-    may only write the keys the schema names (pydantic ignores extra keys anyway)."""
+    Closed: JSON Schema allows extra keys by default and llguidance follows the spec, so a
+    pydantic model's schema let a small model append ``,"description":...`` until max_tokens
+    (seen here); llama.cpp's GBNF converter closed such objects too. All keys, in order: an
+    optional key may otherwise be skipped, and llguidance keeps the schema's key order, so a
+    model that wrote the last key first closed the object without the others (the extractor
+    answered ``{"urgent":false}`` and lost the order id). Writing every key, null where there
+    is nothing, is also how slmflow renders training targets, so adapters see their own format;
+    and every key being forced, the whole key text is fast-forwarded. The answer still
+    validates against the original schema."""
     if isinstance(schema, list):
         return [closed_objects(v) for v in schema]
     if not isinstance(schema, dict):
         return schema
     out = {k: (closed_objects(v) if k not in ("const", "enum", "default", "examples") else v)
            for k, v in schema.items()}
-    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out \
-            and "patternProperties" not in out:
-        out["additionalProperties"] = False
+    if isinstance(out.get("properties"), dict):
+        if "additionalProperties" not in out and "patternProperties" not in out:
+            out["additionalProperties"] = False
+        props, req = out["properties"], set(out.get("required") or ())
+        order = [k for k in props if k in req] + [k for k in props if k not in req]
+        out["properties"] = {k: props[k] for k in order}
+        out["required"] = order
     return out
 
 

@@ -140,7 +140,7 @@ def _records(calls: str, timeout: float = 20, **kw) -> list:
             time.sleep(0.2)
 
 
-# ---- 1. sys.exit / SystemExit / KeyboardInterrupt in user code ------------------------------------
+# ---- 1. sys.exit / SystemExit / KeyboardInterrupt in user code ---------------------------------
 
 @pytest.mark.parametrize("name, payload", [
     ("exit_fn", "hi"), ("exit_parallel", "hi"), ("exit_tool", {"code": 3}),
@@ -213,7 +213,7 @@ def test_library_exit_becomes_a_tool_result_and_a_failed_run():
     assert [(s.step, s.status) for s in checked.steps] == [("write", "ok"), ("verify", "failed")]
 
 
-# ---- the tool's message stays server-side ----------------------------------------------------------
+# ---- the tool's message stays server-side --------------------------------------------------------
 
 def test_tool_error_message_goes_to_the_log_not_the_client(served):
     base, proc, log, calls = served
@@ -239,7 +239,7 @@ def test_tool_error_message_goes_to_the_log_not_the_client(served):
     _alive(base, proc)
 
 
-# ---- 4. NaN and Infinity in an answer ----------------------------------------------------------------
+# ---- 4. NaN and Infinity in an answer ------------------------------------------------------------
 
 def test_non_finite_answer_is_null_in_the_response_and_the_log(served):
     base, proc, _, calls = served
@@ -320,7 +320,7 @@ def test_slmflow_serve_refuses_a_spec_outside_allowed_imports(tmp_path):
     assert "allowed_imports" in err
 
 
-# ---- 3. request schemas: bounded, compiled off the event loop, under the timeout -------------------
+# ---- 3. request schemas: bounded, compiled off the event loop, under the timeout -----------------
 
 def test_check_limits_names_each_limit():
     from slmflow.structured import SchemaLimitError, SchemaLimits, check_limits, check_schema

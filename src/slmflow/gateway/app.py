@@ -283,6 +283,8 @@ def _json_value(v: Any) -> tuple[Any, int]:
 def _answer_text(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if hasattr(value, "model_dump_json"):
+        return value.model_dump_json()  # pydantic writes NaN and Infinity as null too
     try:
         return json.dumps(_json_value(value)[0], default=str, ensure_ascii=False,
                           allow_nan=False)

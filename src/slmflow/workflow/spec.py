@@ -201,8 +201,9 @@ class _Ctx:
         return self.allowed is None or module.startswith(self.allowed)
 
     def refuse(self, ref: str, loc: tuple, module: str) -> ConfigError:
+        prefixes = ", ".join(self.allowed or ()) or "none"
         return self.error(loc, f"import {ref!r} is not allowed: module {module!r} does not start "
-                          f"with any of allowed_imports ({', '.join(self.allowed or ()) or 'none'})")
+                          f"with any of allowed_imports ({prefixes})")
 
     def ref(self, ref: str, loc: tuple) -> Any:
         """Import ``module:attr`` (from the spec's directory first)."""

@@ -262,6 +262,16 @@ def test_non_finite_answer_is_null_in_the_response_and_the_log(served):
     _alive(base, proc)
 
 
+def test_deeply_nested_run_input_is_a_400_not_a_500(served):
+    base, proc, _, _ = served
+    deep = "[" * 700 + "]" * 700  # parses (under json's recursion limit), then recursed into
+    r = httpx.post(f"{base}/v1/workflows/nan/runs", headers={**AUTH, "content-type":
+                   "application/json"}, content='{"input": ' + deep + "}", timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_input" and "max_input_depth" in r.text
+    _alive(base, proc)
+
+
 # ---- allowed_imports -----------------------------------------------------------------------------
 
 def _import_case(tmp_path, ref: str, allowed) -> tuple[Path, Path]:

@@ -535,6 +535,17 @@ class Gateway:
                            "invalid_request_error", "model_not_found", "model")
         return t
 
+    def check_input_depth(self, value: Any, param: str) -> None:
+        """A run's JSON input is walked recursively (redaction, logging, validation): a 400 past
+        ``limits.max_input_depth`` levels, before a RecursionError would make it a 500."""
+        from ..structured import schema_depth
+
+        n = self.config.limits.max_input_depth
+        if schema_depth(value, stop_at=n) > n:
+            raise ApiError(400, f"{param}: the input nests more than {n} levels deep (limit "
+                           f"max_input_depth: {n})", "invalid_request_error", "invalid_input",
+                           param)
+
     def check_schema_limits(self, schema: Any, max_tokens: int) -> None:
         """A request's schema is bounded before anything is built from it (400 naming the limit):
         the constraint compilers' work and memory grow with the counts in a schema."""
@@ -620,8 +631,9 @@ class Gateway:
                     if user.strip().startswith("{"):
                         try:
                             value = json.loads(user)
-                        except ValueError:
+                        except (ValueError, RecursionError):
                             pass
+                        self.check_input_depth(value, "messages")
                     if t.kind == "agent":
                         with logging_context(enabled=False):  # this request's record is the log
                             res = await asyncio.wait_for(t.agent.run(value), t.timeout_s)
@@ -726,6 +738,7 @@ class Gateway:
             raise ApiError(404, f"no workflow named {name!r}", "invalid_request_error",
                            "workflow_not_found", "name")
         self.admit(key, name)
+        self.check_input_depth(value, "input")
         t0 = time.perf_counter()
         rec = CallRecord(kind="workflow", workflow=name, key_name=key.name if key else None,
                          input=self._log_redact(_value(value)), meta={"target": name})

@@ -117,6 +117,7 @@ class LimitsCfg(_Cfg):
     breaker_failures: int = Field(5, ge=1)
     breaker_reset_s: float = Field(30.0, gt=0)
     max_tokens: int = Field(4096, ge=1)
+    max_input_depth: int = Field(64, ge=1, le=256)  # nesting of a workflow run's JSON input
     json_schema: SchemaLimitsCfg = Field(default_factory=SchemaLimitsCfg)
 
 

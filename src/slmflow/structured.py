@@ -13,6 +13,20 @@ cannot express (pydantic validators). Hence one repair step: re-generate once un
 schema (unbounded strings and arrays get bounds) with more room; if that also fails, raise
 `StructuredOutputError` carrying the text and the validation errors, never a half-parsed object.
 
+Schemas from outside are bounded (`SchemaLimits`, `check_limits`): a schema is a program for the
+constraint compiler, and its size is set by counts in it, not by its length in bytes. llama-cpp-
+python's converter spells ``minItems: N`` / ``maxLength: N`` out as N copies of a rule (a request
+with ``minItems: 100000000`` built a 1.8 GB grammar and froze a gateway for 25 s); llama.cpp's own
+parser refuses a grammar with a bounded repetition over about 1000 (measured: ``maxItems`` 1000
+parses, 1001 does not), and llama-cpp-python then crashes the process on the refused grammar; a
+repetition nested ~50,000 deep crashes the parser itself. A request's schema is therefore checked
+before anything is built from it: nesting depth, size, every count (``minItems``, ``maxItems``,
+``minLength``, ``maxLength``, ``{m,n}`` in a pattern), the minimum counts against the request's
+token budget (an answer of ``max_tokens`` tokens cannot hold more items than that), enum size,
+pattern length and only local ``$ref``s. A violation is a `SchemaLimitError` naming the limit,
+the value and where in the schema. `check_schema` keeps a depth bound for every schema, so a deeply
+nested one is a `SchemaError`, never a `RecursionError` inside jsonschema.
+
 Tool calls are structured output too: the tools' argument schemas become one `anyOf` of
 `{"name": <const>, "arguments": <schema>}` objects, so a model can only name a tool that exists
 and only pass arguments that validate.
@@ -21,6 +35,7 @@ and only pass arguments that validate.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -40,11 +55,151 @@ def _is_pydantic_model(obj: Any) -> bool:
         obj, "model_validate")
 
 
+class SchemaLimitError(SchemaError):
+    """A schema asks for more than `SchemaLimits` allow (``limit`` names which one)."""
+
+
+@dataclass(frozen=True)
+class SchemaLimits:
+    """What a schema from outside (a request's ``response_format``) may ask for.
+
+    max_depth: nesting of JSON objects and arrays in the schema document (a property's schema is
+    two levels below its object: ``properties`` -> name). max_bytes: the schema as compact JSON.
+    max_count: any ``minItems``, ``maxItems``, ``minLength``, ``maxLength``, ``minProperties``,
+    ``maxProperties`` and ``{m,n}`` count in a ``pattern`` (llama.cpp refuses bounded repetitions
+    over ~1000). chars_per_token: the most characters one token is taken to add to a string, for
+    checking ``minLength`` against ``max_tokens`` (``minItems`` is checked at one token per item).
+    max_enum: values in one ``enum``. max_pattern: characters in one ``pattern``.
+    max_properties: properties of one object schema (the converter's work grows with the square
+    of the optional ones: 500 take 0.4 s, 1000 overflow its recursion).
+    """
+
+    max_depth: int = 64
+    max_bytes: int = 65_536
+    max_count: int = 512
+    chars_per_token: int = 8
+    max_enum: int = 512
+    max_pattern: int = 512
+    max_properties: int = 256
+
+
+_COUNT_KEYS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties",
+               "maxProperties", "minContains", "maxContains")
+_QUANTIFIER = re.compile(r"(?<!\\)\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
+# Keywords whose values are data, not schemas: an "enum" of objects holding a "minItems" key is
+# not a constraint. (Their nesting still counts towards max_depth and max_bytes.)
+_DATA_KEYS = ("enum", "const", "default", "examples")
+
+
+def _limit(limit: str, message: str, where: str, path: str, value: Any, allowed: Any) -> None:
+    raise SchemaLimitError(f"{path or '(root)'}: {message} (limit {limit}: {allowed})",
+                           where=where, limit=limit, path=path or "(root)", value=value,
+                           allowed=allowed)
+
+
+def schema_depth(schema: Any, stop_at: int | None = None) -> int:
+    """Nesting depth of a JSON document (objects and arrays), without recursion; stops counting
+    past ``stop_at``."""
+    depth, stack = 0, [(schema, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth = max(depth, d)
+        if stop_at is not None and depth > stop_at:
+            return depth
+        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
+    return depth
+
+
+def check_limits(schema: Any, limits: SchemaLimits | None = None, *,
+                 max_tokens: int | None = None, where: str = "schema") -> None:
+    """Raise `SchemaLimitError` if `schema` asks for more than `limits` allow.
+
+    Checked before the schema is validated or compiled (so it is cheap and cannot recurse):
+    depth, size, counts, minimum counts against ``max_tokens`` (when given), enum size, pattern
+    length, and ``$ref`` (local ``#/...`` only: nothing is fetched for a request).
+    """
+    lim = limits or SchemaLimits()
+    depth = schema_depth(schema, stop_at=lim.max_depth)
+    if depth > lim.max_depth:
+        _limit("max_depth", f"the schema nests more than {lim.max_depth} levels deep", where, "",
+               depth, lim.max_depth)
+    try:
+        size = len(json.dumps(schema, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise SchemaError(f"the schema is not plain JSON: {e}", where=where) from None
+    if size > lim.max_bytes:
+        _limit("max_bytes", f"the schema is {size} bytes as JSON", where, "", size,
+               lim.max_bytes)
+    stack: list[tuple[Any, str]] = [(schema, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, list):
+            stack.extend((x, f"{path}/{i}") for i, x in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key in _COUNT_KEYS:
+            n = node.get(key)
+            if isinstance(n, bool) or not isinstance(n, (int, float)):
+                continue
+            if n > lim.max_count:
+                _limit("max_count", f"{key} is {n}", where, f"{path}/{key}", n, lim.max_count)
+        if max_tokens is not None:
+            n = node.get("minItems")
+            if isinstance(n, (int, float)) and not isinstance(n, bool) and n > max_tokens:
+                _limit("max_tokens", f"minItems is {n}, more items than an answer of "
+                       f"{max_tokens} tokens can hold", where, f"{path}/minItems", n, max_tokens)
+            n = node.get("minLength")
+            room = max_tokens * lim.chars_per_token
+            if isinstance(n, (int, float)) and not isinstance(n, bool) and n > room:
+                _limit("max_tokens", f"minLength is {n}, more characters than an answer of "
+                       f"{max_tokens} tokens can hold ({lim.chars_per_token} per token)", where,
+                       f"{path}/minLength", n, max_tokens)
+        props = node.get("properties")
+        if isinstance(props, dict) and len(props) > lim.max_properties:
+            _limit("max_properties", f"the object has {len(props)} properties", where,
+                   f"{path}/properties", len(props), lim.max_properties)
+        enum = node.get("enum")
+        if isinstance(enum, list) and len(enum) > lim.max_enum:
+            _limit("max_enum", f"the enum has {len(enum)} values", where, f"{path}/enum",
+                   len(enum), lim.max_enum)
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            if len(pattern) > lim.max_pattern:
+                _limit("max_pattern", f"the pattern is {len(pattern)} characters", where,
+                       f"{path}/pattern", len(pattern), lim.max_pattern)
+            for m in _QUANTIFIER.finditer(pattern):
+                for g in m.groups():
+                    if g and int(g) > lim.max_count:
+                        _limit("max_count", f"the pattern repeats {m.group(0)}", where,
+                               f"{path}/pattern", int(g), lim.max_count)
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            raise SchemaLimitError(f"{path or '(root)'}: $ref {ref[:100]!r} is not local: only "
+                                   "'#/...' references are allowed", where=where, limit="$ref",
+                                   path=path or "(root)", value=ref[:100], allowed="#/...")
+        for k, v in node.items():
+            if k not in _DATA_KEYS and isinstance(v, (dict, list)):
+                stack.append((v, f"{path}/{k}"))
+
+
 def check_schema(schema: dict[str, Any], where: str = "schema") -> None:
     """Raise `SchemaError` (naming `where` and the offending path) if `schema` is not valid."""
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON schema must be an object, got {type(schema).__name__}",
                           where=where)
+    max_depth = SchemaLimits.max_depth
+    depth = schema_depth(schema, stop_at=max_depth)
+    if depth > max_depth:  # jsonschema recurses per level: a RecursionError well before 1000
+        raise SchemaLimitError(f"the schema nests more than {max_depth} levels deep (JSON objects "
+                               "and arrays)", where=where, limit="max_depth", value=depth,
+                               allowed=max_depth)
     import jsonschema
 
     try:

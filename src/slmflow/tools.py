@@ -12,6 +12,14 @@ inside the tool and a timeout all come back as a `ToolResult` whose ``error`` is
 the arguments and the original exception's type and message. Nothing is swallowed: the error is on
 the result, on the span, and `ToolResult.unwrap()` re-raises it where a caller wants an exception.
 
+Exits: a tool that calls ``sys.exit()`` or raises `SystemExit` / `KeyboardInterrupt` gets the same
+treatment as any other failure, a ``kind="exception"`` error naming what it raised. Left alone, such
+an exception passes every ``except Exception`` and, raised inside an asyncio task, ends the event
+loop itself: one tool would end a whole ``slmflow serve`` process. It is caught where it is raised
+(in the tool's worker thread, or around the tool's coroutine before asyncio wraps it in a task),
+so it can never reach the loop. (Ctrl-C under ``asyncio.run`` still stops a script: asyncio turns
+it into cancellation of the main task, which `Tool.invoke` propagates.)
+
 Timeouts: async tools are cancelled at the deadline. A *synchronous* tool runs in a worker thread,
 and Python cannot kill a thread: at the deadline the call returns its timeout result at once, and
 the thread is left to finish in the background (its result is discarded). Write tools that may
@@ -35,7 +43,30 @@ from .types import ToolSpec
 
 ErrorKind = Literal["invalid_arguments", "exception", "timeout"]
 
-__all__ = ["Tool", "ToolResult", "tool"]
+__all__ = ["Tool", "ToolResult", "tool", "ExitRaised"]
+
+_EXITS = (SystemExit, KeyboardInterrupt)
+
+
+class ExitRaised(Exception):
+    """User code (a tool, a workflow step) raised `SystemExit` or `KeyboardInterrupt`; carried as
+    an ordinary exception so that it cannot end the event loop (``original`` is what it raised)."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+        code = getattr(original, "code", None)
+        super().__init__(f"{type(original).__name__}" + (f"({code!r})" if code is not None
+                                                           else ""))
+
+
+async def contain_exits(awaitable: Any) -> Any:
+    """Await user code; a `SystemExit` / `KeyboardInterrupt` it raises comes out as `ExitRaised`.
+    Wrap a coroutine in this *before* asyncio makes a task of it (``wait_for``, ``gather``): a
+    task re-raises those two out of the event loop, past every ``await``."""
+    try:
+        return await awaitable
+    except _EXITS as e:
+        raise ExitRaised(e) from None
 
 
 def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
@@ -155,11 +186,20 @@ class Tool:
                 err = e
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the tool's own failure: typed, with its cause
-                err = ToolError(f"tool {self.name!r} raised {type(e).__name__}: {e}",
-                                where=f"tool {self.name}", kind="exception", tool=self.name,
-                                arguments=arguments, exception_type=type(e).__name__,
-                                exception=str(e))
+            except (Exception, *_EXITS) as e:  # the tool's own failure: typed, with its cause
+                if isinstance(e, _EXITS):
+                    e = ExitRaised(e)
+                if isinstance(e, ExitRaised):
+                    err = ToolError(f"tool {self.name!r} tried to end the process ({e})",
+                                    where=f"tool {self.name}", kind="exception",
+                                    tool=self.name, arguments=arguments,
+                                    exception_type=type(e.original).__name__, exception=str(e))
+                    e = e.original
+                else:
+                    err = ToolError(f"tool {self.name!r} raised {type(e).__name__}: {e}",
+                                    where=f"tool {self.name}", kind="exception",
+                                    tool=self.name, arguments=arguments,
+                                    exception_type=type(e).__name__, exception=str(e))
                 err.__cause__ = e
             else:
                 return ToolResult(self.name, arguments, value=value,
@@ -171,7 +211,7 @@ class Tool:
 
     async def _run(self, kwargs: dict[str, Any], timeout: float | None) -> Any:
         if inspect.iscoroutinefunction(self.fn):
-            coro = self.fn(**kwargs)
+            coro = contain_exits(self.fn(**kwargs))
         else:
             coro = _in_daemon_thread(self.fn, kwargs)
         try:
@@ -195,6 +235,8 @@ def _in_daemon_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> "asynci
     def work() -> None:
         try:
             value, error = fn(**kwargs), None
+        except _EXITS as e:  # never raised into the loop as what it is
+            value, error = None, ExitRaised(e)
         except BaseException as e:  # handed to the awaiting coroutine
             value, error = None, e
         try:

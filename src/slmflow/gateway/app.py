@@ -23,7 +23,14 @@ disconnects mid-stream.
 
 Errors never leak a traceback: every exception maps to an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``; an unexpected one is a 500 with a reference id
-(logged server-side with its traceback).
+(logged server-side with its traceback). A failing tool inside an agent or workflow is a 503 whose
+message names the step, the tool, what went wrong in general terms (raised, timed out, bad
+arguments) and the call id; the tool's own exception message can hold anything (a connection
+string, a customer's data), so it goes only to the call log and the server log.
+
+Answers are JSON, and JSON has no NaN or Infinity: a non-finite number in an answer is sent *and*
+logged as ``null`` (the call record's ``meta.nonfinite`` counts them), so the response and the
+call log always say the same thing (`_finite`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
@@ -249,17 +257,62 @@ def _text(content: Any) -> str:
     return "".join(p.text or "" for p in content if p.type in ("text", "input_text"))
 
 
+def _finite(v: Any) -> tuple[Any, int]:
+    """``v`` with every NaN / +-Infinity float replaced by None, and how many were replaced.
+
+    JSON has no such numbers: the response encoder refuses them (a 500 after the call was logged
+    ``ok``) and PostgreSQL's JSON types reject them. Replacing them once, before both the log and
+    the response are built, keeps the two in agreement."""
+    if isinstance(v, float):
+        return (v, 0) if math.isfinite(v) else (None, 1)
+    if isinstance(v, dict):
+        out, n = {}, 0
+        for k, x in v.items():
+            out[k], m = _finite(x)
+            n += m
+        return (out, n) if n else (v, 0)
+    if isinstance(v, (list, tuple)):
+        items = [_finite(x) for x in v]
+        n = sum(m for _, m in items)
+        return ([x for x, _ in items], n) if n else (v, 0)
+    return v, 0
+
+
+def _json_value(v: Any) -> tuple[Any, int]:
+    """An answer as a JSON-able value without non-finite numbers (see `_finite`)."""
+    if hasattr(v, "value") and hasattr(v, "error") and hasattr(v, "tool"):  # a ToolResult
+        v = v.value
+    return _finite(_value(v))
+
+
 def _answer_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if hasattr(value, "model_dump_json"):
-        return value.model_dump_json()
-    if hasattr(value, "value") and hasattr(value, "error"):  # a ToolResult
-        value = value.value
+        return value.model_dump_json()  # pydantic writes NaN and Infinity as null too
     try:
-        return json.dumps(_value(value), default=str, ensure_ascii=False)
+        return json.dumps(_json_value(value)[0], default=str, ensure_ascii=False,
+                          allow_nan=False)
     except Exception:
         return str(value)
+
+
+_TOOL_FAILURE = {"exception": "raised an error", "timeout": "timed out",
+                 "invalid_arguments": "got invalid arguments"}
+
+
+def public_error(e: BaseException, call_id: str) -> BaseException:
+    """What the client is told about ``e``: a tool's failure becomes a 503 naming the step, the
+    tool and the call id, without the tool's own message (see the module docstring)."""
+    if not isinstance(e, ToolError):
+        return e
+    d = e.details
+    step, tool = d.get("step"), d.get("tool")
+    what = _TOOL_FAILURE.get(str(d.get("kind")), "failed")
+    msg = ((f"step {step!r} failed: " if step else "")
+           + (f"the tool {tool!r} {what}" if tool else f"a tool {what}")
+           + f"; the details are in the call log (call id {call_id})")
+    return ApiError(503, msg, "server_error", "backend_error")
 
 
 # ---- targets -----------------------------------------------------------------------------------
@@ -307,6 +360,7 @@ class Gateway:
         self.in_policy = GuardPolicy(**g.input.model_dump()) if g.enabled else None
         self.out_policy = GuardPolicy(**g.output.model_dump()) if g.enabled else None
         self._embed = embed
+        self.schema_limits = cfg.limits.json_schema.limits()
         self.targets: dict[str, Target] = {}
         self._base: dict[str, Model] = {}
         self._build_models(models or {})
@@ -401,7 +455,7 @@ class Gateway:
             from ..workflow import load_workflow
 
             wfs[name] = (load_workflow(cfg.resolve_path(wc.path), fallback=wc.fallback,
-                                       model=wc.model), wc)
+                                       model=wc.model, allowed_imports=cfg.allowed_imports), wc)
         for name, wf in injected.items():
             wfs[name] = (wf, None)
         for name, (wf, wc) in wfs.items():
@@ -576,6 +630,31 @@ class Gateway:
                            "invalid_request_error", "model_not_found", "model")
         return t
 
+    def check_input_depth(self, value: Any, param: str) -> None:
+        """A run's JSON input is walked recursively (redaction, logging, validation): a 400 past
+        ``limits.max_input_depth`` levels, before a RecursionError would make it a 500."""
+        from ..structured import schema_depth
+
+        n = self.config.limits.max_input_depth
+        if schema_depth(value, stop_at=n) > n:
+            raise ApiError(400, f"{param}: the input nests more than {n} levels deep (limit "
+                           f"max_input_depth: {n})", "invalid_request_error", "invalid_input",
+                           param)
+
+    def check_schema_limits(self, schema: Any, max_tokens: int) -> None:
+        """A request's schema is bounded before anything is built from it (400 naming the limit):
+        the constraint compilers' work and memory grow with the counts in a schema."""
+        from ..structured import SchemaLimitError, check_limits
+
+        param = "response_format.json_schema.schema"
+        try:
+            check_limits(schema, self.schema_limits, max_tokens=max_tokens, where=param)
+        except SchemaLimitError as e:  # "/minItems: minItems is ... (limit max_count: 512)"
+            path = str(e.details.get("path", "(root)"))
+            rest = e.message.removeprefix(f"{path}: ")
+            raise ApiError(400, f"{param}{'' if path == '(root)' else path}: {rest}",
+                           "invalid_request_error", "schema_too_complex", param) from None
+
     def _log_redact(self, v: Any) -> Any:
         return v if self.config.guardrails.log_pii else _redact(v)
 
@@ -615,6 +694,8 @@ class Gateway:
             if schema is None:
                 raise ApiError(400, "response_format.json_schema.schema must be an object",
                                param="response_format.json_schema.schema")
+        if schema is not None:
+            self.check_schema_limits(schema, max_tokens)
         held = await self.limit(key, self._need(t, [m.content for m in msgs], max_tokens))
         info = RequestInfo()
         token = set_info(info)
@@ -646,8 +727,9 @@ class Gateway:
                     if user.strip().startswith("{"):
                         try:
                             value = json.loads(user)
-                        except ValueError:
+                        except (ValueError, RecursionError):
                             pass
+                        self.check_input_depth(value, "messages")
                     if t.kind == "agent":
                         with logging_context(enabled=False):  # this request's record is the log
                             res = await asyncio.wait_for(t.agent.run(value), t.timeout_s)
@@ -662,7 +744,10 @@ class Gateway:
                         rec.escalated = res.escalated
                         rec.escalation_reason = res.escalation_reason
                         rec.cost_usd = _cost(res.model, res.usage, res.latency_s)
-                        rec.output = self._log_redact(_value(res.output))
+                        rec.output, bad = _json_value(res.output)
+                        rec.output = self._log_redact(rec.output)
+                        if bad:
+                            rec.meta["nonfinite"] = bad
                         if res.escalated:
                             info.escalated = True
                             info.escalation_reason = res.escalation_reason
@@ -674,7 +759,10 @@ class Gateway:
                         text = self._guard_text(text, "output", decisions)
                         usage, conf, finish = rr.usage, None, "stop"
                         rec.run_id, rec.workflow = run_id, t.name
-                        rec.output = self._log_redact(_value(rr.answer))
+                        rec.output, bad = _json_value(rr.answer)
+                        rec.output = self._log_redact(rec.output)
+                        if bad:
+                            rec.meta["nonfinite"] = bad
                         rec.status = rr.status
                         rec.escalated = bool(rr.escalations)
                         # agent records carry the tokens; this one would double-count them
@@ -688,8 +776,11 @@ class Gateway:
             rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
             rec.latency_s = time.perf_counter() - t0
             rec.meta["guardrails"] = [d.as_dict() for d in decisions if d.action != "pass"]
+            pub = self._public(e, rec)
             self._finish(rec, t.name)
-            raise
+            if pub is e:
+                raise
+            raise pub from e
         finally:
             from .wrappers import _INFO
 
@@ -745,6 +836,7 @@ class Gateway:
             raise ApiError(404, f"no workflow named {name!r}", "invalid_request_error",
                            "workflow_not_found", "name")
         self.admit(key, name)
+        self.check_input_depth(value, "input")
         held = await self.limit(key, self._need(t, [_answer_text(value)], 0))
         t0 = time.perf_counter()
         rec = CallRecord(kind="workflow", workflow=name, key_name=key.name if key else None,
@@ -776,10 +868,17 @@ class Gateway:
             rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
             rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
             rec.latency_s = time.perf_counter() - t0
+            pub = self._public(e, rec)
             self._finish(rec, name)
-            raise
+            if pub is e:
+                raise
+            raise pub from e
         rec.run_id, rec.status = run_id, rr.status
-        rec.output = self._log_redact(_value(rr.answer))
+        logged, bad = _json_value(rr.answer)
+        rec.output = self._log_redact(logged)
+        answer, bad_sent = _json_value(answer)
+        if bad or bad_sent:
+            rec.meta["nonfinite"] = max(bad, bad_sent)
         rec.escalated = bool(rr.escalations)
         rec.latency_s = time.perf_counter() - t0
         usage = rr.usage
@@ -795,11 +894,19 @@ class Gateway:
                   "call_id": s.agent_result.call_id if s.agent_result else None}
                  for s in rr.steps]
         return {"id": run_id, "object": "workflow.run", "workflow": name, "status": rr.status,
-                "answer": _value(answer), "detail": rr.detail or "", "steps": steps,
+                "answer": answer, "detail": rr.detail or "", "steps": steps,
                 "usage": {"prompt_tokens": usage.input_tokens,
                           "completion_tokens": usage.output_tokens,
                           "total_tokens": usage.total_tokens},
                 "latency_ms": round(rec.latency_s * 1000, 2), "trace_id": rec.trace_id}
+
+    def _public(self, e: BaseException, rec: CallRecord) -> BaseException:
+        """`public_error`, and the full story in the server log; the call record keeps it too."""
+        pub = public_error(e, rec.id)
+        if pub is not e:
+            log.warning("call %s: %s: %s", rec.id, type(e).__name__, e)
+            rec.meta["public_error"] = pub.message  # type: ignore[attr-defined]
+        return pub
 
     def _finish(self, rec: CallRecord, target: str, usage: Usage | None = None) -> None:
         self.writer.submit(rec)

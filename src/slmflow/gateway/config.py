@@ -17,20 +17,24 @@ Shape (every section optional; see examples/gateway.yaml and docs/gateway.md):
                  output: {pii: redact, toxicity: 0.8}, log_pii: false}
     auth: {enabled: true, keys: [{name: ci, sha256: <hex>, models: [slm], rpm: 60}]}
     limits: {max_body_bytes: 1000000, request_timeout_s: 120, breaker_failures: 5,
-             breaker_reset_s: 30}
+             breaker_reset_s: 30, json_schema: {max_depth: 64, max_count: 512}}
+    allowed_imports: [support_, myco.]        # module prefixes workflow specs may import from
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
 
+if TYPE_CHECKING:
+    from ..structured import SchemaLimits
+
 __all__ = ["GatewayConfig", "ModelCfg", "WorkflowCfg", "CacheCfg", "GuardCfg", "GuardrailsCfg",
-           "KeyCfg", "AuthCfg", "LimitsCfg", "load_config"]
+           "KeyCfg", "AuthCfg", "LimitsCfg", "SchemaLimitsCfg", "load_config"]
 
 
 class _Cfg(BaseModel):
@@ -91,12 +95,31 @@ class AuthCfg(_Cfg):
     keys: list[KeyCfg] = Field(default_factory=list)
 
 
+class SchemaLimitsCfg(_Cfg):
+    """Bounds on a request's JSON schema (``response_format``); see `structured.SchemaLimits`."""
+
+    max_depth: int = Field(64, ge=2, le=256)
+    max_bytes: int = Field(65_536, ge=256)
+    max_count: int = Field(512, ge=1, le=1000)  # llama.cpp refuses bounded repetitions > ~1000
+    chars_per_token: int = Field(8, ge=1)
+    max_enum: int = Field(512, ge=1)
+    max_pattern: int = Field(512, ge=1)
+    max_properties: int = Field(256, ge=1, le=900)
+
+    def limits(self) -> "SchemaLimits":
+        from ..structured import SchemaLimits
+
+        return SchemaLimits(**self.model_dump())
+
+
 class LimitsCfg(_Cfg):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     request_timeout_s: float = Field(120.0, gt=0)
     breaker_failures: int = Field(5, ge=1)
     breaker_reset_s: float = Field(30.0, gt=0)
     max_tokens: int = Field(4096, ge=1)
+    max_input_depth: int = Field(64, ge=1, le=256)  # nesting of a workflow run's JSON input
+    json_schema: SchemaLimitsCfg = Field(default_factory=SchemaLimitsCfg)
 
 
 class GatewayConfig(_Cfg):
@@ -113,6 +136,9 @@ class GatewayConfig(_Cfg):
     guardrails: GuardrailsCfg = Field(default_factory=GuardrailsCfg)
     auth: AuthCfg = Field(default_factory=AuthCfg)
     limits: LimitsCfg = Field(default_factory=LimitsCfg)
+    # None: workflow specs may import any module; a list: only modules whose dotted name starts
+    # with one of these prefixes (checked before anything is imported; see docs/workflows.md)
+    allowed_imports: Optional[list[str]] = None
     base_dir: Optional[str] = Field(None, exclude=True)
 
     @model_validator(mode="after")

@@ -280,7 +280,11 @@ def make_app(gw: Gateway) -> FastAPI:
         if rec is None or (key is not None and rec.key_name != key.name
                            and not key.has_scope("admin")):
             raise ApiError(404, f"no call {call_id!r}", code="not_found", param="call_id")
-        return JSONResponse(rec.as_dict())
+        d = rec.as_dict()
+        public = (d.get("meta") or {}).pop("public_error", None)
+        if public is not None:  # a tool's own message stays with the operator (app.public_error)
+            d["error"] = public
+        return JSONResponse(d)
 
     _ = ErrorBody
     return app

@@ -9,8 +9,9 @@ right after each token is sampled costs one log-sum-exp over the vocabulary per 
 keeps llama-cpp-python's prompt-prefix KV reuse (``reset=True`` matches the previous prompt).
 
 Structure: the JSON schema becomes a GBNF grammar (llama-cpp-python's converter), compiled once
-per schema and checked by llama.cpp before first use, so an unsupported schema is a `SchemaError`
-here, not a crash inside the sampler.
+per schema on a worker thread (never on the event loop) and parsed by llama.cpp before first use
+(`_check_grammar`), so an unsupported schema is a `SchemaError` here, not a crash inside the
+sampler.
 
 Concurrency: one llama.cpp context runs one generation at a time. ``pool_size`` contexts share the
 memory-mapped weights; requests wait for a free context (a thread-safe queue, so the model
@@ -76,6 +77,31 @@ def _gbnf(schema_text: str) -> str:
     except Exception as e:  # the converter raises plain exceptions for unsupported keywords
         raise SchemaError(f"llama.cpp cannot turn this schema into a grammar: {e}",
                           where="llamacpp") from None
+
+
+_PARSED: set[int] = set()  # hashes of grammars llama.cpp's parser has accepted
+
+
+def _check_grammar(llm: Any, gbnf: str) -> None:
+    """Parse ``gbnf`` with llama.cpp itself, once per grammar. Its parser refuses some grammars
+    the converter makes (a bounded repetition over ~1000, e.g. ``maxLength: 2000``) by returning
+    no sampler, and llama-cpp-python adds that NULL to its sampler chain: a segfault of the
+    whole process at the first token. Here it is a `SchemaError`."""
+    h = hash(gbnf)
+    if h in _PARSED:
+        return
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"),
+                                                   b"root")
+    if not sampler:
+        raise SchemaError("llama.cpp refused the grammar made from this schema (too many "
+                          "repetitions: keep maxLength, maxItems and {m,n} counts under 1000)",
+                          where="llamacpp")
+    llama_cpp.llama_sampler_free(sampler)
+    if len(_PARSED) > 4096:
+        _PARSED.clear()
+    _PARSED.add(h)
 
 
 _LOAD_LOCK = threading.Lock()
@@ -410,6 +436,24 @@ class LlamaCppModel(Model):
             confidence=confidence_from_logprobs(logprobs), token_logprobs=tuple(logprobs),
             time_to_first_token_s=ttft)
 
+    def _grammar(self, schema_text: str) -> str:
+        """Compile (and cache) the constraint for a schema; a schema the engine cannot turn
+        into a grammar is a `SchemaError` here, before any work is queued."""
+        if self.engine == "legacy":
+            gbnf = _gbnf(schema_text)
+            _check_grammar(self._llamas[0], gbnf)
+            return gbnf
+        from .llamacpp_engine import grammar_for
+
+        try:
+            return grammar_for(schema_text)
+        except ImportError as e:
+            raise BackendUnavailableError(f"llguidance is not installed ({e})",
+                                          where=self.info.identity) from None
+        except ValueError as e:
+            raise SchemaError(f"llguidance cannot turn this schema into a grammar: {e}",
+                              where=self.info.identity) from None
+
     async def _run_async(self, prompt: str, spec: OutputSpec | None, settings: Settings,
                          max_tokens: int) -> Response:
         """Wait for a free context, then generate on that context's own worker thread.
@@ -433,20 +477,11 @@ class LlamaCppModel(Model):
         msgs = as_messages(messages)
         if not self._llamas:
             await asyncio.to_thread(self.load)
-        if spec is not None and self.engine == "legacy":
-            _gbnf(spec.schema_text)  # schema errors surface before any work is queued
-            _gbnf(spec.tightened().schema_text)
-        elif spec is not None:
-            from .llamacpp_engine import grammar_for
-
-            try:
-                grammar_for(spec.schema_text)  # schema errors surface before any work is queued
-            except ImportError as e:
-                raise BackendUnavailableError(f"llguidance is not installed ({e})",
-                                              where=self.info.identity) from None
-            except ValueError as e:
-                raise SchemaError(f"llguidance cannot turn this schema into a grammar: {e}",
-                                  where=self.info.identity) from None
+        if spec is not None:
+            # schema errors surface before any work is queued; the compile runs off the event
+            # loop (a big schema takes a while) and so inside the caller's timeout
+            await asyncio.to_thread(self._grammar, spec.schema_text)
+            await asyncio.to_thread(self._grammar, spec.tightened().schema_text)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
             hinted = s is not None and settings.schema_hint

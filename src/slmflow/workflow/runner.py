@@ -6,7 +6,11 @@ recorded failure or escalation.** `run_workflow` never raises for a failure of t
 a tool that raises or hangs, a function that returns the wrong type, a bug in user code: each
 ends the run with ``status="failed"`` and the exception object itself on `RunResult.error`
 (re-raised by `RunResult.raise_for_status()`), the failing step's `StepRecord` carrying it too,
-and the span marked with the error. Nothing is logged-and-dropped.
+and the span marked with the error. Nothing is logged-and-dropped. That includes user code that
+calls ``sys.exit()`` or raises `SystemExit` / `KeyboardInterrupt` in a function step, a tool or a
+verifier check: it becomes the step's `StepError` (a tool's, its `ToolError`), caught inside the
+step's own coroutine, before asyncio's task machinery would re-raise it out of the event loop
+(which would end a whole server).
 
 Handoff contract, checked on every edge into a step with a typed input: the consuming step's
 input type is validated from the state. When that fails, the step that produced the offending
@@ -42,12 +46,21 @@ from .. import tracing
 from ..agents import AgentResult, render_value
 from ..store.writer import current_context, logging_context, submit_feedback
 from ..errors import HandoffError, SlmflowError
-from ..tools import ToolResult
+from ..tools import ExitRaised, ToolResult, contain_exits
 from ..tracing import attrs
 from ..types import Usage
 from .graph import END, Branch, Parallel, Step, Workflow, _is_model
 
-__all__ = ["RunResult", "StepRecord", "HandoffRecord", "run_workflow"]
+__all__ = ["RunResult", "StepRecord", "HandoffRecord", "StepError", "run_workflow"]
+
+
+class StepError(SlmflowError):
+    """A step's own code tried to end the process (`SystemExit`, `KeyboardInterrupt`)."""
+
+
+def _exit_error(what: str, step: str, e: ExitRaised) -> StepError:
+    return StepError(f"{what} tried to end the process ({e})", where=f"step {step}",
+                     step=step, exception_type=type(e.original).__name__)
 
 
 @dataclass
@@ -237,6 +250,8 @@ class _Run:
             raise rec.error from None
         except BaseException as e:
             rec.status, rec.error = "failed", e
+            if isinstance(e, SlmflowError):
+                e.details.setdefault("step", s.name)  # which step, for whoever reports it
             done = getattr(e, "details", {}).get("attempts") if isinstance(e, SlmflowError) \
                 else None
             if done and isinstance(done[-1], dict) and rec.model == "-":
@@ -254,6 +269,12 @@ class _Run:
         return rec
 
     async def execute(self, s: Step, inp: Any, rec: StepRecord) -> Any:
+        try:
+            return await contain_exits(self._execute(s, inp, rec))
+        except ExitRaised as e:
+            raise _exit_error(f"step {s.name!r}", s.name, e) from None
+
+    async def _execute(self, s: Step, inp: Any, rec: StepRecord) -> Any:
         if s.agent is not None:
             with logging_context(step=s.name):
                 res = await s.agent.run(inp)
@@ -431,7 +452,11 @@ class _Run:
                 reasons.append(f"{s.name}: {s.verdict_field}=false"
                                + (f" ({why})" if isinstance(why, str) and why else ""))
         if s.check is not None:
-            r = s.check(dict(self.state))
+            try:
+                r = s.check(dict(self.state))
+            except (SystemExit, KeyboardInterrupt) as e:
+                raise _exit_error(f"the check of step {s.name!r}", s.name,
+                                  ExitRaised(e)) from None
             if r:
                 reasons.append(f"check: {r}")
         return "; ".join(reasons) or None
@@ -442,7 +467,11 @@ class _Run:
         if trec is None:
             rec.detail = f"{target.name} did not run: nothing to verify"
             return
-        reason = self._verdict(s)
+        try:
+            reason = self._verdict(s)
+        except StepError as e:
+            rec.status, rec.error = "failed", e
+            raise
         if reason is None:
             rec.status, rec.detail = "approved", rec.detail or "approved"
             return

@@ -12,6 +12,13 @@ importable from the spec's own directory, which is put on ``sys.path`` while loa
 that can be checked without running is checked at load: unknown keys, missing agents, tools and
 models, imports, cycles, unreachable steps, input fields nothing produces.
 
+A spec is therefore code: importing a module runs it, and ``function: os:system`` is a valid step.
+Load only specs you trust as you trust your Python. ``allowed_imports`` (a list of module-name
+prefixes, e.g. ``["support_", "myco."]``; the gateway's config key of that name) narrows what a
+spec may import: every reference is checked against it *before anything is imported*, and an
+attribute path may not walk into a module outside it (``support_steps:os.system``). A refusal
+names the file, the line, the key and the import.
+
 Shape (see docs/workflows.md for the full reference):
 
     name: support
@@ -189,9 +196,21 @@ class _Ctx:
     def where(self, loc: tuple) -> str:
         return f"{self.file}:{_line(self.lines, loc)}"
 
+    allowed: tuple[str, ...] | None = None
+
+    def allows(self, module: str) -> bool:
+        return self.allowed is None or module.startswith(self.allowed)
+
+    def refuse(self, ref: str, loc: tuple, module: str) -> ConfigError:
+        prefixes = ", ".join(self.allowed or ()) or "none"
+        return self.error(loc, f"import {ref!r} is not allowed: module {module!r} does not start "
+                          f"with any of allowed_imports ({prefixes})")
+
     def ref(self, ref: str, loc: tuple) -> Any:
         """Import ``module:attr`` (from the spec's directory first)."""
         mod_name, _, attr = ref.partition(":")
+        if not self.allows(mod_name):
+            raise self.refuse(ref, loc, mod_name)
         try:
             mod = importlib.import_module(mod_name)
         except Exception as e:
@@ -202,6 +221,8 @@ class _Ctx:
             if not hasattr(obj, part):
                 raise self.error(loc, f"module {mod_name!r} has no attribute {attr!r}")
             obj = getattr(obj, part)
+            if isinstance(obj, type(sys)) and not self.allows(obj.__name__):
+                raise self.refuse(ref, loc, obj.__name__)
         return obj
 
     def type_ref(self, ref: str | None, loc: tuple, allow_str: bool = False) -> Any:
@@ -252,11 +273,39 @@ def _check_model_name(ctx: _Ctx, name: str, loc: tuple) -> None:
 
 # ---- building --------------------------------------------------------------------------------------
 
+def _refs(spec: WorkflowSpec) -> list[tuple[str, tuple]]:
+    """Every ``module:attr`` reference of a spec, with its key path."""
+    out: list[tuple[str, tuple]] = []
+    if spec.input:
+        out.append((spec.input, ("input",)))
+    for name, ts in spec.tools.items():
+        out.append((ts if isinstance(ts, str) else ts.function, ("tools", name)))
+    for name, a in spec.agents.items():
+        for k in ("input", "output"):
+            v = getattr(a, k)
+            if v and ":" in v:
+                out.append((v, ("agents", name, k)))
+
+    def steps(lst: list[StepSpec], loc: tuple) -> None:
+        for i, st in enumerate(lst):
+            for k in ("function", "check"):
+                v = getattr(st, k)
+                if v:
+                    out.append((v, loc + (i, k)))
+            if st.parallel:
+                steps(st.parallel, loc + (i, "parallel"))
+
+    steps(spec.steps, ("steps",))
+    return out
+
+
 def load_workflow(path: str | Path, *, fallback: str | None = None,
-                  model: str | None = None) -> Any:
+                  model: str | None = None, allowed_imports: list[str] | None = None) -> Any:
     """Load, validate and build the `Workflow` a YAML file declares.
 
     fallback / model: override every agent's fallback / primary model (a catalog name or spec).
+    allowed_imports: module-name prefixes the spec may import from (None: any); checked for every
+    reference before the first import.
     """
     p = Path(path)
     if not p.is_file():
@@ -277,6 +326,12 @@ def load_workflow(path: str | Path, *, fallback: str | None = None,
         raise ConfigError("invalid workflow spec:\n  " + "\n  ".join(msgs),
                           where=f"{p}:{line}", field=_dotted(tuple(first["loc"])),
                           line=line) from None
+    if allowed_imports is not None:
+        ctx.allowed = tuple(allowed_imports)
+        for ref, loc in _refs(spec):
+            module = ref.partition(":")[0]
+            if not ctx.allows(module):
+                raise ctx.refuse(ref, loc, module)
     with _on_path(p.parent):
         return _build(spec, ctx, fallback=fallback, model=model)
 

@@ -353,24 +353,25 @@ def _text(output: Any, field: str | None) -> str:
 class PII(Evaluator):
     name = "pii"
     kind = "model"
-    description = ("no personal data in the output (slmflow.guardrails.detect_pii: e-mail, phone, "
-                   "card, IBAN, SSN, IP, secrets; not names or addresses)")
-    agreement = ("not measured: no public PII-labelled set found inside a PyPI wheel; "
-                 "see docs/evals.md")
+    description = ("no personal data in the output (slmflow.guardrails.detect_pii: Presidio + spaCy "
+                   "NER for names, checksum recognizers for e-mail, phone, card, IBAN, SSN, IP, "
+                   "secrets, street addresses; the regex set alone without spaCy)")
+    agreement = ("per-entity recall/precision on Faker-generated texts: bench/pii.py "
+                 "(docs/evals.md)")
 
-    def __init__(self, field: str | None = None) -> None:
+    def __init__(self, field: str | None = None, kinds: Sequence[str] | None = None) -> None:
         self.field = field
+        self.kinds = tuple(kinds) if kinds else None
         self.guardrails = _guardrails()
 
     def evaluate(self, case: Case, output: Any) -> EvalResult:
-        found = self.guardrails.detect_pii(_text(output, self.field))
-        items = list(found or [])
+        # a PiiEngineError propagates: the suite marks the row errored, never passed
+        items = self.guardrails.detect_pii(_text(output, self.field), self.kinds)
         if not items:
             return EvalResult(1.0, "clean")
-        shown = ", ".join(str(getattr(i, "kind", None) or getattr(i, "entity_type", None)
-                              or (i.get("kind") if isinstance(i, dict) else i))
-                          for i in items[:8])
-        return EvalResult(0.0, "pii", f"{len(items)} PII finding(s): {shown}")
+        shown = ", ".join(dict.fromkeys(i.kind for i in items))
+        return EvalResult(0.0, "pii", f"{len(items)} PII finding(s): {shown}",
+                          data={"kinds": sorted({i.kind for i in items})})
 
 
 @register

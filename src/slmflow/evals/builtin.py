@@ -379,15 +379,17 @@ class Toxicity(Evaluator):
     name = "toxicity"
     kind = "model"
     description = ("the output is not toxic: score = 1 - slmflow.guardrails.toxicity(text) "
-                   "(an English lexicon scorer)")
-    agreement = ("not measured: no public toxicity-labelled set found inside a PyPI wheel; "
-                 "see docs/evals.md")
+                   "(alt-profanity-check classifier + the lexicon's threat/hate/insult groups; "
+                   "the lexicon alone without it)")
+    agreement = ("F1 on hand-labelled English sets (slmflow eval calibrate toxicity; "
+                 "docs/evals.md)")
 
     def __init__(self, threshold: float = 0.5, field: str | None = None) -> None:
         self.threshold, self.field = threshold, field
         self.guardrails = _guardrails()
 
     def evaluate(self, case: Case, output: Any) -> EvalResult:
+        # a ToxicityEngineError propagates: the suite marks the row errored, never passed
         tox = float(self.guardrails.toxicity(_text(output, self.field)))
         ok = tox < self.threshold
         return EvalResult(1.0 - tox, "ok" if ok else "toxic",

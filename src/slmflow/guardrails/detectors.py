@@ -9,23 +9,24 @@ The stable API (the eval suite imports it):
 when installed (person names, and on request locations, organisations, dates, NRP), else the
 regular-expression set below, which both engines share (Presidio runs it as a custom recognizer):
 e-mail addresses, phone numbers (international ``+CC`` and North-American forms, at least 9
-digits), payment-card numbers (13-19 digits, or 12 with a Maestro prefix, *and* a valid Luhn
-checksum), IBANs (country code,
-length *and* mod-97 checksum), US social-security numbers (area/group/serial rules), IPv4 and IPv6
-addresses, secrets that look like API keys (``sk-...``, ``ghp_...``, ``AKIA...``) and street
-addresses (a house number, capitalised words and a street suffix such as Street, Ave, Road).
-The regex set alone does *not* catch person names, dates of birth or free-form IDs.
+digits), payment-card numbers (13-19 digits, or 12 with a Maestro prefix, and a valid Luhn
+checksum), IBANs (country code, length *and* mod-97 checksum), US social-security numbers
+(area/group/serial rules), IPv4 and IPv6 addresses, secrets that look like API keys (``sk-...``,
+``ghp_...``, ``AKIA...``) and street addresses (a house number, capitalised words and a USPS or
+British street suffix). The regex set alone does *not* catch person names, dates of birth or
+free-form IDs.
 
-**Toxicity** is a lexicon scorer, not a classifier: no toxicity classifier's weights ship inside
-a PyPI package (Detoxify downloads its checkpoint from GitHub at first use). Text is normalised
-against common obfuscation (case, leetspeak ``@→a 0→o 1→i 3→e 4→a 5→s $→s``, repeated letters,
+**Toxicity**: `toxicity` asks the process's toxicity engine (`toxicity_model`): a trained
+classifier (alt-profanity-check) combined with this module's threat, hate and insult groups when
+installed, else `lexicon_toxicity`, the lexicon alone. The lexicon: text is normalised against
+common obfuscation (case, leetspeak ``@→a 0→o 1→i 3→e 4→a 5→s $→s``, repeated letters,
 separators as in ``f.u.c.k``), then matched against weighted terms in four groups: insults aimed
-at a person ("you idiot", "moron"), profanity, threats of violence ("I will kill you", "kys"), and
-dehumanising phrases ("you people are animals"). The score is ``1 - prod(1 - w)`` over matches,
-so one strong term crosses 0.8 and mild profanity alone stays under 0.5. It catches explicit,
-lexical toxicity in English; it misses sarcasm, implicit hate, new slang and other languages, and
-it can fire on quoted or reclaimed use. Treat it as a floor, and plug a classifier in where
-one is available (`Guarded` takes any ``str -> float`` callable).
+at a person ("you idiot", "moron"), profanity, threats of violence ("I will kill you", "kys",
+"watch your back") and dehumanising or hateful generalisations ("you people are animals", a group
+"are" vermin/criminals/...). The score is ``1 - prod(1 - w)`` over matches, so one strong term
+crosses 0.8 and mild profanity alone stays under 0.5. It catches explicit, lexical toxicity in
+English; it misses sarcasm, implicit insults, new slang and other languages, and it can fire on
+quoted or reclaimed use (figures: docs/evals.md).
 
 **Prompt injection** is a weighted pattern scorer over the known attack phrasings: instructions to
 ignore / forget / override earlier instructions, requests to reveal the system prompt, role
@@ -42,7 +43,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["Span", "detect_pii", "regex_pii", "redact_pii", "toxicity", "injection", "PII_KINDS",
+__all__ = ["Span", "detect_pii", "regex_pii", "redact_pii", "toxicity", "lexicon_toxicity",
+           "injection", "PII_KINDS",
            "toxic_terms", "injection_matches"]
 
 
@@ -279,10 +281,31 @@ _TOXIC: list[tuple[str, float, str]] = [
      r"cunt|twat|wanker|bastard|bitch)s?\b", 0.6, "insult"),
     (r"\b(stupid|useless|worthless|pathetic|incompetent) (company|bot|people|staff|service|"
      r"support)\b", 0.35, "insult"),
+    (r"\b(i|we)('ll| will| am going to| gonna|'m going to| are going to|'re going to) "
+     r"(\w+ ){0,3}(kill|murder|hurt|stab|shoot|beat|smash|break|burn|strangle|choke|punch|"
+     r"slap|bash|destroy|cut)( \w+){0,5}? (you|u|ya|him|her|them|everyone|everybody|someone|"
+     r"somebody|whoever|anyone|person|people|guy|one|your \w+|all of you)\b", 0.8, "threat"),
+    (r"\b(watch your back|i know where you (live|work)|(i'm|i am) coming for you|"
+     r"you('ll| will) (regret|be sorry|pay for)|(put|pump) a bullet in|"
+     r"(should|ought to|deserve to) (be )?(shot|killed|hanged|hung|strangled|put down|burned|"
+     r"die|suffer|bleed))\b", 0.85, "threat"),
+    (r"\b(hope|wish) (you|u|your \w+( \w+)?) (die|dies|get hit|gets hit|rot|burn|suffer|"
+     r"get cancer)\b", 0.9, "threat"),
+    (r"\bburn (your|the|their) (\w+ ){0,2}(down|to the ground)\b", 0.85, "threat"),
     # dehumanising
     (r"\b(you|these|those|all) (people|guys|immigrants|foreigners)? ?(are|r) (animals|vermin|"
      r"subhuman|parasites|cockroaches|rats)\b", 0.9, "hate"),
     (r"\b(subhuman|untermensch|vermin)\b", 0.6, "hate"),
+    # a group, then "are", then something no group is: the shape of a hateful generalisation
+    (r"\b(all |those |these |most )?(immigrants|refugees|foreigners|migrants|muslims|jews|"
+     r"christians|atheists|blacks|black people|whites|white people|gays|gay people|lesbians|"
+     r"trans people|women|men|asians|mexicans|arabs|africans|disabled people|old people|"
+     r"fat people|poor people)( like you)? (are|r) (all )?(\w+ ){0,2}(animals|vermin|parasites|"
+     r"cockroaches|rats|subhuman|criminals|terrorists|thieves|filth|a disease|scum|savages|"
+     r"freaks|pigs|disgusting|inferior|trash|garbage|a burden|liars|dirty|brainwashed|"
+     r"mentally ill|ruining|too stupid)\b", 0.9, "hate"),
+    (r"\b(your|their) kind\b|\b(barely|not even|not) human\b|\bgo back (to )?where "
+     r"(you|they) came from\b|\b(don't|do not|doesn't) belong here\b", 0.8, "hate"),
     # profanity (mild on its own)
     (r"\b(fuck(ing|ed|er|s)?|motherfuck\w*|shit(ty|s)?|bullshit|crap|damn|piss(ed)?|"
      r"bloody hell|wtf)\b", 0.3, "profanity"),
@@ -297,7 +320,20 @@ def toxic_terms(text: str) -> list[tuple[str, float, str]]:
 
 
 def toxicity(text: str) -> float:
-    """A toxicity score in [0, 1] from the lexicon (see the module doc for what it catches)."""
+    """A toxicity score in [0, 1] from the process's toxicity engine (`guardrails.toxicity`:
+    the classifier + the lexicon's threat/hate/insult groups when alt-profanity-check is
+    installed, else `lexicon_toxicity`)."""
+    from .toxicity_model import toxicity_engine
+
+    if not isinstance(text, str):
+        raise TypeError(f"toxicity needs a str, got {type(text).__name__}")
+    if not text.strip():
+        return 0.0
+    return float(toxicity_engine().score(text))
+
+
+def lexicon_toxicity(text: str) -> float:
+    """A toxicity score in [0, 1] from the lexicon alone (see the module doc)."""
     if not text:
         return 0.0
     matches = toxic_terms(text)

@@ -23,8 +23,10 @@ from .. import tracing
 from ..errors import SlmflowError
 from ..models.base import Model, WrapperModel
 from ..types import Message, MessageLike, Response, Settings, ToolSpec, as_messages
-from .detectors import detect_pii, injection, redact_pii, regex_pii, toxicity
+from .detectors import (detect_pii, injection, lexicon_toxicity, redact_pii, regex_pii,
+                        toxicity)
 from .pii import PiiEngineError
+from .toxicity_model import ToxicityEngineError
 
 __all__ = ["GuardPolicy", "Decision", "GuardrailViolation", "Guarded", "collect_decisions",
            "check_text"]
@@ -101,8 +103,13 @@ def check_text(text: str, policy: GuardPolicy, stage: str, *,
         s = injection_fn(text)
         out.append(Decision(stage, "injection", "block" if s >= policy.injection else "pass", s))
     if policy.toxicity is not None:
-        s = toxicity_fn(text)
-        out.append(Decision(stage, "toxicity", "block" if s >= policy.toxicity else "pass", s))
+        note = ""
+        try:
+            s = toxicity_fn(text)
+        except ToxicityEngineError as e:  # the classifier failed: the lexicon still decides
+            s, note = lexicon_toxicity(text), f"classifier error, lexicon used ({e.message[:120]})"
+        out.append(Decision(stage, "toxicity", "block" if s >= policy.toxicity else "pass", s,
+                            note))
     if policy.pii != "off":
         note = ""
         try:

@@ -225,9 +225,11 @@ def shipped_cards_dir() -> Path:
 
 
 def user_cards_dir() -> Path:
-    from ..home import home
+    """``$SLMFLOW_HOME/evals/cards`` (not created here: `eval list` must not make folders)."""
+    import os
 
-    return home() / "evals" / "cards"
+    return (Path(os.environ.get("SLMFLOW_HOME") or ".slmflow").expanduser().resolve()
+            / "evals" / "cards")
 
 
 def write_card(cal: Calibration, path: str | Path | None = None) -> Path:

@@ -147,3 +147,9 @@ def test_cli_unknown_label_is_one_clear_line(tmp_path):
     assert r.returncode == 1
     assert f"{p}:1" in r.stderr + r.stdout and "unknown label 'long'" in r.stderr + r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_eval_list_creates_no_home_folder(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere"
+    monkeypatch.setenv("SLMFLOW_HOME", str(missing))
+    assert list_evaluators() and not missing.exists()

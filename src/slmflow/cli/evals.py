@@ -1,4 +1,5 @@
-"""`slmflow eval list|agent|workflow`: evaluators, per-agent suites, workflow scenarios, the gate.
+"""`slmflow eval list|agent|workflow|calibrate`: evaluators, per-agent suites, workflow scenarios,
+the gate, and an evaluator's agreement with human labels.
 
 Exit status: 0 when the suite ran (and the gate, if ``--baseline`` is given, passed); 1 on a gate
 failure or a configuration error. Failed and errored rows alone do not change the exit status:
@@ -42,6 +43,81 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -
     for r in rows:
         t.add_row(r["name"], r["kind"], r["description"], r["agreement"])
     Console().print(t)
+
+
+def _opt_value(raw: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+@eval_app.command("calibrate")
+def calibrate_cmd(
+    evaluator: str = typer.Argument(..., help="a registered evaluator (slmflow eval list)"),
+    data: Path = typer.Option(..., "--data", "-d", help="JSONL: one output and its human label "
+                              "per line ({\"output\": ..., \"label\": ...})"),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="evaluator argument "
+                                               "KEY=VALUE (repeatable), e.g. -o model=gguf:/m"),
+    output_field: str = typer.Option("output", "--output-field"),
+    label_field: str = typer.Option("label", "--label-field"),
+    input_field: str = typer.Option("input", "--input-field"),
+    context_field: str = typer.Option("context", "--context-field"),
+    concurrency: int = typer.Option(1, "--concurrency", "-c"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds per row"),
+    card: Optional[Path] = typer.Option(None, "--card", help="write the card here (a .json "
+                                        "file or a folder; default $SLMFLOW_HOME/evals/cards)"),
+    no_card: bool = typer.Option(False, "--no-card", help="measure only, write no card"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the figures as JSON"),
+) -> None:
+    """Measure an evaluator against human labels: accuracy, Cohen's kappa, confusion matrix,
+    per-label recall, the best threshold; written to the evaluator's card for `eval list`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..evals.calibrate import calibrate, write_card
+
+    opts: dict[str, Any] = {}
+    for o in option or []:
+        if "=" not in o:
+            raise ConfigError(f"--option {o!r}: use KEY=VALUE", where="eval calibrate")
+        k, v = o.split("=", 1)
+        opts[k.strip()] = _opt_value(v)
+    cal = calibrate(evaluator, data, options=opts, concurrency=concurrency, timeout_s=timeout,
+                    output_field=output_field, label_field=label_field,
+                    input_field=input_field, context_field=context_field)
+    con = Console()
+    lp, lf = cal.labels
+    con.print(f"[bold]{cal.evaluator}[/] on {data}: n={cal.n}, errored={cal.errored}, "
+              f"{cal.cases_per_s} cases/s" + (f", engine {cal.engine.get('engine')}"
+                                               if cal.engine.get("engine") else ""))
+    t = Table(title="agreement with human labels")
+    for c in ("accuracy", "Cohen's kappa", f"recall({lp})", f"recall({lf})", f"precision({lf})",
+              f"F1({lf})"):
+        t.add_column(c)
+    t.add_row(f"{cal.accuracy:.3f}", f"{cal.kappa:.3f}", f"{cal.recall[lp]:.3f}",
+              f"{cal.recall[lf]:.3f}", f"{cal.fail_precision:.3f}", f"{cal.fail_f1:.3f}")
+    con.print(t)
+    m = Table(title="confusion (rows: human, columns: evaluator)")
+    m.add_column("")
+    m.add_column(lp)
+    m.add_column(lf)
+    for h in (lp, lf):
+        m.add_row(h, str(cal.confusion[h][lp]), str(cal.confusion[h][lf]))
+    con.print(m)
+    if cal.best_threshold:
+        b = cal.best_threshold
+        con.print(f"best threshold on the score (passes when score >= t): t={b['threshold']} "
+                  f"-> accuracy {b['accuracy']:.3f}, kappa {b['kappa']:.3f} (in-sample)")
+    for e in cal.errors[:5]:
+        con.print(f"[yellow]errored[/] {e}", highlight=False)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(cal.to_dict(), indent=2, default=str))
+    if not no_card:
+        con.print(f"card: {write_card(cal, card)}")
 
 
 def _finish(rep: Any, json_out: Optional[Path], html: Optional[Path], baseline: Optional[Path],

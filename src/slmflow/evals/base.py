@@ -68,13 +68,16 @@ class Evaluator:
 
     name: the registry name. kind: ``deterministic`` | ``judge`` (a model decides) | ``model``
     (a classifier). agreement: the measured agreement with human labels, as documented
-    (bench/evals.py measures it; never an assumed figure).
+    (bench/evals.py measures it; never an assumed figure); a card written by ``slmflow eval
+    calibrate`` (`calibrate`) takes its place in `list_evaluators`. calibration_labels: the human
+    labels that mean pass and fail for calibration (``pass``/``fail`` always work).
     """
 
     name: ClassVar[str] = "evaluator"
     description: ClassVar[str] = ""
     kind: ClassVar[str] = "deterministic"
     agreement: ClassVar[str] = "exact by construction (a deterministic metric; unit-tested)"
+    calibration_labels: tuple[tuple[str, ...], tuple[str, ...]] = (("pass",), ("fail",))
 
     def evaluate(self, case: Case, output: Any) -> EvalResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -176,8 +179,17 @@ def create(spec: str | Evaluator | dict[str, Any], **kwargs: Any) -> Evaluator:
         raise ConfigError(f"evaluator {spec!r}: {e}", where="evals") from None
 
 
-def list_evaluators() -> list[dict[str, str]]:
-    """Every registered evaluator: name, kind, description, measured agreement."""
+def list_evaluators() -> list[dict[str, Any]]:
+    """Every registered evaluator: name, kind, description, agreement with human labels (the
+    measurements on its card when ``slmflow eval calibrate`` wrote one, else the documented
+    figure) and the card's measurements."""
+    from .calibrate import agreement_line, read_cards
+
     _ensure_builtins()
-    return [{"name": n, "kind": c.kind, "description": c.description, "agreement": c.agreement}
-            for n, c in sorted(_REGISTRY.items())]
+    out = []
+    for n, c in sorted(_REGISTRY.items()):
+        ms = read_cards(n)
+        out.append({"name": n, "kind": c.kind, "description": c.description,
+                    "agreement": "; ".join(agreement_line(m) for m in ms) if ms
+                    else c.agreement, "measurements": ms})
+    return out

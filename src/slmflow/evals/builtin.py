@@ -92,6 +92,7 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 class ExactMatch(Evaluator):
     name = "exact_match"
     description = "output (or one field of it) equals the expected value"
+    calibration_labels = (("match", "correct"), ("mismatch", "incorrect"))
 
     def __init__(self, field: str | None = None, normalize: bool = True) -> None:
         self.field, self.normalize = field, normalize
@@ -110,6 +111,7 @@ class Routing(Evaluator):
     description = ("routing accuracy: per-class precision/recall/F1, macro F1, confusion matrix")
     agreement = ("exact by construction against the human labels it is given "
                  "(BANKING77 test labels in the shipped suite)")
+    calibration_labels = (("correct", "match"), ("incorrect", "mismatch"))
 
     def __init__(self, field: str | None = None, labels: Sequence[str] | None = None) -> None:
         self.field = field
@@ -158,6 +160,7 @@ class Routing(Evaluator):
 class Fields(Evaluator):
     name = "fields"
     description = "structured-field accuracy: per-field precision/recall/F1 over pydantic outputs"
+    calibration_labels = (("all_correct", "correct"), ("wrong", "incorrect"))
 
     def __init__(self, fields: Sequence[str] | None = None, normalize: bool = True) -> None:
         self.fields = list(fields) if fields else None
@@ -216,6 +219,7 @@ class Fields(Evaluator):
 class JsonSchemaValid(Evaluator):
     name = "json_schema"
     description = "the output parses as JSON and validates against a JSON schema"
+    calibration_labels = (("valid",), ("invalid",))
 
     def __init__(self, schema: Any = None) -> None:
         if schema is not None and hasattr(schema, "model_json_schema"):
@@ -253,6 +257,8 @@ class Groundedness(Evaluator):
                    "context (fast, deterministic; a baseline for the faithfulness judge)")
     agreement = ("accuracy 0.81, kappa 0.62 on evals/datasets/faithfulness.jsonl (n=52, "
                  "hand-labelled; bench/evals.py)")
+    calibration_labels = (("grounded", "faithful", "supported"),
+                          ("ungrounded", "unfaithful", "unsupported"))
 
     def __init__(self, threshold: float = 0.6, field: str | None = None) -> None:
         self.threshold, self.field = threshold, field
@@ -298,6 +304,13 @@ class Judge(Evaluator):
                               timeout_s=timeout_s, include=include, **kwargs)
         if name:
             self.name = name  # type: ignore[misc]
+        self.calibration_labels = (tuple(pass_labels),
+                                   tuple(x for x in labels if x not in pass_labels))
+
+    def card_info(self) -> dict[str, Any]:
+        spec = self.judge.model_spec
+        return {"engine": "judge", "model": spec if isinstance(spec, str) else
+                getattr(getattr(spec, "info", None), "identity", type(spec).__name__)}
 
     async def aevaluate(self, case: Case, output: Any) -> EvalResult:
         return await self.judge.judge(case, output)
@@ -315,6 +328,8 @@ class Faithfulness(Evaluator):
     RUBRIC = ("Decide if the ANSWER is supported by the CONTEXT. 'faithful': everything the "
               "answer states is said in the context. 'unfaithful': the answer states something "
               "the context does not say or contradicts it.")
+    calibration_labels = (("faithful", "grounded", "supported"),
+                          ("unfaithful", "ungrounded", "unsupported"))
 
     def __init__(self, model: Any = "smollm2-135m", timeout_s: float | None = 120.0,
                  field: str | None = None, **kwargs: Any) -> None:
@@ -324,6 +339,11 @@ class Faithfulness(Evaluator):
         self.judge = LLMJudge(self.RUBRIC, model=model, labels=("faithful", "unfaithful"),
                               pass_labels=("faithful",), timeout_s=timeout_s,
                               include=("context", "output"), **kwargs)
+
+    def card_info(self) -> dict[str, Any]:
+        spec = self.judge.model_spec
+        return {"engine": "judge", "model": spec if isinstance(spec, str) else
+                getattr(getattr(spec, "info", None), "identity", type(spec).__name__)}
 
     async def aevaluate(self, case: Case, output: Any) -> EvalResult:
         if not context_text(case.context).strip():
@@ -353,24 +373,29 @@ def _text(output: Any, field: str | None) -> str:
 class PII(Evaluator):
     name = "pii"
     kind = "model"
-    description = ("no personal data in the output (slmflow.guardrails.detect_pii: e-mail, phone, "
-                   "card, IBAN, SSN, IP, secrets; not names or addresses)")
-    agreement = ("not measured: no public PII-labelled set found inside a PyPI wheel; "
-                 "see docs/evals.md")
+    description = ("no personal data in the output (slmflow.guardrails.detect_pii: Presidio + spaCy "
+                   "NER for names, checksum recognizers for e-mail, phone, card, IBAN, SSN, IP, "
+                   "secrets, street addresses; the regex set alone without spaCy)")
+    agreement = ("per-entity recall/precision on Faker-generated texts: bench/pii.py "
+                 "(docs/evals.md)")
+    calibration_labels = (("clean", "no_pii"), ("pii",))
 
-    def __init__(self, field: str | None = None) -> None:
+    def __init__(self, field: str | None = None, kinds: Sequence[str] | None = None) -> None:
         self.field = field
+        self.kinds = tuple(kinds) if kinds else None
         self.guardrails = _guardrails()
 
+    def card_info(self) -> dict[str, Any]:
+        return self.guardrails.pii_engine_info()
+
     def evaluate(self, case: Case, output: Any) -> EvalResult:
-        found = self.guardrails.detect_pii(_text(output, self.field))
-        items = list(found or [])
+        # a PiiEngineError propagates: the suite marks the row errored, never passed
+        items = self.guardrails.detect_pii(_text(output, self.field), self.kinds)
         if not items:
             return EvalResult(1.0, "clean")
-        shown = ", ".join(str(getattr(i, "kind", None) or getattr(i, "entity_type", None)
-                              or (i.get("kind") if isinstance(i, dict) else i))
-                          for i in items[:8])
-        return EvalResult(0.0, "pii", f"{len(items)} PII finding(s): {shown}")
+        shown = ", ".join(dict.fromkeys(i.kind for i in items))
+        return EvalResult(0.0, "pii", f"{len(items)} PII finding(s): {shown}",
+                          data={"kinds": sorted({i.kind for i in items})})
 
 
 @register
@@ -378,15 +403,21 @@ class Toxicity(Evaluator):
     name = "toxicity"
     kind = "model"
     description = ("the output is not toxic: score = 1 - slmflow.guardrails.toxicity(text) "
-                   "(an English lexicon scorer)")
-    agreement = ("not measured: no public toxicity-labelled set found inside a PyPI wheel; "
-                 "see docs/evals.md")
+                   "(alt-profanity-check classifier + the lexicon's threat/hate/insult groups; "
+                   "the lexicon alone without it)")
+    agreement = ("F1 on hand-labelled English sets (slmflow eval calibrate toxicity; "
+                 "docs/evals.md)")
+    calibration_labels = (("ok", "non_toxic", "not_toxic", "clean"), ("toxic",))
 
     def __init__(self, threshold: float = 0.5, field: str | None = None) -> None:
         self.threshold, self.field = threshold, field
         self.guardrails = _guardrails()
 
+    def card_info(self) -> dict[str, Any]:
+        return self.guardrails.toxicity_engine_info()
+
     def evaluate(self, case: Case, output: Any) -> EvalResult:
+        # a ToxicityEngineError propagates: the suite marks the row errored, never passed
         tox = float(self.guardrails.toxicity(_text(output, self.field)))
         ok = tox < self.threshold
         return EvalResult(1.0 - tox, "ok" if ok else "toxic",

@@ -23,7 +23,10 @@ from .. import tracing
 from ..errors import SlmflowError
 from ..models.base import Model, WrapperModel
 from ..types import Message, MessageLike, Response, Settings, ToolSpec, as_messages
-from .detectors import detect_pii, injection, redact_pii, toxicity
+from .detectors import (detect_pii, injection, lexicon_toxicity, redact_pii, regex_pii,
+                        toxicity)
+from .pii import PiiEngineError
+from .toxicity_model import ToxicityEngineError
 
 __all__ = ["GuardPolicy", "Decision", "GuardrailViolation", "Guarded", "collect_decisions",
            "check_text"]
@@ -43,10 +46,12 @@ class GuardrailViolation(SlmflowError):
 @dataclass(frozen=True)
 class GuardPolicy:
     """What to check at one stage. Thresholds are block levels in [0, 1]; None turns a check off.
-    pii: "off" | "redact" | "block". max_chars: total characters of the messages (input) or the
+    pii: "off" | "redact" | "block". pii_kinds: the PII kinds looked for (None: the engine's
+    default, `pii.DEFAULT_KINDS`). max_chars: total characters of the messages (input) or the
     answer (output)."""
 
     pii: Literal["off", "redact", "block"] = "redact"
+    pii_kinds: tuple[str, ...] | None = None
     toxicity: float | None = 0.8
     injection: float | None = 0.8
     max_chars: int | None = 20_000
@@ -98,18 +103,32 @@ def check_text(text: str, policy: GuardPolicy, stage: str, *,
         s = injection_fn(text)
         out.append(Decision(stage, "injection", "block" if s >= policy.injection else "pass", s))
     if policy.toxicity is not None:
-        s = toxicity_fn(text)
-        out.append(Decision(stage, "toxicity", "block" if s >= policy.toxicity else "pass", s))
+        note = ""
+        try:
+            s = toxicity_fn(text)
+        except ToxicityEngineError as e:  # the classifier failed: the lexicon still decides
+            s, note = lexicon_toxicity(text), f"classifier error, lexicon used ({e.message[:120]})"
+        out.append(Decision(stage, "toxicity", "block" if s >= policy.toxicity else "pass", s,
+                            note))
     if policy.pii != "off":
-        spans = detect_pii(text)
+        note = ""
+        try:
+            spans = detect_pii(text, policy.pii_kinds)
+        except PiiEngineError as e:
+            # the NER engine failed on this text: the checksum/regex set still runs, and the
+            # decision says so (a guardrail that raises would take the request down with it)
+            spans = regex_pii(text, policy.pii_kinds)
+            note = f"; PII engine error, regex fallback used ({e.message[:120]})"
         kinds = sorted({sp.kind for sp in spans})
         if not spans:
-            out.append(Decision(stage, "pii", "pass", 0.0))
+            out.append(Decision(stage, "pii", "pass", 0.0, note.lstrip("; ")))
         elif policy.pii == "block":
-            out.append(Decision(stage, "pii", "block", float(len(spans)), ",".join(kinds)))
+            out.append(Decision(stage, "pii", "block", float(len(spans)),
+                                ",".join(kinds) + note))
         else:
-            text = redact_pii(text)
-            out.append(Decision(stage, "pii", "redact", float(len(spans)), ",".join(kinds)))
+            text = redact_pii(text, spans=spans)
+            out.append(Decision(stage, "pii", "redact", float(len(spans)),
+                                ",".join(kinds) + note))
     return text, out
 
 

@@ -1,0 +1,158 @@
+"""Toxicity engines: a trained classifier plus the lexicon's threat and hate groups (default), or
+the lexicon alone (fallback).
+
+Why this combination: ``alt-profanity-check`` (MIT; a linear model over TF-IDF features, trained
+on ~200k human-labelled comments, weights inside the wheel, pins scikit-learn 1.9.1) scores
+offensive language far better than a word list: it knows thousands of insults and their
+spellings. It is a *profanity* model, though: it scores "Fucking finally, my parcel is here!" as
+offensive and "I'm going to find you and beat you senseless" as clean. So:
+
+* the classifier reads the raw text and the lexicon's de-obfuscated form (``f.u.c.k``, ``1d10t``,
+  ``fuuuck``) and keeps the higher probability;
+* profanity that is aimed at no one is not toxicity: when the text names no target (no second
+  person, no insult, threat or hate term of the lexicon), the classifier's probability is scaled
+  by 0.45, so casual swearing stays under the 0.5 threshold however strong the words;
+* the lexicon's threat, dehumanisation (hate) and person-directed insult groups are combined with
+  it (``1 - (1 - p)(1 - w)``): threats of violence and "those people are vermin" score high even
+  when they are polite in their words.
+
+Which engine: ``SLMFLOW_TOXICITY_ENGINE`` = ``auto`` (default: the classifier when
+``alt-profanity-check`` imports, else the lexicon, with a warning saying why), ``classifier``
+(required: a `ToxicityEngineError` when it cannot load) or ``lexicon``. The model loads lazily,
+once per process; `toxicity_engine_info` says which engine is in use. Figures: docs/evals.md
+(hand-labelled sets in ``slmflow/evals/datasets/toxicity*.jsonl``; `slmflow eval calibrate`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from typing import Any
+
+from ..errors import ConfigError, SlmflowError
+
+__all__ = ["ToxicityEngineError", "toxicity_engine", "toxicity_engine_info",
+           "set_toxicity_engine", "classifier_toxicity"]
+
+log = logging.getLogger("slmflow.guardrails")
+ENGINE_ENV = "SLMFLOW_TOXICITY_ENGINE"
+_TARGET = re.compile(r"\b(you|your|youre|you're|yours|yourself|yourselves|u|ur|ya|yall|y'all)\b")
+_COMBINED_GROUPS = ("threat", "hate", "insult")
+
+
+class ToxicityEngineError(SlmflowError):
+    """The toxicity classifier could not be loaded or failed on a text."""
+
+
+class _Classifier:
+    name = "classifier"
+    description = ("alt-profanity-check (linear model, ~200k labelled comments) + the lexicon's "
+                   "threat/hate/insult groups, de-obfuscated")
+
+    def __init__(self) -> None:
+        try:
+            from profanity_check import profanity_check as pc  # loads the joblib model
+        except Exception as e:  # noqa: BLE001 - ImportError, or a scikit-learn mismatch
+            raise ToxicityEngineError(
+                f"alt-profanity-check could not be loaded ({type(e).__name__}: {e}); install "
+                "slmflow[evals] (alt-profanity-check==1.9.1, scikit-learn==1.9.1)",
+                where="guardrails.toxicity classifier") from None
+        self._vec, self._model = pc.vectorizer, pc.model
+
+    def probs(self, texts: list[str]) -> list[float]:
+        try:
+            return [float(p[1]) for p in self._model.predict_proba(self._vec.transform(texts))]
+        except Exception as e:  # noqa: BLE001
+            raise ToxicityEngineError(f"the classifier failed: {type(e).__name__}: {e}",
+                                      where="guardrails.toxicity classifier") from e
+
+    def score(self, text: str) -> float:
+        from .detectors import _combine, _normalise, toxic_terms
+
+        norm = _normalise(text)
+        p = max(self.probs([text, norm]))
+        terms = toxic_terms(text)
+        if not _TARGET.search(norm) and not any(g in _COMBINED_GROUPS for _, _, g in terms):
+            p *= 0.45  # swearing at no one: under the 0.5 threshold however strong
+        best: dict[str, float] = {}
+        for _, w, g in terms:
+            if g in _COMBINED_GROUPS:
+                best[f"{g}:{w}"] = w
+        return _combine([p, *best.values()])
+
+
+class _Lexicon:
+    name = "lexicon"
+    description = "English lexicon after de-obfuscation (no classifier)"
+
+    def score(self, text: str) -> float:
+        from .detectors import lexicon_toxicity
+
+        return lexicon_toxicity(text)
+
+
+_LOCK = threading.Lock()
+_ENGINE: Any = None
+_INFO: dict[str, Any] = {}
+
+
+def set_toxicity_engine(engine: Any = None) -> None:
+    """``"classifier"`` / ``"lexicon"`` / ``"auto"``, an object with ``score(text)``, or None
+    (lazy selection from ``SLMFLOW_TOXICITY_ENGINE`` on the next call)."""
+    global _ENGINE, _INFO
+    with _LOCK:
+        _ENGINE, _INFO = None, {}
+    if isinstance(engine, str):
+        _select(engine)
+    elif engine is not None:
+        with _LOCK:
+            _ENGINE = engine
+            _INFO = {"engine": getattr(engine, "name", type(engine).__name__),
+                     "description": getattr(engine, "description", ""),
+                     "reason": "set by the caller"}
+
+
+def _select(choice: str) -> Any:
+    global _ENGINE, _INFO
+    choice = (choice or "auto").strip().lower()
+    if choice not in ("auto", "classifier", "lexicon"):
+        raise ConfigError(f"{ENGINE_ENV}={choice!r}: use auto, classifier or lexicon",
+                          where="guardrails.toxicity")
+    with _LOCK:
+        if _ENGINE is not None:
+            return _ENGINE
+        reason = f"{ENGINE_ENV}={choice}"
+        if choice == "lexicon":
+            eng: Any = _Lexicon()
+        else:
+            try:
+                eng = _Classifier()
+            except ToxicityEngineError as e:
+                if choice == "classifier":
+                    raise
+                eng = _Lexicon()
+                reason = f"classifier unavailable, lexicon fallback: {e}"
+                log.warning("toxicity uses the lexicon alone: %s", e)
+        _ENGINE = eng
+        _INFO = {"engine": eng.name, "description": eng.description, "reason": reason}
+        return eng
+
+
+def toxicity_engine() -> Any:
+    """The process's toxicity engine, built on first use."""
+    return _ENGINE if _ENGINE is not None else _select(os.environ.get(ENGINE_ENV, "auto"))
+
+
+def toxicity_engine_info() -> dict[str, Any]:
+    """``{"engine": "classifier" | "lexicon", "description": ..., "reason": ...}``."""
+    toxicity_engine()
+    return dict(_INFO)
+
+
+def classifier_toxicity(text: str) -> float:
+    """The combined classifier score, whatever the process's engine (raises
+    `ToxicityEngineError` when alt-profanity-check is not installed)."""
+    return _Classifier().score(text) if not isinstance(_ENGINE, _Classifier) else \
+        _ENGINE.score(text)

@@ -328,6 +328,45 @@ def test_verifier_rejection_without_fallback_is_explicit():
         r.raise_for_status()
 
 
+def test_no_rerun_when_the_fallback_is_the_same_model_at_temperature_zero(monkeypatch):
+    """Issue 16: a rejected draft re-run greedily on the same model repeats itself; the run is
+    rejected at once, saying why, with one writer call instead of two."""
+    calls = []
+    writer = FunctionModel(lambda m, s: calls.append(1) or "draft", name="same")
+    r = _verified(writer, ScriptedModel([{"approved": False}, {"approved": True}]),
+                  fallback=writer).run_sync("x")
+    invariant(r)
+    assert r.status == "rejected" and "its own model at temperature 0" in r.detail
+    assert len(calls) == 1 and [s.step for s in r.steps] == ["write", "verify"]
+    # the old behaviour stays reachable for benchmarks
+    monkeypatch.setenv("SLMFLOW_ESCALATE_TO_SAME_MODEL", "1")
+    r = _verified(writer, ScriptedModel([{"approved": False}, {"approved": True}]),
+                  fallback=writer).run_sync("x")
+    assert r.status == "escalated" and len(calls) == 3
+
+
+def test_same_model_name_counts_as_the_same_model():
+    a = Agent("w", "smollm2-135m", fallback="smollm2-135m")
+    assert a.fallback_repeats_primary and not a.can_escalate
+    assert Agent("w", "smollm2-135m", fallback="qwen2.5-coder-1.5b").can_escalate
+    assert Agent("w", "smollm2-135m", fallback="smollm2-135m", adapter="x").can_escalate
+    assert Agent("w", "smollm2-135m", fallback="smollm2-135m", temperature=0.7).can_escalate
+
+
+def test_context_comes_first_in_the_system_message():
+    class In(BaseModel):
+        text: str
+        draft: str
+
+    a = Agent("v", fm({"approved": True}), instructions="Judge the reply.", input_type=In,
+              context="Ticket: {text}", prompt="Reply: {draft}", output_type=Verdict)
+    msgs = a.messages(In(text="refund please", draft="ok"))
+    assert msgs[0].content == "Ticket: refund please\n\nJudge the reply."
+    assert msgs[1].content == "Reply: ok"
+    with pytest.raises(ConfigError, match="context references"):
+        Agent("v", fm("x"), input_type=In, context="{nope}")
+
+
 def test_low_confidence_escalation_shows_in_run():
     a = Agent("w", fm("meh", "small", 0.1), input_type=Ticket, fallback=fm("sure", "big", 0.9),
               confidence_threshold=0.5)

@@ -248,6 +248,14 @@ def ops() -> dict:
             best[label] = min(times)
         best["ratio"] = best["constrained"] / best["free"]
         out[engine] = best
+    for threads in (1, 2):  # decode threads (prefill threads unchanged)
+        m = resolve("smollm2-135m", n_threads=threads, prefix_cache=False).load()
+        times = []
+        for _ in range(3):
+            r = asyncio.run(m.generate(prompt, settings=Settings(max_tokens=48)))
+            dec = r.latency_s - (r.time_to_first_token_s or 0)
+            times.append(dec / max(1, r.usage.output_tokens - 1) * 1000)
+        out[f"decode_ms_{threads}t"] = min(times)
     m = resolve("smollm2-135m", prefix_cache=False).load()
     llm = m._llamas[0]
     sess = m._session(llm)
@@ -276,6 +284,7 @@ def main() -> None:
     ap.add_argument("--tickets", type=int, default=20)
     ap.add_argument("--modes", default="before,new,server")
     ap.add_argument("--ops", action="store_true")
+    ap.add_argument("--ops-only", action="store_true", help="only the kernel-level figures")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--workflow", help=argparse.SUPPRESS)
@@ -286,7 +295,7 @@ def main() -> None:
     print("machine:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
           f"| {os.cpu_count()} cores")
     results = {}
-    for mode in a.modes.split(","):
+    for mode in ([] if a.ops_only else a.modes.split(",")):
         t0 = time.time()
         raw = run_mode(mode, a.tickets)
         errors = [r["error"] for r in raw["rows"] if r["error"]]
@@ -295,32 +304,38 @@ def main() -> None:
         results[mode] = summarize(raw)
         print(f"  {mode}: done in {time.time() - t0:.0f} s", flush=True)
     names = {"before": "(a) before", "new": "(b) new", "server": "(c) llama.cpp server"}
-    print(f"\nSupport pipeline, {a.tickets} tickets after one warm-up, smollm2-135m on CPU")
-    print(f"{'mode':24s} {'p50 ms':>8s} {'p95 ms':>8s} {'calls':>6s} {'eval tok':>9s} "
-          f"{'reused':>7s} {'out tok':>8s} {'valid':>6s}  statuses")
-    for mode, s in results.items():
-        print(f"{names.get(mode, mode):24s} {s['p50_s'] * 1000:8.0f} {s['p95_s'] * 1000:8.0f} "
-              f"{s['calls']:6.1f} {s['evaluated_tokens']:9.0f} {s['reused_tokens']:7.0f} "
-              f"{s['output_tokens']:8.0f} {s['valid']:3d}/{s['n']:<2d}  {s['statuses']}")
-    print("\nms per call by agent (p50):")
-    for mode, s in results.items():
-        print(f"  {names.get(mode, mode):24s} " + ", ".join(
-            f"{k} {v:.0f}" for k, v in s["agent_ms"].items()))
-    if "before" in results:
-        b = results["before"]["p50_s"]
+    if results:
+        print(f"\nSupport pipeline, {a.tickets} tickets after one warm-up, smollm2-135m on CPU")
+        print(f"{'mode':24s} {'p50 ms':>8s} {'p95 ms':>8s} {'calls':>6s} {'eval tok':>9s} "
+              f"{'reused':>7s} {'out tok':>8s} {'valid':>6s}  statuses")
         for mode, s in results.items():
-            if mode != "before":
-                print(f"  p50 speed-up of {names[mode]} over (a): {b / s['p50_s']:.2f}x")
-    if "server" in results and "new" in results:
-        print(f"  (b) vs (c) p50: {results['server']['p50_s'] / results['new']['p50_s']:.2f}x "
-              "faster than llama.cpp's server")
-    if a.ops:
+            print(f"{names.get(mode, mode):24s} {s['p50_s'] * 1000:8.0f} {s['p95_s'] * 1000:8.0f} "
+                  f"{s['calls']:6.1f} {s['evaluated_tokens']:9.0f} {s['reused_tokens']:7.0f} "
+                  f"{s['output_tokens']:8.0f} {s['valid']:3d}/{s['n']:<2d}  {s['statuses']}")
+        print("\nms per call by agent (p50):")
+        for mode, s in results.items():
+            print(f"  {names.get(mode, mode):24s} " + ", ".join(
+                f"{k} {v:.0f}" for k, v in s["agent_ms"].items()))
+        if "before" in results and len(results) > 1:
+            b = results["before"]["p50_s"]
+            for mode, s in results.items():
+                if mode != "before":
+                    print(f"  p50 speed-up of {names[mode]} over (a): {b / s['p50_s']:.2f}x")
+        if "server" in results and "new" in results:
+            print(f"  (b) vs (c) p50: {results['server']['p50_s'] / results['new']['p50_s']:.2f}x "
+                  "faster than llama.cpp's server")
+    if a.ops or a.ops_only:
         o = ops()
         results["ops"] = o
         print("\nms per generated token, constrained vs free (greedy, same prompt):")
         for eng in ("legacy", "fast"):
             print(f"  {eng:7s} free {o[eng]['free']:.2f}  constrained "
                   f"{o[eng]['constrained']:.2f}  ratio {o[eng]['ratio']:.2f}x (goal <= 1.10x)")
+        print(f"decode ms/token: 1 thread {o['decode_ms_1t']:.2f}, 2 threads "
+              f"{o['decode_ms_2t']:.2f}")
+        import llama_cpp
+
+        print("llama.cpp build:", llama_cpp.llama_print_system_info().decode().strip())
         print(f"prefill {o['prefill_tok_s']:.0f} tok/s; f32 matmul {o['matmul_gflops']:.0f} "
               f"GFLOP/s -> ceiling ~{o['prefill_ceiling_tok_s']:.0f} tok/s (2 x 135M FLOPs/token)")
     if a.json:

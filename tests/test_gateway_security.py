@@ -114,6 +114,21 @@ def test_concurrent_requests_cannot_overspend_the_daily_budget(make):
     assert s.gateway.budget.used("poor") == spent
 
 
+def test_a_request_refused_by_the_rate_limit_reserves_no_budget(make):
+    """Found in review: the rate check ran after the budget reservation was taken, so each
+    rate-limited request kept its reservation and a key lost budget it never used."""
+    echo = FunctionModel(lambda m, s: "one two", name="echo")
+    s = make({**_keys(("both", {"tokens_per_day": 1000, "rpm": 1})), "cache": {"enabled": False}},
+             models={"echo": echo})
+    body = {"model": "echo", "max_tokens": 8, "messages": MSG}
+    first = httpx.post(f"{s.url}/chat/completions", headers=_h("sk-both"), json=body, timeout=60)
+    assert first.status_code == 200, first.text
+    for _ in range(3):
+        r = httpx.post(f"{s.url}/chat/completions", headers=_h("sk-both"), json=body, timeout=60)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert s.gateway.budget.used("both") == first.json()["usage"]["total_tokens"]
+
+
 def test_budget_reservations_on_agents_and_workflows_settle_to_the_logged_tokens(make):
     from slmflow.agents import Agent
     from slmflow.workflow import Step, Workflow

@@ -521,8 +521,11 @@ class Gateway:
             return None
         try:
             wait = await asyncio.to_thread(self.limiter.take, key.name, key.rpm)
-            res, used = (None, 0) if key.tokens_per_day is None else await asyncio.to_thread(
-                self.budget.reserve, key.name, need, key.tokens_per_day)
+            if wait > 0:  # refused by rate: nothing is reserved (it would never be released)
+                res, used = None, 0
+            else:
+                res, used = (None, 0) if key.tokens_per_day is None else await asyncio.to_thread(
+                    self.budget.reserve, key.name, need, key.tokens_per_day)
         except Exception as e:  # noqa: BLE001 - the limits cannot be checked: refuse, say why
             log.warning("key limits unavailable: %s: %s", type(e).__name__, e)
             raise ApiError(503, "the key's limits cannot be checked (call-log database "

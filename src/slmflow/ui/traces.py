@@ -91,8 +91,21 @@ for (const sp of d.spans) {
 """
 
 
+_JSON_IN_HTML = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
+                 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def json_in_html(data: Any) -> str:
+    """JSON for an inline ``<script type='application/json'>`` block, as Jinja's ``tojson``
+    writes it: ``<``, ``>``, ``&`` and U+2028/2029 become ``\\uXXXX`` escapes, so no logged text
+    (``</script>``, ``<!--<script>``, which switches the HTML parser into a state where the
+    block no longer ends at its ``</script>``) can end or open a script context. The JSON value
+    is unchanged."""
+    return json.dumps(data, default=str).translate(_JSON_IN_HTML)
+
+
 def _page(title: str, body: str, data: Any, js: str, css: str = "") -> bytes:
-    blob = json.dumps(data, default=str).replace("</", "<\\/")
+    blob = json_in_html(data)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{_CSS}{css}</style></head><body>{body}"
             f"<script type='application/json' id='data'>{blob}</script>"
@@ -132,8 +145,49 @@ class _Handler(BaseHTTPRequestHandler):
     store: SpanStore
     calls: Any = None  # a CallLog for the review pages (slmflow.ui.review)
     auth: Any = None  # a `slmflow.ui.auth.ReviewerAuth`: every page needs a reviewer key
+    hosts: Any = None  # a `_Hosts`: the Host names this server answers to (without --auth)
+
+    def _host_ok(self) -> bool:
+        """Without sign-in, a page on another site could reach this server by DNS rebinding
+        (its name re-pointed at 127.0.0.1): the browser then sends that name as Host. Only the
+        names of the bound address are answered; the rest get a 421 naming the Host."""
+        if self.auth is not None or self.hosts is None or self.hosts.ok(self.headers.get("Host")):
+            return True
+        self._json(421, {"error": f"unknown Host {self.headers.get('Host')!r}: this server "
+                                  f"answers to {self.hosts.describe()} (slmflow ui --allow-host)"})
+        return False
+
+    def _body_length(self, limit: int) -> int | None:
+        """The request's Content-Length, or None after answering 400 (not a number) or 413."""
+        raw = (self.headers.get("Content-Length") or "0").strip()
+        if not raw.isdigit():
+            self._json(400, {"error": f"Content-Length {raw[:40]!r} is not a number"})
+            return None
+        n = int(raw)
+        if n > limit:
+            self._json(413, {"error": f"request body too large ({n} bytes, at most {limit})"})
+            return None
+        return n
+
+    def _same_origin_post(self) -> bool:
+        """Without sign-in, a POST from a page of another site is refused (403): a browser sends
+        its ``Origin`` (and ``Sec-Fetch-Site``) with every POST; scripts without either pass."""
+        if self.auth is not None:  # signed in: the SameSite=Strict cookie already stays home
+            return True
+        origin = self.headers.get("Origin")
+        host = self.headers.get("Host") or ""
+        site = (self.headers.get("Sec-Fetch-Site") or "").lower()
+        if (origin is not None and origin.lower() not in (f"http://{host}".lower(),
+                                                          f"https://{host}".lower())) \
+                or site in ("cross-site", "same-site"):
+            self._json(403, {"error": f"cross-origin POST refused (Origin {origin!r}, "
+                                      f"Host {host!r})"})
+            return False
+        return True
 
     def _redirect(self, to: str, cookie: str | None = None) -> None:
+        if any(c in to for c in "\r\n"):  # never a second header (callers pass safe_next)
+            to = "/"
         self.send_response(303)
         self.send_header("Location", to)
         if cookie:
@@ -167,8 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET":
             nxt = safe_next(parse_qs(urlparse(self.path).query).get("next", ["/"])[0])
             return self._send(200, login_page(nxt))
-        n = int(self.headers.get("Content-Length") or 0)
-        form = parse_qs(self.rfile.read(min(n, 10_000)).decode("utf-8", "replace"))
+        n = self._body_length(10_000)
+        if n is None:
+            return None
+        form = parse_qs(self.rfile.read(n).decode("utf-8", "replace"))
         key, nxt = form.get("key", [""])[0].strip(), safe_next(form.get("next", ["/"])[0])
         if self.auth.lookup(key) is None:
             return self._send(401, login_page(nxt, "not a valid key with the review scope"))
@@ -213,6 +269,8 @@ class _Handler(BaseHTTPRequestHandler):
         from . import review
 
         path = urlparse(self.path).path
+        if not self._host_ok() or not self._same_origin_post():
+            return None
         if self.auth is not None and path == "/login":
             return self._login("POST")
         ok, who = self._signed_in(path, "")
@@ -222,11 +280,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not m or self.calls is None:
             return self._json(404, {"error": "not found"})
         try:
-            n = int(self.headers.get("Content-Length") or 0)
-            if n > 1_000_000:
-                return self._json(413, {"error": "request body too large"})
-            if self.auth is not None and not (self.headers.get("Content-Type") or "") \
-                    .startswith("application/json"):  # a cross-site form cannot send JSON
+            n = self._body_length(1_000_000)
+            if n is None:
+                return None
+            if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+                # a cross-site form cannot send JSON (only text/plain, urlencoded, multipart)
                 return self._json(415, {"error": "send JSON (application/json)"})
             try:
                 body = json.loads(self.rfile.read(n) or b"null")
@@ -243,6 +301,8 @@ class _Handler(BaseHTTPRequestHandler):
         u = urlparse(self.path)
         path = u.path
         try:
+            if not self._host_ok():
+                return None
             if self.auth is not None and path in ("/login", "/logout"):
                 return self._login("GET")
             ok, who = self._signed_in(path, u.query)
@@ -272,15 +332,67 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(500, f"<h1>error</h1><pre>{html.escape(str(e))}</pre>".encode())
 
 
+class _Hosts:
+    """The Host header values a server bound to ``host:port`` answers to: the bound name, and
+    for a loopback bind ``localhost``/``127.0.0.1``/``[::1]``; for a wildcard bind (0.0.0.0, ::)
+    any IP literal and this machine's names (a DNS-rebinding page always sends a *name*); plus
+    ``extra`` (the names a reverse proxy forwards, ``--allow-host``). Port must match unless the
+    name was given in ``extra`` without one."""
+
+    _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+    def __init__(self, host: str, port: int, extra: Any = ()) -> None:
+        import socket
+
+        h = host.strip("[]").lower()
+        self.port, self.wildcard = port, h in ("", "0.0.0.0", "::")
+        self.names = {h} | (self._LOOPBACK if h in self._LOOPBACK or self.wildcard else set())
+        if self.wildcard:
+            self.names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self.extra = {str(e).lower() for e in extra or ()}
+
+    def ok(self, value: str | None) -> bool:
+        import ipaddress
+
+        if not value:
+            return False
+        v = value.strip().lower()
+        if v in self.extra:
+            return True
+        m = re.fullmatch(r"\[([0-9a-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", v)
+        if not m:
+            return False
+        name, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        if name in self.extra:
+            return True
+        if (int(port) if port else 80) != self.port:
+            return False
+        if name in self.names:
+            return True
+        if self.wildcard:
+            try:
+                ipaddress.ip_address(name)
+                return True
+            except ValueError:
+                return False
+        return False
+
+    def describe(self) -> str:
+        return ", ".join(sorted(f"{n}:{self.port}" for n in self.names)
+                         + sorted(self.extra)) + (" or any IP address" if self.wildcard else "")
+
+
 def serve(host: str = "127.0.0.1", port: int = 6007, *,
           db_path: str | Path | SpanStore | None = None,
-          calls: Any = None, auth: bool = False) -> ThreadingHTTPServer:
+          calls: Any = None, auth: bool = False,
+          allowed_hosts: Any = ()) -> ThreadingHTTPServer:
     """A server for the trace pages and, given a call log (a `CallLog` or its URL), the review
     queue under ``/review`` (not yet serving: call ``serve_forever``); port 0 = any.
     ``db_path``: the span store (a `SpanStore`, a SQLite path, ``sqlite:///path`` or
     ``postgresql://...``); default: ``$SLMFLOW_TRACES_URL``, else ``$SLMFLOW_HOME/spans.db``.
     auth: every page and API needs a reviewer key (`slmflow.ui.auth`), and decisions are recorded
-    under the key's name."""
+    under the key's name. Without auth, only requests whose Host names the bound address (or one
+    of ``allowed_hosts``) are answered, and POSTs must be same-origin JSON."""
     if calls is not None and not hasattr(calls, "_all"):
         from ..store import open_call_log
 
@@ -298,4 +410,5 @@ def serve(host: str = "127.0.0.1", port: int = 6007, *,
     handler = type("Handler", (_Handler,), {"store": store, "calls": calls, "auth": reviewers})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    handler.hosts = _Hosts(host, server.server_address[1], allowed_hosts)
     return server

@@ -532,8 +532,9 @@ class SpanStore:
         whatever the store's size; ``agent`` and ``text`` test the trace's other spans through
         the primary key (a trace's spans are adjacent). Status: the workflow's own
         (``slmflow.workflow.status``), else ``failed`` for an ERROR root, ``escalated`` for an
-        escalated one, else ``ok``. ``text`` matches any span's attributes, events, status
-        message or name (case-insensitive), or a trace id prefix; ``trace_ids``: these traces
+        escalated one, else ``ok``. ``text`` is a trace id prefix (6+ hex digits, through the
+        primary key) when one matches, else matched in any span's attributes, events, status
+        message or name (case-insensitive; a scan of the roots' traces); ``trace_ids``: these traces
         (a call id resolved through the call log). A trace is listed once its root has ended
         (its span is exported last); a trace continued from a remote parent has no root here.
         Each row: ``trace_id``, ``root``, ``workflow``, ``start_ns``, ``duration_ms``,
@@ -574,11 +575,12 @@ class SpanStore:
             if trace_ids:
                 alts.append(f"s.trace_id IN ({', '.join('?' * len(trace_ids))})")
                 args += list(trace_ids)
-            if text:
+            hits = self._id_prefix(text) if text else []
+            if hits:  # a trace id (prefix): those traces, no text scan
+                alts.append(f"s.trace_id IN ({', '.join('?' * len(hits))})")
+                args += hits
+            elif text:
                 pat = "%" + _like_escape(text) + "%"
-                if all(c in "0123456789abcdefABCDEF" for c in text) and 4 <= len(text) <= 32:
-                    alts.append("s.trace_id LIKE ? ESCAPE '!'")
-                    args.append(_like_escape(text.lower()) + "%")
                 alts.append("EXISTS (SELECT 1 FROM spans a WHERE a.trace_id = s.trace_id AND "
                             "(a.attributes LIKE ? ESCAPE '!' OR a.events LIKE ? ESCAPE '!' OR "
                             "a.status_message LIKE ? ESCAPE '!' OR a.name LIKE ? ESCAPE '!'))")
@@ -598,6 +600,16 @@ class SpanStore:
                 "detail": a.get(A.WORKFLOW_DETAIL) or r["status_message"] or None,
                 "run_id": a.get(A.RUN_ID), "request": a.get(A.INPUT), "attributes": a})
         return out
+
+    def _id_prefix(self, text: str) -> list[str]:
+        """Trace ids starting with ``text`` (6 to 32 hex digits), through the primary key."""
+        t = text.strip().lower()
+        if not 6 <= len(t) <= 32 or any(c not in "0123456789abcdef" for c in t):
+            return []
+        hi = t[:-1] + chr(ord(t[-1]) + 1) if t[-1] != "f" else t + "g"
+        rows = self._rows("SELECT DISTINCT trace_id FROM spans WHERE trace_id >= ? AND "
+                          "trace_id < ? LIMIT 100", (t, hi))
+        return [r["trace_id"] for r in rows]
 
     def trace_rollups(self, trace_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per trace: ``spans``, ``errors``, ``input_tokens``, ``output_tokens``, ``cost_usd``,
@@ -636,21 +648,62 @@ class SpanStore:
                     o["error_messages"].append(msg)
         return out
 
-    def window_spans(self, since_ns: int, until_ns: int | None = None, *,
-                     limit: int = 200_000) -> list[dict[str, Any]]:
-        """The agents view's rows: every ``invoke_agent`` and ``chat`` span that started in the
-        window (newest ``limit``), without attributes but for ``esc`` (escalated) and the
-        adapter, so a day of traffic is one index range scan."""
-        conds, args = ["start_ns >= ?", "operation IN ('invoke_agent', 'chat')"], [int(since_ns)]
-        if until_ns is not None:
-            conds.append("start_ns < ?")
-            args.append(int(until_ns))
-        return self._rows(
-            "SELECT trace_id, span_id, parent_id, agent, operation, start_ns, end_ns, status, "
-            "model, input_tokens, output_tokens, cost_usd, confidence, "
-            "CASE WHEN attributes LIKE ? THEN 1 ELSE 0 END AS esc FROM spans "
-            f"WHERE {' AND '.join(conds)} ORDER BY start_ns DESC LIMIT ?",
-            (_ESC, *args, int(limit)))
+    def agent_stats(self, since_ns: int, until_ns: int, buckets: int = 24) -> dict[str, Any]:
+        """The agents view, aggregated in the database over ``invoke_agent`` spans that started
+        in [since_ns, until_ns): per agent and per time bucket (``buckets`` equal slices),
+        calls, errors, escalated calls, confidence sum and count, tokens, the newest start and
+        nearest-rank p50 (and per agent p95) latency through window functions; cost from the
+        agents' ``chat`` children; the model identity of each agent's newest call. Returns
+        ``{"buckets": [row...], "p": {agent: {"p50_ms", "p95_ms"}}, "cost": {agent: usd},
+        "serving": {agent: model}}``."""
+        width = max(1, (until_ns - since_ns) // buckets)
+        win = "operation = 'invoke_agent' AND agent IS NOT NULL AND start_ns >= ? AND start_ns < ?"
+        rows = self._rows(
+            "SELECT agent, (start_ns - ?) / ? AS b, COUNT(*) AS n, "
+            "SUM(CASE WHEN status = 'ERROR' THEN 1 ELSE 0 END) AS errors, "
+            "SUM(CASE WHEN attributes LIKE ? THEN 1 ELSE 0 END) AS esc, "
+            "SUM(confidence) AS conf_sum, COUNT(confidence) AS conf_n, "
+            "SUM(COALESCE(input_tokens, 0)) AS input_tokens, "
+            "SUM(COALESCE(output_tokens, 0)) AS output_tokens, MAX(start_ns) AS newest "
+            f"FROM spans WHERE {win} GROUP BY agent, b",
+            (since_ns, width, _ESC, since_ns, until_ns))
+        # nearest rank k = ceil(q * n / 100) = (q * n + 99) / 100 in integer arithmetic
+        p: dict[str, dict[str, Any]] = {}
+        for r in self._rows(
+                "SELECT agent, d, rn, n FROM (SELECT agent, end_ns - start_ns AS d, "
+                "ROW_NUMBER() OVER (PARTITION BY agent ORDER BY end_ns - start_ns) AS rn, "
+                f"COUNT(*) OVER (PARTITION BY agent) AS n FROM spans WHERE {win}) x "
+                "WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100",
+                (since_ns, until_ns)):
+            d = p.setdefault(r["agent"], {})
+            if r["rn"] == (r["n"] * 50 + 99) // 100:
+                d["p50_ms"] = r["d"] / 1e6
+            if r["rn"] == (r["n"] * 95 + 99) // 100:
+                d["p95_ms"] = r["d"] / 1e6
+        by_b = self._rows(
+            "SELECT agent, b, d FROM (SELECT agent, (start_ns - ?) / ? AS b, "
+            "end_ns - start_ns AS d, ROW_NUMBER() OVER (PARTITION BY agent, (start_ns - ?) / ? "
+            "ORDER BY end_ns - start_ns) AS rn, COUNT(*) OVER (PARTITION BY agent, "
+            f"(start_ns - ?) / ?) AS n FROM spans WHERE {win}) x "
+            "WHERE rn = (n * 50 + 99) / 100",
+            (since_ns, width, since_ns, width, since_ns, width, since_ns, until_ns))
+        med = {(r["agent"], r["b"]): r["d"] / 1e6 for r in by_b}
+        for r in rows:
+            r["p50_ms"] = med.get((r["agent"], r["b"]))
+        cost = {r["agent"]: r["cost"] for r in self._rows(
+            "SELECT p.agent AS agent, SUM(c.cost_usd) AS cost FROM spans c JOIN spans p ON "
+            "p.trace_id = c.trace_id AND p.span_id = c.parent_id WHERE c.operation = 'chat' "
+            "AND c.start_ns >= ? AND c.start_ns < ? AND p.operation = 'invoke_agent' "
+            "GROUP BY p.agent", (since_ns, until_ns)) if r["cost"] is not None}
+        newest: dict[str, int] = {}
+        for r in rows:
+            newest[r["agent"]] = max(newest.get(r["agent"], 0), r["newest"])
+        serving = {}
+        for agent, t in newest.items():
+            got = self._rows("SELECT model FROM spans WHERE start_ns = ? AND agent = ? AND "
+                             "operation = 'invoke_agent' LIMIT 1", (t, agent))
+            serving[agent] = got[0]["model"] if got else None
+        return {"buckets": rows, "p": p, "cost": cost, "serving": serving, "width_ns": width}
 
     def resolve(self, trace_id: str) -> str | None:
         """A full trace id from a unique prefix (or ``last`` for the newest trace)."""

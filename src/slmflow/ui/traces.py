@@ -174,8 +174,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return False
             try:
                 if m.group(1) == "review":
+                    trained = self.ctx.lineage().get(f"review:{m.group(2)}") \
+                        if self.ctx is not None else None
                     self._send(200, review.item_page(self.calls, m.group(2), self.store,
-                                                     reviewer=who))
+                                                     reviewer=who, trained=trained))
                 else:
                     self._json(200, review.item_data(self.calls, m.group(2), self.store))
             except review.ReviewError as e:

@@ -210,9 +210,9 @@ def list_data(ctx: Context, q: Mapping[str, str]) -> dict[str, Any]:
 
 
 def facets(store: SpanStore) -> dict[str, list[str]]:
-    """Workflow and agent names for the filter boxes, from the newest 5,000 spans (any name can
+    """Workflow and agent names for the filter boxes, from the newest 2,000 spans (any name can
     still be typed)."""
-    rows = store._rows("SELECT workflow, agent FROM spans ORDER BY start_ns DESC LIMIT 5000")
+    rows = store._rows("SELECT workflow, agent FROM spans ORDER BY start_ns DESC LIMIT 2000")
     return {"workflows": sorted({r["workflow"] for r in rows if r["workflow"]}),
             "agents": sorted({r["agent"] for r in rows if r["agent"]}),
             "statuses": list(TRACE_STATUSES)}
@@ -284,17 +284,10 @@ def agents_data(ctx: Context, q: Mapping[str, str]) -> dict[str, Any]:
     since = now - _WINDOWS[win]
     since_ns, now_ns = int(since * 1e9), int(now * 1e9)
     nb = 24
-    width = (now_ns - since_ns) / nb
-    rows = ctx.store.window_spans(since_ns, None)
-    cost_of: dict[tuple[str, str], float] = {}
-    for r in rows:
-        if r["operation"] == "chat" and r["cost_usd"] is not None and r["parent_id"]:
-            k = (r["trace_id"], r["parent_id"])
-            cost_of[k] = cost_of.get(k, 0.0) + r["cost_usd"]
+    st = ctx.store.agent_stats(since_ns, now_ns, nb)
     groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if r["operation"] == "invoke_agent" and r["agent"]:
-            groups.setdefault(r["agent"], []).append(r)
+    for r in st["buckets"]:
+        groups.setdefault(r["agent"], []).append(r)
     fb = _feedback(ctx, since)
     review = {}
     if ctx.calls is not None:
@@ -307,46 +300,39 @@ def agents_data(ctx: Context, q: Mapping[str, str]) -> dict[str, Any]:
     reg = ctx.registry()
     out = []
     for agent in sorted(set(groups) | set(fb)):
-        rs = groups.get(agent, [])
-        lat = [(r["end_ns"] - r["start_ns"]) / 1e6 for r in rs]
-        confs = [r["confidence"] for r in rs if r["confidence"] is not None]
-        costs = [cost_of[(r["trace_id"], r["span_id"])] for r in rs
-                 if (r["trace_id"], r["span_id"]) in cost_of]
-        buckets: list[list[dict[str, Any]]] = [[] for _ in range(nb)]
-        for r in rs:
-            buckets[min(nb - 1, max(0, int((r["start_ns"] - since_ns) / width)))].append(r)
-        series = []
-        for b in buckets:
-            bl = [(r["end_ns"] - r["start_ns"]) / 1e6 for r in b]
-            bc = [r["confidence"] for r in b if r["confidence"] is not None]
-            series.append({"calls": len(b), "p50_ms": views.percentile(bl, 50),
-                           "escalation_rate": (sum(r["esc"] for r in b) / len(b)) if b else None,
-                           "confidence": (sum(bc) / len(bc)) if bc else None})
+        bs = groups.get(agent, [])
+        n = sum(r["n"] for r in bs)
+        conf_n = sum(r["conf_n"] for r in bs)
+        series: list[dict[str, Any]] = [{"calls": 0, "p50_ms": None, "escalation_rate": None,
+                                         "confidence": None} for _ in range(nb)]
+        for r in bs:
+            k = min(nb - 1, max(0, int(r["b"])))
+            series[k] = {"calls": int(r["n"]), "p50_ms": r["p50_ms"],
+                         "escalation_rate": r["esc"] / r["n"],
+                         "confidence": (r["conf_sum"] / r["conf_n"]) if r["conf_n"] else None}
         promoted, scores = None, None
         if reg is not None:
             try:
                 promoted = reg.promoted(agent)
                 if promoted:
-                    card = reg.card(agent, promoted)
-                    scores = card.get("scores") or card.get("eval") or None
+                    scores = reg.card(agent, promoted).get("eval_scores") or None
             except Exception:  # noqa: BLE001 - not in the registry
                 promoted = None
-        newest = rs[0] if rs else None
+        pq = st["p"].get(agent, {})
         out.append({
-            "agent": agent, "calls": len(rs),
-            "errors": sum(r["status"] == "ERROR" for r in rs),
-            "p50_ms": views.percentile(lat, 50), "p95_ms": views.percentile(lat, 95),
-            "input_tokens": sum(r["input_tokens"] or 0 for r in rs),
-            "output_tokens": sum(r["output_tokens"] or 0 for r in rs),
-            "cost_usd": sum(costs) if costs else None,
-            "escalation_rate": (sum(r["esc"] for r in rs) / len(rs)) if rs else None,
-            "confidence": (sum(confs) / len(confs)) if confs else None,
-            "serving": newest["model"] if newest else None,
+            "agent": agent, "calls": n, "errors": sum(int(r["errors"]) for r in bs),
+            "p50_ms": pq.get("p50_ms"), "p95_ms": pq.get("p95_ms"),
+            "input_tokens": sum(int(r["input_tokens"]) for r in bs),
+            "output_tokens": sum(int(r["output_tokens"]) for r in bs),
+            "cost_usd": st["cost"].get(agent),
+            "escalation_rate": (sum(int(r["esc"]) for r in bs) / n) if n else None,
+            "confidence": (sum(r["conf_sum"] for r in bs) / conf_n) if conf_n else None,
+            "serving": st["serving"].get(agent),
             "feedback": fb.get(agent, {}), "review": review.get(agent, {}),
             "promoted": promoted, "scores": scores, "series": series})
     out.sort(key=lambda r: (-r["calls"], r["agent"]))
     return {"window": win, "windows": list(_WINDOWS), "since": since, "until": now,
-            "buckets": nb, "agents": out, "truncated": len(rows) >= 200_000}
+            "buckets": nb, "agents": out}
 
 
 def _feedback(ctx: Context, since: float) -> dict[str, dict[str, int]]:
@@ -392,9 +378,11 @@ def adapter_data(ctx: Context, agent: str, version: str) -> dict[str, Any] | Non
             return None
         card = reg.card(agent, version)
         promoted = reg.promoted(agent)
+        gate = [h for h in reg.history(agent) if h.get("candidate") == version]
     except Exception:  # noqa: BLE001 - an unknown or invalid name
         return None
-    return {"agent": agent, "version": version, "promoted": promoted, "card": card}
+    return {"agent": agent, "version": version, "promoted": promoted, "card": card,
+            "gate": gate}
 
 
 # ---- pages --------------------------------------------------------------------------------------
@@ -410,7 +398,9 @@ _CSS = """
 #filters input,#filters select{font:inherit;padding:2px 4px}
 .scroll{overflow-x:auto}
 tr.trace-row.sel,.wf-row.sel{background:#eef4ff;outline:1px solid #9ec5fe}
-td.req{max-width:28em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+td.req{max-width:24em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+td.notes{max-width:22em} .why{color:#555;font-size:12px;white-space:nowrap;overflow:hidden;
+text-overflow:ellipsis;max-width:22em}
 .muted{color:#777;font-size:12px} .agents-esc{color:var(--esc);font-weight:bold}
 .pager{margin:1em 0} .pager button{margin-right:1em}
 .tv{display:grid;grid-template-columns:minmax(0,1.2fr) minmax(0,1fr);gap:1em;align-items:start}
@@ -445,6 +435,8 @@ const ms = v => v == null ? '-' : (v >= 1000 ? (v / 1000).toFixed(2) + ' s' : v.
 const usd = v => v == null ? '-' : '$' + v.toFixed(6);
 const pct = v => v == null ? '-' : (100 * v).toFixed(0) + '%';
 const fix = (v, n) => v == null ? '-' : v.toFixed(n);
+const when = ns => { const t = new Date(ns / 1e6), p = n => String(n).padStart(2, '0');
+  return `${t.getFullYear()}-${p(t.getMonth() + 1)}-${p(t.getDate())} ${p(t.getHours())}:${p(t.getMinutes())}:${p(t.getSeconds())}`; };
 const badge = s => el('span', {class: 'st st-' + s, text: s});
 function fold(text, n) {  // long text folded: the first n characters, the rest on a click
   n = n || 600; const s = typeof text === 'string' ? text : JSON.stringify(text, null, 2);
@@ -478,15 +470,16 @@ function render() {
     const esc = t.escalated_agents && t.escalated_agents.length
       ? el('span', {class: 'agents-esc', text: '↑ ' + t.escalated_agents.join(', ')}) : '';
     const errs = t.errors ? el('span', {class: 'err', text: t.errors + ' error(s): ' + (t.error_messages || []).join(' | ')}) : '';
+    const why = t.detail && t.status !== 'ok' ? el('div', {class: 'why', title: t.detail, text: t.detail}) : null;
     const tr = el('tr', {class: 'trace-row', 'data-trace': t.trace_id},
-      el('td', {}, a), el('td', {}, badge(t.status)), el('td', {text: t.root || '?'}),
+      el('td', {}, a), el('td', {}, badge(t.status)), el('td', {title: t.root || '?', text: t.workflow || t.root || '?'}),
       el('td', {class: 'req', title: t.request || '', text: t.request || ''}),
-      el('td', {class: 'wide', text: new Date(t.start_ns / 1e6).toLocaleString()}),
+      el('td', {class: 'wide num', text: when(t.start_ns)}),
       el('td', {class: 'num', text: ms(t.duration_ms)}),
       el('td', {class: 'num wide', text: t.spans + ''}),
       el('td', {class: 'num wide', text: t.input_tokens + '/' + t.output_tokens}),
       el('td', {class: 'wide', text: usd(t.cost_usd)}),
-      el('td', {}, esc, esc && errs ? ' ' : '', errs));
+      el('td', {class: 'notes'}, esc, esc && errs ? ' ' : '', errs, why));
     tr.onclick = e => { if (e.target.tagName !== 'A') location.href = '/trace/' + t.trace_id; };
     tb.append(tr); });
   $('page').textContent = d.rows.length ? `${d.offset + 1}–${d.offset + d.rows.length}` : '0';
@@ -496,7 +489,7 @@ function params(offset) { const p = new URLSearchParams();
     if ((f === 'since' || f === 'until') && v && !/^[0-9.]+[smhdw]$/.test(v)) {
       const t = new Date(v).getTime(); if (!isNaN(t)) v = String(t / 1000); }
     if (v) p.set(f, v); }
-  if (offset) p.set('offset', offset); return p; }
+  if (offset) p.set('offset', offset); if (d.limit !== 50) p.set('limit', d.limit); return p; }
 async function load(offset) {
   const p = params(offset); history.replaceState(null, '', '/?' + p.toString());
   const r = await fetch('/api/traces?' + p.toString() + '&full=1');
@@ -660,7 +653,7 @@ if (!d.agents.length) tb.append(el('tr', {}, el('td', {colspan: 12, text: 'no ag
 for (const r of d.agents) {
   const fb = r.feedback || {}, rv = r.review || {};
   const links = el('div', {}, el('a', {href: '/review?agent=' + encodeURIComponent(r.agent), class: 'review-link', text: 'review (' + (rv.pending || 0) + ' pending)'}));
-  if (r.promoted) links.append(' · ', el('a', {href: `/adapter/${encodeURIComponent(r.agent)}/${encodeURIComponent(r.promoted)}`, class: 'adapter-link', text: 'eval of ' + r.promoted}));
+  if (r.promoted) links.append(' · ', el('a', {href: `/adapter/${encodeURIComponent(r.agent)}/${encodeURIComponent(r.promoted)}`, class: 'adapter-link', text: 'eval of ' + r.promoted + (r.scores ? ' (' + Object.entries(r.scores).map(([k, v]) => k + ' ' + (typeof v === 'number' ? v.toFixed(3) : v)).join(', ') + ')' : '')}));
   links.append(' · ', el('a', {href: '/?agent=' + encodeURIComponent(r.agent), text: 'traces'}));
   tb.append(el('tr', {class: 'agent-row', 'data-agent': r.agent},
     el('td', {}, el('b', {text: r.agent}), el('div', {class: 'muted', text: r.serving || ''})),
@@ -710,9 +703,9 @@ def list_page(ctx: Context, q: Mapping[str, str]) -> bytes:
             "<button>Filter</button><button type='button' id='reset'>Reset</button>"
             "<datalist id='dl-workflow'></datalist><datalist id='dl-agent'></datalist></form>"
             "<div id='msg'></div><div class='scroll'><table><thead><tr><th>trace</th>"
-            "<th>status</th><th>root</th><th>request</th><th class='wide'>started</th>"
+            "<th>status</th><th>workflow</th><th>request</th><th class='wide'>started</th>"
             "<th>duration</th><th class='wide'>spans</th><th class='wide'>tokens in/out</th>"
-            "<th class='wide'>cost</th><th>escalated / errors</th></tr></thead>"
+            "<th class='wide'>cost</th><th>escalated · errors · why</th></tr></thead>"
             "<tbody id='rows'></tbody></table></div><p class='pager'><button id='prev'>"
             "&larr; newer (p)</button><span id='page'></span> <button id='next'>older (n) "
             "&rarr;</button></p><p class='keys'>j/k select · Enter open · / search · n/p page · "
@@ -810,7 +803,11 @@ def adapter_page(ctx: Context, agent: str, version: str) -> bytes | None:
             + ids("trained from review items", "review", loop.get("review_ids"))
             + ids("their calls", "call", loop.get("call_ids"))
             + ids("traces", "trace", lin.get("trace_ids"))
-            + _value_box("scores (gate)", card.get("scores") or card.get("eval"))
+            + _value_box("eval scores", card.get("eval_scores"))
+            + "".join(_value_box(f"gate: {g.get('action')} (vs {g.get('current')})",
+                                 {k: g.get(k) for k in ("candidate_scores", "current_scores",
+                                                        "drops", "compared")})
+                      for g in data["gate"][-3:])
             + "<details><summary>the whole card</summary>" + _value_box("card", card)
             + "</details>")
     return _page(f"adapter {agent}@{version}", body, data, _REC_JS)

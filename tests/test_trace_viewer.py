@@ -434,7 +434,7 @@ def test_screenshots(recorded, browser):
     k = max(i for i, s in enumerate(data["spans"]) if s["operation"] == "chat")
     pg.locator(".wf-row").nth(k).click()
     pg.screenshot(path=str(out / "ui-trace.png"))
-    pg.goto(base + "/agents?window=1h")
+    pg.goto(base + "/agents?window=5m")
     pg.screenshot(path=str(out / "ui-agents.png"))
     m = browser.new_page(viewport={"width": 390, "height": 700}, is_mobile=True)
     m.goto(f"{base}/trace/{_trace_of(recorded, bad)}")

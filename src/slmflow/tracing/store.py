@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS spans (
 CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ns);
 CREATE INDEX IF NOT EXISTS spans_agent ON spans (agent, operation);
 CREATE INDEX IF NOT EXISTS spans_roots ON spans (start_ns, trace_id) WHERE parent_id IS NULL;
+CREATE INDEX IF NOT EXISTS spans_agent_calls ON spans (start_ns) WHERE operation = 'invoke_agent';
 """
 
 _COLUMNS = ("trace_id", "span_id", "parent_id", "name", "operation", "start_ns", "end_ns",
@@ -104,6 +105,8 @@ _PG_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ns)",
     "CREATE INDEX IF NOT EXISTS spans_agent ON spans (agent, operation)",
     "CREATE INDEX IF NOT EXISTS spans_roots ON spans (start_ns, trace_id) WHERE parent_id IS NULL",
+    "CREATE INDEX IF NOT EXISTS spans_agent_calls ON spans (start_ns) "
+    "WHERE operation = 'invoke_agent'",
 ]
 _PG_INSERT = (f"INSERT INTO spans ({', '.join(_COLUMNS)}) "
               f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) ON CONFLICT (trace_id, span_id) "
@@ -655,7 +658,8 @@ class SpanStore:
         nearest-rank p50 (and per agent p95) latency through window functions; cost from the
         agents' ``chat`` children; the model identity of each agent's newest call. Returns
         ``{"buckets": [row...], "p": {agent: {"p50_ms", "p95_ms"}}, "cost": {agent: usd},
-        "serving": {agent: model}}``."""
+        "serving": {agent: model}}``. The partial index ``spans_agent_calls`` holds only agent
+        spans, so a window reads those and not the model, tool and handoff spans around them."""
         width = max(1, (until_ns - since_ns) // buckets)
         win = "operation = 'invoke_agent' AND agent IS NOT NULL AND start_ns >= ? AND start_ns < ?"
         rows = self._rows(

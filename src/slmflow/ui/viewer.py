@@ -49,7 +49,7 @@ _CONTENT = (A.INPUT_MESSAGES, A.OUTPUT_MESSAGES, A.TOOL_CALL_ARGUMENTS, A.TOOL_C
             A.INPUT, A.OUTPUT, A.HANDOFF_PAYLOAD, A.WORKFLOW_DETAIL, A.HANDOFF_ERRORS,
             A.ESCALATION_REASON, A.EVALUATION_EXPLANATION, "exception.message",
             "exception.stacktrace", "message", "error", "reason")
-_WINDOWS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+_WINDOWS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
 class Context:
@@ -270,7 +270,7 @@ def trace_detail(ctx: Context, trace_id: str) -> dict[str, Any] | None:
 # ---- agents -----------------------------------------------------------------------------------
 
 def agents_data(ctx: Context, q: Mapping[str, str]) -> dict[str, Any]:
-    """Per agent over ``window`` (1h, 6h, 24h, 7d, 30d; default 24h): calls, errors, p50/p95
+    """Per agent over ``window`` (5m, 15m, 1h, 6h, 24h, 7d, 30d; default 24h): calls, errors, p50/p95
     latency (ms), tokens, cost, escalation rate, mean confidence, the model identity serving
     now (newest call: name+adapter), feedback (up/down), review counts, the registry's promoted
     version and its gate scores, and 24 time buckets (calls, p50, escalation rate, mean
@@ -398,9 +398,10 @@ _CSS = """
 #filters input,#filters select{font:inherit;padding:2px 4px}
 .scroll{overflow-x:auto}
 tr.trace-row.sel,.wf-row.sel{background:#eef4ff;outline:1px solid #9ec5fe}
-td.req{max-width:24em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-td.notes{max-width:22em} .why{color:#555;font-size:12px;white-space:nowrap;overflow:hidden;
-text-overflow:ellipsis;max-width:22em}
+td.req{max-width:22em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+td.notes{max-width:16em} .why{color:#555;font-size:12px;white-space:nowrap;overflow:hidden;
+text-overflow:ellipsis;max-width:16em}
+table.v{font-size:13px} table.v td,table.v th{padding:3px 7px}
 .muted{color:#777;font-size:12px} .agents-esc{color:var(--esc);font-weight:bold}
 .pager{margin:1em 0} .pager button{margin-right:1em}
 .tv{display:grid;grid-template-columns:minmax(0,1.2fr) minmax(0,1fr);gap:1em;align-items:start}
@@ -420,6 +421,9 @@ white-space:nowrap} h1{overflow-wrap:anywhere}
 .wf-meta{width:30%;overflow:hidden;text-overflow:ellipsis} .wf-name{width:34%}
 .kv td{padding:2px 8px;border-bottom:1px solid #f3f3f3}
 .keys{color:#666;font-size:12px}
+.trends{display:grid;grid-template-columns:auto auto;gap:0 .6em;align-items:center}
+.trends div{display:flex;align-items:center;gap:.3em} .trends .muted{width:2.6em;text-align:right}
+td.links{font-size:12px;white-space:nowrap}
 @media (max-width:760px){body{margin:.6em}.tv{grid-template-columns:1fr}
 #panel{position:static;max-height:none}.wide{display:none}.wf-name{width:45%}
 .wf-meta{display:none}td.req{max-width:14em}}
@@ -436,7 +440,8 @@ const usd = v => v == null ? '-' : '$' + v.toFixed(6);
 const pct = v => v == null ? '-' : (100 * v).toFixed(0) + '%';
 const fix = (v, n) => v == null ? '-' : v.toFixed(n);
 const when = ns => { const t = new Date(ns / 1e6), p = n => String(n).padStart(2, '0');
-  return `${t.getFullYear()}-${p(t.getMonth() + 1)}-${p(t.getDate())} ${p(t.getHours())}:${p(t.getMinutes())}:${p(t.getSeconds())}`; };
+  const hms = `${p(t.getHours())}:${p(t.getMinutes())}:${p(t.getSeconds())}`;
+  return t.toDateString() === new Date().toDateString() ? hms : `${t.getFullYear()}-${p(t.getMonth() + 1)}-${p(t.getDate())} ${hms}`; };
 const badge = s => el('span', {class: 'st st-' + s, text: s});
 function fold(text, n) {  // long text folded: the first n characters, the rest on a click
   n = n || 600; const s = typeof text === 'string' ? text : JSON.stringify(text, null, 2);
@@ -632,7 +637,7 @@ show(first >= 0 ? first : 0);
 _AGENTS_JS = r"""
 const d = JSON.parse($('data').textContent);
 function spark(series, key, fmt) {  // a small inline-SVG line (gaps where a bucket is empty)
-  const W = 120, H = 26, vals = series.map(b => b[key]);
+  const W = 72, H = 20, vals = series.map(b => b[key]);
   const ok = vals.filter(v => v != null); const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
   svg.setAttribute('class', 'spark'); svg.setAttribute('width', W); svg.setAttribute('height', H);
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
@@ -653,17 +658,18 @@ if (!d.agents.length) tb.append(el('tr', {}, el('td', {colspan: 12, text: 'no ag
 for (const r of d.agents) {
   const fb = r.feedback || {}, rv = r.review || {};
   const links = el('div', {}, el('a', {href: '/review?agent=' + encodeURIComponent(r.agent), class: 'review-link', text: 'review (' + (rv.pending || 0) + ' pending)'}));
-  if (r.promoted) links.append(' · ', el('a', {href: `/adapter/${encodeURIComponent(r.agent)}/${encodeURIComponent(r.promoted)}`, class: 'adapter-link', text: 'eval of ' + r.promoted + (r.scores ? ' (' + Object.entries(r.scores).map(([k, v]) => k + ' ' + (typeof v === 'number' ? v.toFixed(3) : v)).join(', ') + ')' : '')}));
-  links.append(' · ', el('a', {href: '/?agent=' + encodeURIComponent(r.agent), text: 'traces'}));
+  if (r.promoted) links.append(el('br'), el('a', {href: `/adapter/${encodeURIComponent(r.agent)}/${encodeURIComponent(r.promoted)}`, class: 'adapter-link', text: 'eval of ' + r.promoted + (r.scores ? ' (' + Object.entries(r.scores).map(([k, v]) => k + ' ' + (typeof v === 'number' ? v.toFixed(3) : v)).join(', ') + ')' : '')}));
+  links.append(el('br'), el('a', {href: '/?agent=' + encodeURIComponent(r.agent), text: 'traces'}));
   tb.append(el('tr', {class: 'agent-row', 'data-agent': r.agent},
     el('td', {}, el('b', {text: r.agent}), el('div', {class: 'muted', text: r.serving || ''})),
     el('td', {class: 'num', text: r.calls}), el('td', {class: 'num', text: ms(r.p50_ms)}), el('td', {class: 'num', text: ms(r.p95_ms)}),
     el('td', {class: 'num wide', text: r.input_tokens + '/' + r.output_tokens}), el('td', {class: 'wide', text: usd(r.cost_usd)}),
     el('td', {class: 'num', text: pct(r.escalation_rate)}), el('td', {class: 'num', text: fix(r.confidence, 3)}),
     el('td', {class: 'num', text: '▲' + (fb.up || 0) + ' ▼' + (fb.down || 0)}),
-    el('td', {}, spark(r.series, 'calls', v => v)), el('td', {class: 'wide'}, spark(r.series, 'p50_ms', ms)),
-    el('td', {class: 'wide'}, spark(r.series, 'escalation_rate', pct)), el('td', {class: 'wide'}, spark(r.series, 'confidence', v => v.toFixed(2))),
-    el('td', {}, links))); }
+    el('td', {}, el('div', {class: 'trends'},
+      ...[['calls', 'calls', v => v], ['p50', 'p50_ms', ms], ['esc', 'escalation_rate', pct], ['conf', 'confidence', v => v.toFixed(2)]]
+        .map(([label, key, fmt]) => el('div', {}, el('span', {class: 'muted', text: label}), spark(r.series, key, fmt))))),
+    el('td', {class: 'links'}, links))); }
 $('window').value = d.window; $('window').onchange = () => location.href = '/agents?window=' + $('window').value;
 document.addEventListener('keydown', e => { if (document.activeElement.tagName === 'SELECT') return;
   if (e.key === 't' || e.key === 'u') location.href = '/'; else if (e.key === 'r') location.href = '/review'; });
@@ -702,7 +708,7 @@ def list_page(ctx: Context, q: Mapping[str, str]) -> bytes:
             "<label>min ms<input id='f-min_ms' size=5 inputmode='numeric'></label>"
             "<button>Filter</button><button type='button' id='reset'>Reset</button>"
             "<datalist id='dl-workflow'></datalist><datalist id='dl-agent'></datalist></form>"
-            "<div id='msg'></div><div class='scroll'><table><thead><tr><th>trace</th>"
+            "<div id='msg'></div><div class='scroll'><table class='v'><thead><tr><th>trace</th>"
             "<th>status</th><th>workflow</th><th>request</th><th class='wide'>started</th>"
             "<th>duration</th><th class='wide'>spans</th><th class='wide'>tokens in/out</th>"
             "<th class='wide'>cost</th><th>escalated · errors · why</th></tr></thead>"
@@ -734,11 +740,10 @@ def agents_page(ctx: Context, q: Mapping[str, str]) -> bytes:
     opts = "".join(f"<option>{w}</option>" for w in _WINDOWS)
     body = (_nav("agents") + "<h1>agents</h1><p>window <select id='window'>" + opts +
             "</select> <span class='muted'>(24 buckets per plot; hover a plot for its "
-            "values)</span></p><div class='scroll'><table><thead><tr><th>agent / serving</th>"
+            "values)</span></p><div class='scroll'><table class='v'><thead><tr><th>agent / serving</th>"
             "<th>calls</th><th>p50</th><th>p95</th><th class='wide'>tokens in/out</th>"
             "<th class='wide'>cost</th><th>escalated</th><th>mean conf</th><th>feedback</th>"
-            "<th>calls</th><th class='wide'>p50</th><th class='wide'>escalation</th>"
-            "<th class='wide'>confidence</th><th>links</th></tr></thead><tbody id='rows'>"
+            "<th>over the window</th><th>links</th></tr></thead><tbody id='rows'>"
             "</tbody></table></div><p class='keys'>t traces · r review queue</p>")
     return _page("slmflow agents", body, data, _AGENTS_JS)
 

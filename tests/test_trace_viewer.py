@@ -406,6 +406,70 @@ def test_same_views_from_postgresql(recorded, page, pg_url):
         server.server_close()
 
 
+def test_without_content_capture_the_call_log_fills_in(recorded, page, tmp_path):
+    """Content capture is off by default: the same real spans without their content attributes
+    still show each run's request (the call log's first agent input of the run) and each
+    agent's input and output (its call-log record, through ``slmflow.call.id``)."""
+    db = tmp_path / "spans.db"
+    shutil.copy(recorded["spans"], db)
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE spans SET attributes = json_remove(attributes, '$.\"slmflow.input\"', "
+                  "'$.\"slmflow.output\"', '$.\"gen_ai.input.messages\"', "
+                  "'$.\"gen_ai.output.messages\"', '$.\"slmflow.handoff.payload\"')")
+        assert not c.execute("SELECT COUNT(*) FROM spans WHERE attributes LIKE "
+                             "'%slmflow.input%'").fetchone()[0]
+    server = serve("127.0.0.1", 0, db_path=db, calls=recorded["log"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    call = recorded["call"]
+    try:
+        rows = httpx.get(base + "/api/traces").json()
+        mine = next(r for r in rows if r["trace_id"] == call.trace_id)
+        first = recorded["log"].query(run_id=mine["run_id"], kind="agent", limit=50)
+        text = min(first, key=lambda c: c.ts).input["text"]
+        assert mine["request"].split()[:5] == text.split()[:5]
+        page.goto(f"{base}/trace/{call.trace_id}")
+        page.wait_for_selector("#panel h2")
+        k = next(i for i, s in enumerate(httpx.get(f"{base}/api/traces/{call.trace_id}")
+                                          .json()["spans"])
+                 if s["attributes"].get("slmflow.call.id") == call.id)
+        page.locator(".wf-row").nth(k).click()
+        assert "input (call log)" in page.text_content("#panel")
+        assert "output (call log)" in page.text_content("#panel")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_evaluation_events_in_the_span_panel(recorded, page):
+    """A real eval case on the pipeline's router: its grade (score, label, explanation) shows
+    on the eval_case span, above the agent and model spans it graded."""
+    from .viewer_run import record_eval
+
+    db = record_eval(recorded["out"])
+    store = SpanStore(db)
+    (row,) = store.find_traces()
+    spans = store.trace(row["trace_id"])
+    ev = next(e for s in spans for e in s["events"] if e["name"] == "gen_ai.evaluation.result")
+    a = ev["attributes"]
+    server = serve("127.0.0.1", 0, db_path=db)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/trace/{row['trace_id']}")
+        page.wait_for_selector("#panel h2")
+        assert page.text_content("#panel h2").startswith("eval_case routing/refund-1")
+        text = page.text_content("#panel")
+        assert "evaluation: exact_match" in text
+        assert f"score{a['gen_ai.evaluation.score.value']:g}" in text.replace(" ", "")
+        assert a["gen_ai.evaluation.score.label"] in text
+        if a.get("gen_ai.evaluation.explanation"):
+            assert a["gen_ai.evaluation.explanation"] in text
+        assert any(s["operation"] == "invoke_agent" for s in spans)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _approx(v):
     if isinstance(v, float):
         return float(f"{v:.9g}")

@@ -49,6 +49,30 @@ def record_run(out: Path, tickets: list[str] = TICKETS) -> dict:
     return {"spans": spans, "calls": calls, "results": results}
 
 
+def record_eval(out: Path) -> Path:
+    """One eval case on the pipeline's router agent, graded by ``exact_match`` on its category
+    (expected ``billing`` for a refund ticket, so a correct router fails it and the event has an
+    explanation); the spans go to ``out/evals.db``, with the grade as a
+    ``gen_ai.evaluation.result`` event on the ``eval_case`` span."""
+    sys.path.insert(0, str(SPEC.parent))
+    from slmflow import tracing
+    from slmflow.evals import run_suite
+    from slmflow.evals.base import create
+    from slmflow.workflow import load_workflow
+
+    db = out / "evals.db"
+    tracing.configure(db_path=db, batch=False)
+    try:
+        router = load_workflow(SPEC).agent("router")
+        run_suite(router, [{"id": "refund-1", "input": {"text": TICKETS[0]},
+                            "expected": {"category": "billing"}}],
+                  [create("exact_match", field="category")], name="routing", record=True)
+        tracing.force_flush()
+    finally:
+        tracing.reset()
+    return db
+
+
 if __name__ == "__main__":
     import json
     import time

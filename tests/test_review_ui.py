@@ -333,3 +333,24 @@ def test_malformed_content_length_on_sign_in(site, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_allowed_host_names(tmp_path):
+    """--allow-host: the name a reverse proxy forwards is answered, other names are not; a
+    wildcard bind answers any IP literal (a rebinding page always sends a name)."""
+    from slmflow.ui.traces import _Hosts
+
+    server = serve("127.0.0.1", 0, db_path=tmp_path / "spans.db", allowed_hosts=["ui.example"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert httpx.get(base + "/", headers={"Host": "ui.example"}).status_code == 200
+        r = httpx.get(base + "/", headers={"Host": "other.example"})
+        assert r.status_code == 421 and "ui.example" in r.json()["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    h = _Hosts("0.0.0.0", 6007)
+    assert h.ok("10.1.2.3:6007") and h.ok("[fe80::1]:6007") and h.ok("localhost:6007")
+    assert not h.ok("10.1.2.3:6008") and not h.ok("rebind.evil.example:6007")
+    assert not h.ok(None) and not h.ok("")

@@ -214,7 +214,7 @@ def test_trace_list_filters_search_paging_and_keys(recorded, page):
     page.wait_for_url(f"**/trace/{first}*")
     page.wait_for_selector("#panel h2")
     page.keyboard.press("u")
-    page.wait_for_url(base + "/")
+    page.wait_for_url(base + "/?limit=2")  # back to the list as it was filtered
 
 
 def test_span_panel_shows_messages_output_tools_handoffs_and_links(recorded, page):
@@ -319,6 +319,12 @@ def test_agents_view(recorded, page):
     link = page.locator(f"tr.agent-row[data-agent='{item.agent}'] a.adapter-link")
     assert link.get_attribute("href") == f"/adapter/{item.agent}/{recorded['version']}"
     assert "accuracy 0.750" in link.text_content()
+    page.keyboard.press("j")
+    first = page.locator("tr.agent-row.sel").get_attribute("data-agent")
+    page.keyboard.press("Enter")  # the agent's traces
+    page.wait_for_url(f"**/?agent={first}")
+    assert page.input_value("#f-agent") == first
+    page.goto(base + "/agents")
     page.select_option("#window", "1h")
     page.wait_for_url("**/agents?window=1h")
     assert page.locator("tr.agent-row").count() == len(calls)

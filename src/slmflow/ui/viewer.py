@@ -397,7 +397,7 @@ _CSS = """
 #filters label{display:flex;flex-direction:column;font-size:12px;color:#555}
 #filters input,#filters select{font:inherit;padding:2px 4px}
 .scroll{overflow-x:auto}
-tr.trace-row.sel,.wf-row.sel{background:#eef4ff;outline:1px solid #9ec5fe}
+tr.trace-row.sel,tr.agent-row.sel,.wf-row.sel{background:#eef4ff;outline:1px solid #9ec5fe}
 td.req{max-width:22em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 td.notes{max-width:16em} .why{color:#555;font-size:12px;white-space:nowrap;overflow:hidden;
 text-overflow:ellipsis;max-width:16em}
@@ -627,7 +627,9 @@ document.addEventListener('keydown', e => {
   if (e.key === 'j' || e.key === 'ArrowDown') { e.preventDefault(); show(Math.min(rows.length - 1, cur + 1)); }
   else if (e.key === 'k' || e.key === 'ArrowUp') { e.preventDefault(); show(Math.max(0, cur - 1)); }
   else if (e.key === 'e') { const k = d.spans.findIndex((x, n) => n > cur && x.status === 'ERROR'); if (k >= 0) show(k); }
-  else if (e.key === 'u' || e.key === 'Backspace') location.href = '/';
+  else if (e.key === 'u' || e.key === 'Backspace') {  // back to the list, filters kept
+    const r = document.referrer && new URL(document.referrer);
+    location.href = r && r.origin === location.origin && r.pathname === '/' ? r.pathname + r.search : '/'; }
   else if (e.key === '?') $('help').hidden = !$('help').hidden; });
 const want = (location.hash.match(/span=([0-9a-f]+)/) || [])[1];
 const first = want ? d.spans.findIndex(x => x.span_id === want) : d.spans.findIndex(x => x.status === 'ERROR');
@@ -671,8 +673,15 @@ for (const r of d.agents) {
         .map(([label, key, fmt]) => el('div', {}, el('span', {class: 'muted', text: label}), spark(r.series, key, fmt))))),
     el('td', {class: 'links'}, links))); }
 $('window').value = d.window; $('window').onchange = () => location.href = '/agents?window=' + $('window').value;
+let sel = -1;
 document.addEventListener('keydown', e => { if (document.activeElement.tagName === 'SELECT') return;
-  if (e.key === 't' || e.key === 'u') location.href = '/'; else if (e.key === 'r') location.href = '/review'; });
+  const rows = [...document.querySelectorAll('tr.agent-row')];
+  if ((e.key === 'j' || e.key === 'k') && rows.length) {
+    sel = Math.max(0, Math.min(rows.length - 1, sel + (e.key === 'j' ? 1 : -1)));
+    rows.forEach((r, i) => r.classList.toggle('sel', i === sel)); rows[sel].scrollIntoView({block: 'nearest'}); }
+  else if (e.key === 'Enter' && sel >= 0) location.href = '/?agent=' + encodeURIComponent(rows[sel].dataset.agent);
+  else if (e.key === 'v' && sel >= 0) location.href = '/review?agent=' + encodeURIComponent(rows[sel].dataset.agent);
+  else if (e.key === 't' || e.key === 'u') location.href = '/'; else if (e.key === 'r') location.href = '/review'; });
 """
 
 _REC_JS = r"""
@@ -744,7 +753,8 @@ def agents_page(ctx: Context, q: Mapping[str, str]) -> bytes:
             "<th>calls</th><th>p50</th><th>p95</th><th class='wide'>tokens in/out</th>"
             "<th class='wide'>cost</th><th>escalated</th><th>mean conf</th><th>feedback</th>"
             "<th>over the window</th><th>links</th></tr></thead><tbody id='rows'>"
-            "</tbody></table></div><p class='keys'>t traces · r review queue</p>")
+            "</tbody></table></div><p class='keys'>j/k select · Enter its traces · v its review "
+            "items · t traces · r review queue</p>")
     return _page("slmflow agents", body, data, _AGENTS_JS)
 
 

@@ -41,6 +41,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -237,11 +238,12 @@ def _template(path: Path | None) -> list[list[tuple]]:
     return [[tuple(root) if r[2] is None else r for r in rows]]
 
 
-def viewer(n_traces: int, template: Path | None, rounds: int = 5) -> dict:
+def viewer(n_traces: int, template: Path | None, rounds: int = 5, pg: bool = False) -> dict:
     """The trace viewer's page loads (issue 20) over HTTP from `slmflow ui`, at ``n_traces``
     traces cloned from the template (new ids, one trace a second back from now, 1% failed):
     the list page, its JSON with filters, search and deep paging, one trace, the agents view.
-    Best and median of ``rounds`` warm requests each."""
+    Best and median of ``rounds`` warm requests each. pg: the same rows in PostgreSQL (started
+    on loopback by the script, ANALYZEd after the load) instead of SQLite."""
     import random
     import sqlite3
     import threading
@@ -288,10 +290,37 @@ def viewer(n_traces: int, template: Path | None, rounds: int = 5) -> dict:
         conn.execute("ANALYZE")
         conn.close()
         load_s = time.perf_counter() - t0
-        server = serve("127.0.0.1", 0, db_path=db)
+        target: Any = db
+        stop = None
+        if pg:
+            import subprocess
+            import sys
+
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from loop import start_pg
+
+            from slmflow.tracing.store import _COLUMNS, _PG_INSERT, _Postgres
+
+            (Path(t) / "pg").mkdir()
+            started = start_pg(Path(t) / "pg")
+            if started is None:
+                raise SystemExit("no PostgreSQL server binaries here")
+            target, stop, _ = started
+            t0 = time.perf_counter()
+            pgdb = _Postgres(target)
+            src = sqlite3.connect(db)
+            cur = src.execute(f"SELECT {', '.join(_COLUMNS)} FROM spans")
+            while rows := cur.fetchmany(20_000):
+                pgdb.run("load", lambda c: c.cursor().executemany(_PG_INSERT, rows))
+            pgdb.run("analyze", lambda c: c.execute("ANALYZE spans"))
+            pgdb.close()
+            src.close()
+            load_s = time.perf_counter() - t0
+        server = serve("127.0.0.1", 0, db_path=target)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        out: dict = {"traces": n_traces, "spans": n_spans, "load_s": load_s}
+        out: dict = {"traces": n_traces, "spans": n_spans, "load_s": load_s,
+                     "store": "postgresql" if pg else "sqlite"}
         try:
             with httpx.Client(base_url=url, timeout=120) as c:
                 newest = c.get("/api/traces?limit=1").json()[0]["trace_id"]
@@ -320,6 +349,9 @@ def viewer(n_traces: int, template: Path | None, rounds: int = 5) -> dict:
         finally:
             server.shutdown()
             server.server_close()
+            server.RequestHandlerClass.store.close()
+            if stop is not None:
+                subprocess.run(stop, capture_output=True)
     return out
 
 
@@ -342,10 +374,11 @@ def main() -> None:
                     help="instead: the trace viewer's page loads at N traces (issue 20)")
     ap.add_argument("--template", type=Path, default=None,
                     help="with --viewer: a span store whose traces are cloned (a real run)")
+    ap.add_argument("--pg", action="store_true", help="with --viewer: on PostgreSQL")
     args = ap.parse_args()
     if args.viewer:
-        r = viewer(args.viewer, args.template)
-        print(f"trace viewer: {r['traces']} traces, {r['spans']} spans (loaded in "
+        r = viewer(args.viewer, args.template, pg=args.pg)
+        print(f"trace viewer on {r['store']}: {r['traces']} traces, {r['spans']} spans (loaded in "
               f"{r['load_s']:.1f} s); warm HTTP requests to slmflow ui, best / median:")
         for k, v in r.items():
             if isinstance(v, dict):

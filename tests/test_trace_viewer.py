@@ -96,6 +96,12 @@ def _runs(rec) -> dict[str, dict]:
     return {r["run_id"]: r for r in rec["results"]}
 
 
+def _span(base: str, trace_id: str, k: int) -> dict:
+    """The k-th span of a trace (waterfall order) whole: content and call record."""
+    sp = httpx.get(f"{base}/api/traces/{trace_id}").json()["spans"][k]
+    return httpx.get(f"{base}/api/traces/{trace_id}/spans/{sp['span_id']}").json()
+
+
 def _trace_of(rec, run_id: str) -> str:
     rows = httpx.get(rec["base"] + "/api/traces").json()
     return next(r["trace_id"] for r in rows if r["run_id"] == run_id)
@@ -175,8 +181,8 @@ def test_trace_list_filters_search_paging_and_keys(recorded, page):
     assert apply({"since": "1h"}) == set(every)
     # search: a text, a call id (through the call log), a trace id prefix
     order = next(t for t in TICKETS if "B-77" in t)
-    want = {t for t, r in every.items() if order[:20] in (httpx.get(
-        f"{base}/api/traces/{t}").json()["spans"][0]["attributes"].get("slmflow.input") or "")}
+    want = {t for t in every if order[:20] in (_span(base, t, 0)["attributes"]
+                                               .get("slmflow.input") or "")}
     assert len(want) == 1 and apply({"q": "B-77"}) == want
     call = recorded["call"]
     assert apply({"q": call.id}) == {call.trace_id}
@@ -248,12 +254,13 @@ def test_span_panel_shows_messages_output_tools_handoffs_and_links(recorded, pag
     # a tool: its arguments and result; a handoff: its payload and outcome
     if any(s["operation"] == "execute_tool" for s in spans):
         sp = open_span(lambda s: s["operation"] == "execute_tool")
-        args = json.loads(sp["attributes"]["gen_ai.tool.call.arguments"])
+        assert "gen_ai.tool.call.arguments" not in sp["attributes"]  # content: when opened
+        args = json.loads(_span(base, call.trace_id, spans.index(sp))["attributes"]
+                          ["gen_ai.tool.call.arguments"])
         assert "arguments" in panel.text_content()
         for k, v in args.items():
             assert k in panel.text_content() and str(v) in panel.text_content()
-    sp = open_span(lambda s: s["operation"] == "handoff"
-                   and "slmflow.handoff.payload" in s["attributes"])
+    sp = open_span(lambda s: s["operation"] == "handoff" and s["content"])
     assert "payload" in panel.text_content()
     assert sp["attributes"]["slmflow.handoff.status"] in panel.text_content()
     # keyboard: j/k walk the spans
@@ -291,7 +298,10 @@ def test_failed_and_rejected_runs_show_why(recorded, page):
         page.goto(f"{base}/trace/{_trace_of(recorded, rid)}")
         page.wait_for_selector("#panel h2")
         assert page.locator(f"#summary .st-{run['status']}").count() == 1
+        page.wait_for_selector("#panel[data-span]")
         page.locator(".wf-row").first.click()
+        page.wait_for_function("document.getElementById('panel').dataset.span === "
+                               "document.querySelector('.wf-row').dataset.spanId")
         assert run["detail"][:30] in page.text_content("#panel")
 
 
@@ -403,8 +413,10 @@ def test_same_views_from_postgresql(recorded, page, pg_url):
             b = httpx.get(pbase + "/api/traces" + q).json()
             assert b == a, q
         for t in tids:
-            assert httpx.get(f"{pbase}/api/traces/{t}").json() == \
-                httpx.get(f"{base}/api/traces/{t}").json()
+            got = httpx.get(f"{base}/api/traces/{t}").json()
+            assert httpx.get(f"{pbase}/api/traces/{t}").json() == got
+            for k in {0, min(2, len(got["spans"]) - 1)}:
+                assert _span(pbase, t, k) == _span(base, t, k)
         a, b = (_approx(httpx.get(u + "/api/agents").json()["agents"]) for u in (base, pbase))
         assert b == a  # (sums of floats in another order: equal to 9 digits)
         page.goto(pbase + "/")
@@ -444,6 +456,8 @@ def test_without_content_capture_the_call_log_fills_in(recorded, page, tmp_path)
                                           .json()["spans"])
                  if s["attributes"].get("slmflow.call.id") == call.id)
         page.locator(".wf-row").nth(k).click()
+        page.wait_for_function("document.getElementById('panel').dataset.span === "
+                               f"document.querySelectorAll('.wf-row')[{k}].dataset.spanId")
         assert "input (call log)" in page.text_content("#panel")
         assert "output (call log)" in page.text_content("#panel")
     finally:

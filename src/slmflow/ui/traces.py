@@ -217,6 +217,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if api:
                     return answer(viewer.trace_detail(ctx, m.group(2)), True)
                 return answer(True, viewer.trace_page(ctx, m.group(2)))
+            m = re.fullmatch(r"/api/traces/([0-9a-f]{32})/spans/([0-9a-f]{16})", path)
+            if m:
+                return answer(viewer.span_detail(ctx, m.group(1), m.group(2)), True)
             m = re.fullmatch(r"/(api/calls|call)/([0-9a-f]{8,40})", path)
             if m:
                 if api:

@@ -41,8 +41,8 @@ from ..tracing import attrs as A
 from ..tracing import views
 from ..tracing.store import TRACE_STATUSES, SpanStore
 
-__all__ = ["list_data", "trace_detail", "agents_data", "call_data", "adapter_data",
-           "Context"]
+__all__ = ["list_data", "trace_detail", "span_detail", "agents_data", "call_data",
+           "adapter_data", "Context"]
 
 # attributes that carry content (prompts, answers, payloads): redacted before they are served
 _CONTENT = (A.INPUT_MESSAGES, A.OUTPUT_MESSAGES, A.TOOL_CALL_ARGUMENTS, A.TOOL_CALL_RESULT,
@@ -62,23 +62,68 @@ class Context:
         self._registry = registry
         self._lineage: tuple[float, dict[str, list[dict[str, Any]]]] | None = None
         self._lock = threading.Lock()
+        self._redacted: dict[str, str] = {}
 
     # -- redaction -------------------------------------------------------------------------
-    def redact(self, v: Any) -> Any:
-        if self.show_pii or v is None:
-            return v
+    # Why batched and cached: with Presidio installed `redact_pii` runs a spaCy model (about
+    # 10 ms for a short text, 50 ms for a few KB); a page's strings go through it as one text
+    # (joined by a separator, split after) and each result is remembered.
+    _SEP = "\n\n\u2042\u2042\u2042\n\n"
+
+    def redact_texts(self, texts: list[str]) -> list[str]:
+        if self.show_pii:
+            return list(texts)
         from ..guardrails import redact_pii
 
-        if isinstance(v, str):
-            return redact_pii(v)
-        if isinstance(v, list):
-            return [self.redact(x) for x in v]
-        if isinstance(v, dict):
-            return {k: self.redact(x) for k, x in v.items()}
-        return v
+        with self._lock:
+            cache = self._redacted
+            missing = list(dict.fromkeys(t for t in texts if t and t not in cache))
+        if missing:
+            done = redact_pii(self._SEP.join(missing)).split(self._SEP)
+            if len(done) != len(missing):  # a PII span across the separator: one at a time
+                done = [redact_pii(t) for t in missing]
+            with self._lock:
+                if len(cache) > 50_000:
+                    cache.clear()
+                cache.update(zip(missing, done))
+        with self._lock:
+            return [cache.get(t, t) if t else t for t in texts]
 
-    def redact_attrs(self, a: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: (self.redact(v) if k in _CONTENT else v) for k, v in a.items()}
+    def redact(self, v: Any) -> Any:
+        """Every string inside ``v`` (a JSON-able value), redacted in one batch."""
+        if self.show_pii or v is None:
+            return v
+        found: list[str] = []
+
+        def walk(x: Any) -> None:
+            if isinstance(x, str):
+                found.append(x)
+            elif isinstance(x, list):
+                for y in x:
+                    walk(y)
+            elif isinstance(x, dict):
+                for y in x.values():
+                    walk(y)
+
+        walk(v)
+        if not found:
+            return v
+        it = iter(self.redact_texts(found))
+
+        def build(x: Any) -> Any:
+            if isinstance(x, str):
+                return next(it)
+            if isinstance(x, list):
+                return [build(y) for y in x]
+            if isinstance(x, dict):
+                return {k: build(y) for k, y in x.items()}
+            return x
+
+        return build(v)
+
+    @staticmethod
+    def content_of(a: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in a.items() if k in _CONTENT}
 
     # -- the registry's lineage: which adapter versions were trained from which reviews ------
     def registry(self) -> Any:
@@ -203,8 +248,11 @@ def list_data(ctx: Context, q: Mapping[str, str]) -> dict[str, Any]:
         agg = roll.get(r["trace_id"], {})
         req = r["request"] if r["request"] is not None else firsts.get(r["run_id"])
         out.append({k: v for k, v in r.items() if k != "attributes"} | agg | {
-            "request": ctx.redact(_first_words(req)), "detail": ctx.redact(r["detail"]),
-            "error_messages": ctx.redact(agg.get("error_messages", []))})
+            "request": _first_words(req), "detail": r["detail"],
+            "error_messages": agg.get("error_messages", [])})
+    shown = ctx.redact([[o["request"], o["detail"], o["error_messages"]] for o in out])
+    for o, (req, detail, errs) in zip(out, shown):
+        o["request"], o["detail"], o["error_messages"] = req, detail, errs
     return {"rows": out, "offset": offset, "limit": limit, "more": more,
             "filters": facets(ctx.store)}
 
@@ -221,9 +269,10 @@ def facets(store: SpanStore) -> dict[str, list[str]]:
 # ---- one trace --------------------------------------------------------------------------------
 
 def trace_detail(ctx: Context, trace_id: str) -> dict[str, Any] | None:
-    """The waterfall rows (depth-first, rolled up) with every span's attributes and events
-    (content redacted), plus ``calls``: the call-log record, review item and trained adapter
-    versions of each agent call."""
+    """The waterfall rows (depth-first, rolled up) with every span's attributes and events but
+    their content (prompts, answers, payloads, error texts: `span_detail` serves those, PII
+    redacted, when the span is opened, so a trace page costs no redaction up front); status
+    messages are redacted here."""
     spans = ctx.store.trace(trace_id)
     if not spans:
         return None
@@ -234,37 +283,49 @@ def trace_detail(ctx: Context, trace_id: str) -> dict[str, Any] | None:
     summary |= {"status": ("failed" if root["status"] == "ERROR" else None)
                 or ra.get(A.WORKFLOW_STATUS)
                 or ("escalated" if ra.get(A.ESCALATED) else "ok"),
-                "run_id": ra.get(A.RUN_ID), "workflow": root["workflow"]}
+                "run_id": ra.get(A.RUN_ID), "workflow": root["workflow"],
+                "trained": ctx.lineage().get(f"trace:{root['trace_id']}", [])}
     out_spans = []
-    call_ids = []
     for s in flat:
         d = {k: v for k, v in s.items() if k != "children"}
-        d["attributes"] = ctx.redact_attrs(s["attributes"])
+        d["attributes"] = {k: v for k, v in s["attributes"].items() if k not in _CONTENT}
         d["events"] = [{"name": e.get("name"), "time_ns": e.get("time_ns"),
-                        "attributes": ctx.redact_attrs(e.get("attributes") or {})}
-                       for e in s["events"]]
-        d["status_message"] = ctx.redact(s["status_message"])
-        cid = s["attributes"].get(A.CALL_ID)
-        if cid:
-            call_ids.append(cid)
+                        "attributes": {k: v for k, v in (e.get("attributes") or {}).items()
+                                       if k not in _CONTENT}} for e in s["events"]]
+        d["content"] = any(k in _CONTENT for k in s["attributes"]) or \
+            any(k in _CONTENT for e in s["events"] for k in (e.get("attributes") or {}))
         out_spans.append(d)
-    calls: dict[str, Any] = {}
-    if call_ids:
-        recs = ctx.calls.get_many(call_ids) if ctx.calls is not None else {}
-        items = ctx.review_items(call_ids)
-        lin = ctx.lineage()
-        for cid in call_ids:
-            rec = recs.get(cid)
-            item = items.get(cid)
-            calls[cid] = {
-                "logged": rec is not None,
-                "input": ctx.redact(rec.input) if rec else None,
-                "output": ctx.redact(rec.output) if rec else None,
-                "status": rec.status if rec else None, "error": rec.error if rec else None,
-                "review": item,
-                "trained": (lin.get(f"review:{item['id']}") or []) if item else []}
-    summary["trained"] = ctx.lineage().get(f"trace:{root['trace_id']}", [])
-    return {"summary": summary, "spans": out_spans, "calls": calls}
+    msgs = ctx.redact([d["status_message"] for d in out_spans])
+    for d, m in zip(out_spans, msgs):
+        d["status_message"] = m
+    return {"summary": summary, "spans": out_spans}
+
+
+def span_detail(ctx: Context, trace_id: str, span_id: str) -> dict[str, Any] | None:
+    """One span whole, content PII-redacted (one batch), plus its agent call's call-log record,
+    review item and the adapter versions trained from that review."""
+    s = next((x for x in ctx.store.trace(trace_id) if x["span_id"] == span_id), None)
+    if s is None:
+        return None
+    a, evs = s["attributes"], s["events"]
+    content = ctx.redact([ctx.content_of(a)] + [ctx.content_of(e.get("attributes") or {})
+                                                for e in evs])
+    out = {"span_id": span_id, "attributes": a | content[0],
+           "events": [{"name": e.get("name"), "time_ns": e.get("time_ns"),
+                       "attributes": (e.get("attributes") or {}) | c}
+                      for e, c in zip(evs, content[1:])],
+           "status_message": ctx.redact(s["status_message"]), "call": None}
+    cid = a.get(A.CALL_ID)
+    if cid:
+        rec = ctx.calls.get(cid) if ctx.calls is not None else None
+        item = ctx.review_items([cid]).get(cid)
+        io = ctx.redact([rec.input, rec.output]) if rec is not None else [None, None]
+        out["call"] = {
+            "id": cid, "logged": rec is not None, "input": io[0], "output": io[1],
+            "status": rec.status if rec else None, "error": rec.error if rec else None,
+            "review": item,
+            "trained": (ctx.lineage().get(f"review:{item['id']}") or []) if item else []}
+    return out
 
 
 # ---- agents -----------------------------------------------------------------------------------
@@ -360,8 +421,7 @@ def call_data(ctx: Context, call_id: str) -> dict[str, Any] | None:
     if rec is None:
         return None
     d = rec.as_dict()
-    d["input"], d["output"] = ctx.redact(d["input"]), ctx.redact(d["output"])
-    d["error"] = ctx.redact(d["error"])
+    d["input"], d["output"], d["error"] = ctx.redact([d["input"], d["output"], d["error"]])
     item = ctx.review_items([call_id]).get(call_id)
     lin = ctx.lineage()
     return {"call": d, "review": item,
@@ -563,10 +623,19 @@ function output(raw) { const v = parse(raw);
   if (Array.isArray(v) && v.length && v[0].parts) { const text = v.map(m => m.parts.map(p => p.type === 'text' ? p.content : JSON.stringify(p)).join('\n')).join('\n');
     const obj = parse(text.trim()); return obj && typeof obj === 'object' ? valueView(obj) : fold(text); }
   return valueView(v); }
-function show(i) {
+const full = {};  // span_id -> the span's content and call record (/api/traces/<t>/spans/<s>)
+async function show(i) {
   cur = i; rows.forEach((r, k) => r.classList.toggle('sel', k === i)); rows[i].scrollIntoView({block: 'nearest'});
-  const sp = d.spans[i], a = sp.attributes || {}, p = $('panel'); p.innerHTML = ''; p.dataset.span = sp.span_id;
-  history.replaceState(null, '', '#span=' + sp.span_id);
+  const base = d.spans[i];
+  history.replaceState(null, '', '#span=' + base.span_id);
+  if (!full[base.span_id]) {
+    const r = await fetch(`/api/traces/${s.trace_id}/spans/${base.span_id}`);
+    full[base.span_id] = r.ok ? await r.json() : {};
+    if (cur !== i) return; }  // another span was chosen meanwhile
+  const f = full[base.span_id];
+  const sp = Object.assign({}, base, {attributes: f.attributes || base.attributes, events: f.events || base.events,
+    status_message: f.status_message !== undefined ? f.status_message : base.status_message});
+  const a = sp.attributes || {}, p = $('panel'); p.innerHTML = '';
   p.append(el('h2', {text: sp.name}), kv([
     ['status', sp.status === 'ERROR' ? el('span', {class: 'err', text: 'ERROR: ' + (sp.status_message || '')}) : sp.status],
     ['latency', ms(sp.duration_ms)], ['starts at', '+' + ms((sp.start_ns - t0) / 1e6)],
@@ -588,7 +657,7 @@ function show(i) {
     if (a['gen_ai.output.messages'] != null) sec('output', output(a['gen_ai.output.messages']));
     if (a['gen_ai.input.messages'] == null) p.append(el('p', {class: 'muted', text: 'messages not captured (slmflow tracing: capture_content); the agent span links the call-log record'})); }
   if (op === 'invoke_agent') {
-    const cid = a['slmflow.call.id'], c = cid ? d.calls[cid] : null;
+    const cid = a['slmflow.call.id'], c = f.call;
     if (a['slmflow.input'] != null) sec('input', valueView(a['slmflow.input']));
     else if (c && c.input != null) sec('input (call log)', valueView(c.input));
     if (a['slmflow.output'] != null) sec('output', valueView(a['slmflow.output']));
@@ -621,7 +690,8 @@ function show(i) {
       ['from', ea['slmflow.handoff.source'] || ea.step || ea.agent], ['to', ea['slmflow.escalation.target'] || ea.model]]));
     else if (e.name === 'exception') sec('exception', el('div', {}, el('pre', {class: 'err', text: (ea['exception.type'] || '') + ': ' + (ea['exception.message'] || '')}), ea['exception.stacktrace'] ? fold(ea['exception.stacktrace'], 0) : null));
     else sec(e.name, valueView(ea)); }
-  p.append(el('details', {class: 'raw'}, el('summary', {text: 'all attributes'}), el('pre', {text: JSON.stringify(a, null, 1)}))); }
+  p.append(el('details', {class: 'raw'}, el('summary', {text: 'all attributes'}), el('pre', {text: JSON.stringify(a, null, 1)})));
+  p.dataset.span = sp.span_id; }
 document.addEventListener('keydown', e => {
   if (['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) return;
   if (e.key === 'j' || e.key === 'ArrowDown') { e.preventDefault(); show(Math.min(rows.length - 1, cur + 1)); }

@@ -324,6 +324,8 @@ def viewer(n_traces: int, template: Path | None, rounds: int = 5, pg: bool = Fal
         try:
             with httpx.Client(base_url=url, timeout=120) as c:
                 newest = c.get("/api/traces?limit=1").json()[0]["trace_id"]
+                shown = c.get(f"/api/traces/{newest}").json()["spans"]
+                chat = next((x for x in shown if x["operation"] == "chat"), shown[0])["span_id"]
                 agent = next(iter(c.get("/api/traces?limit=1&full=1").json()["filters"]
                                   ["agents"]), "triage")
                 cases = {
@@ -336,9 +338,11 @@ def viewer(n_traces: int, template: Path | None, rounds: int = 5, pg: bool = Fal
                     "trace_id_search": f"/api/traces?q={newest[:12]}",
                     "text_search_rare": "/api/traces?q=no-such-text-anywhere",
                     "trace_page": f"/trace/{newest}",
+                    "span_panel": f"/api/traces/{newest}/spans/{chat}",
                     "agents_1h": "/api/agents?window=1h",
                 }
                 for label, path in cases.items():
+                    c.get(path)  # warm: caches, the page cache, the PII model
                     times = []
                     for _ in range(rounds if label != "text_search_rare" else 2):
                         t1 = time.perf_counter()

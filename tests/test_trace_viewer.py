@@ -522,11 +522,14 @@ def test_screenshots(recorded, browser):
     data = httpx.get(f"{base}/api/traces/{_trace_of(recorded, bad)}").json()
     k = max(i for i, s in enumerate(data["spans"]) if s["operation"] == "chat")
     pg.locator(".wf-row").nth(k).click()
+    pg.wait_for_function("document.getElementById('panel').dataset.span === "
+                         f"{json.dumps(data['spans'][k]['span_id'])}")
     pg.screenshot(path=str(out / "ui-trace.png"))
     pg.goto(base + "/agents?window=5m")
     pg.screenshot(path=str(out / "ui-agents.png"))
     m = browser.new_page(viewport={"width": 390, "height": 700}, is_mobile=True)
     m.goto(f"{base}/trace/{_trace_of(recorded, bad)}")
+    m.wait_for_selector("#panel[data-span]")
     m.screenshot(path=str(out / "ui-phone.png"))
     for f in ("ui-traces.png", "ui-trace.png", "ui-agents.png", "ui-phone.png"):
         assert (out / f).stat().st_size < 150_000, f

@@ -14,6 +14,13 @@ real pipeline's latency.
 
 Goal (issue 5): at most 1.2x the raw SDK span, under 1% of pipeline time.
 
+4. ``--viewer N [--template spans.db]``: the trace viewer's page loads (issue 20) at N traces
+   cloned from a recorded run (tests/viewer_run.py writes one), over HTTP from `slmflow ui`:
+   the list page and its filters, search, deep paging, a trace, the agents view (goal: the list
+   page under 200 ms at 100k traces).
+
+    .venv/bin/python bench/tracing.py --viewer 100000 --template /tmp/run/spans.db
+
     HF_HUB_OFFLINE=1 SLMFLOW_HOME=/tmp/slmhome-tracing .venv/bin/python bench/tracing.py
 
 3. ``--stores N``: the span store on PostgreSQL vs SQLite (issue 10), instead of 1-2: N real spans
@@ -34,6 +41,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -205,6 +213,152 @@ def stores(n: int) -> dict:
     return out
 
 
+def _template(path: Path | None) -> list[list[tuple]]:
+    """Traces to clone: every trace of a recorded span store (a real run of the reference
+    pipeline: tests/viewer_run.py), else one synthetic 7-span trace with the attributes the
+    viewer reads. Rows in the store's column order."""
+    import sqlite3
+
+    from slmflow.tracing.store import _COLUMNS, _row
+
+    if path is not None:
+        with sqlite3.connect(path) as c:
+            rows = c.execute(f"SELECT {', '.join(_COLUMNS)} FROM spans ORDER BY trace_id, "
+                             "start_ns").fetchall()
+        out: dict[str, list[tuple]] = {}
+        for r in rows:
+            out.setdefault(r[0], []).append(tuple(r))
+        return list(out.values())
+    spans = _make_spans(7)
+    rows = [_row(s) for s in spans]
+    root = list(next(r for r in rows if r[2] is None))
+    a = json.loads(root[16])
+    a.update({A.WORKFLOW_STATUS: "ok", A.RUN_ID: "0" * 32, A.INPUT: "my order arrived broken"})
+    root[16] = json.dumps(a, separators=(",", ":"))
+    return [[tuple(root) if r[2] is None else r for r in rows]]
+
+
+def viewer(n_traces: int, template: Path | None, rounds: int = 5, pg: bool = False) -> dict:
+    """The trace viewer's page loads (issue 20) over HTTP from `slmflow ui`, at ``n_traces``
+    traces cloned from the template (new ids, one trace a second back from now, 1% failed):
+    the list page, its JSON with filters, search and deep paging, one trace, the agents view.
+    Best and median of ``rounds`` warm requests each. pg: the same rows in PostgreSQL (started
+    on loopback by the script, ANALYZEd after the load) instead of SQLite."""
+    import random
+    import sqlite3
+    import threading
+
+    import httpx
+
+    from slmflow.tracing.store import _INSERT, connect
+    from slmflow.ui.traces import serve
+
+    tpl = _template(template)
+    rnd = random.Random(7)
+    now = time.time_ns()
+    with tempfile.TemporaryDirectory() as t:
+        db = Path(t) / "spans.db"
+        conn = connect(db)  # the store's schema and indexes
+        t0 = time.perf_counter()
+        batch: list[tuple] = []
+        n_spans = 0
+        for i in range(n_traces):
+            src = tpl[i % len(tpl)]
+            tid = f"{rnd.getrandbits(128):032x}"
+            ids = {r[1]: f"{rnd.getrandbits(64):016x}" for r in src}
+            base = min(r[5] for r in src)
+            shift = now - (n_traces - i) * 1_000_000_000 - base
+            failed = i % 100 == 50
+            for r in src:
+                r = list(r)
+                r[0], r[1] = tid, ids[r[1]]
+                r[2] = ids.get(r[2]) if r[2] is not None else None
+                r[5] += shift
+                r[6] += shift
+                if failed and r[2] is None:
+                    r[16] = r[16].replace('"slmflow.workflow.status":"ok"',
+                                          '"slmflow.workflow.status":"failed"')
+                batch.append(tuple(r))
+            if len(batch) >= 20_000:
+                with conn:
+                    conn.executemany(_INSERT, batch)
+                n_spans += len(batch)
+                batch = []
+        with conn:
+            conn.executemany(_INSERT, batch)
+        n_spans += len(batch)
+        conn.execute("ANALYZE")
+        conn.close()
+        load_s = time.perf_counter() - t0
+        target: Any = db
+        stop = None
+        if pg:
+            import subprocess
+            import sys
+
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from loop import start_pg
+
+            from slmflow.tracing.store import _COLUMNS, _PG_INSERT, _Postgres
+
+            (Path(t) / "pg").mkdir()
+            started = start_pg(Path(t) / "pg")
+            if started is None:
+                raise SystemExit("no PostgreSQL server binaries here")
+            target, stop, _ = started
+            t0 = time.perf_counter()
+            pgdb = _Postgres(target)
+            src = sqlite3.connect(db)
+            cur = src.execute(f"SELECT {', '.join(_COLUMNS)} FROM spans")
+            while rows := cur.fetchmany(20_000):
+                pgdb.run("load", lambda c: c.cursor().executemany(_PG_INSERT, rows))
+            pgdb.run("analyze", lambda c: c.execute("ANALYZE spans"))
+            pgdb.close()
+            src.close()
+            load_s = time.perf_counter() - t0
+        server = serve("127.0.0.1", 0, db_path=target)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out: dict = {"traces": n_traces, "spans": n_spans, "load_s": load_s,
+                     "store": "postgresql" if pg else "sqlite"}
+        try:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                newest = c.get("/api/traces?limit=1").json()[0]["trace_id"]
+                shown = c.get(f"/api/traces/{newest}").json()["spans"]
+                chat = next((x for x in shown if x["operation"] == "chat"), shown[0])["span_id"]
+                agent = next(iter(c.get("/api/traces?limit=1&full=1").json()["filters"]
+                                  ["agents"]), "triage")
+                cases = {
+                    "list_page": "/",
+                    "list_json": "/api/traces?full=1",
+                    "status_failed": "/api/traces?status=failed",
+                    "agent_filter": f"/api/traces?agent={agent}",
+                    "min_duration": "/api/traces?min_ms=1",
+                    "page_100": "/api/traces?offset=5000",
+                    "trace_id_search": f"/api/traces?q={newest[:12]}",
+                    "text_search_rare": "/api/traces?q=no-such-text-anywhere",
+                    "trace_page": f"/trace/{newest}",
+                    "span_panel": f"/api/traces/{newest}/spans/{chat}",
+                    "agents_1h": "/api/agents?window=1h",
+                }
+                for label, path in cases.items():
+                    c.get(path)  # warm: caches, the page cache, the PII model
+                    times = []
+                    for _ in range(rounds if label != "text_search_rare" else 2):
+                        t1 = time.perf_counter()
+                        r = c.get(path)
+                        times.append(1e3 * (time.perf_counter() - t1))
+                        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+                    out[label] = {"best_ms": min(times), "median_ms": statistics.median(times)}
+        finally:
+            server.shutdown()
+            server.server_close()
+            server.RequestHandlerClass.store.close()
+            if stop is not None:
+                subprocess.run(stop, capture_output=True)
+    return out
+
+
 def _once(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -220,7 +374,22 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--viewer", type=int, default=0,
+                    help="instead: the trace viewer's page loads at N traces (issue 20)")
+    ap.add_argument("--template", type=Path, default=None,
+                    help="with --viewer: a span store whose traces are cloned (a real run)")
+    ap.add_argument("--pg", action="store_true", help="with --viewer: on PostgreSQL")
     args = ap.parse_args()
+    if args.viewer:
+        r = viewer(args.viewer, args.template, pg=args.pg)
+        print(f"trace viewer on {r['store']}: {r['traces']} traces, {r['spans']} spans (loaded in "
+              f"{r['load_s']:.1f} s); warm HTTP requests to slmflow ui, best / median:")
+        for k, v in r.items():
+            if isinstance(v, dict):
+                print(f"  {k:<18} {v['best_ms']:8.1f} ms / {v['median_ms']:8.1f} ms")
+        if args.json:
+            args.json.write_text(json.dumps(r, indent=2))
+        return
     if args.stores:
         r = stores(args.stores)
         print(f"{r['spans']} spans (7-span traces), exported in batches of 512:")

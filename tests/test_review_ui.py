@@ -175,3 +175,182 @@ def test_sign_in_with_a_reviewer_key(site, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---- issue 15, items 8-11: the review UI attacked --------------------------------------------
+
+def _auth_server(log, tmp_path):
+    server = serve("127.0.0.1", 0, db_path=tmp_path / "spans.db", calls=log, auth=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.mark.parametrize("nxt", ["/\\evil.example/x", "/\t/evil.example/x", "//evil.example/x",
+                                 "/\n/evil.example/x", "https://evil.example/"])
+def test_sign_in_never_redirects_off_site(site, tmp_path, nxt):
+    """Item 8: a browser resolves ``/\\evil.example`` (and ``/<TAB>/evil.example``, tabs and
+    newlines being dropped) to another host: only same-origin paths are followed."""
+    from slmflow.gateway.auth import create_key
+
+    _, log = site
+    rita, _ = create_key(log, "rita", models=["review"])
+    server, base = _auth_server(log, tmp_path)
+    try:
+        r = httpx.post(f"{base}/login", data={"key": rita, "next": nxt})
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        page = httpx.get(f"{base}/login", params={"next": nxt}).text
+        assert "value='/'" in page  # the sign-in form carries "/" on, not the bad target
+        ok = httpx.post(f"{base}/login", data={"key": rita, "next": "/review?agent=router"})
+        assert ok.headers["location"] == "/review?agent=router"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sign_in_next_cannot_inject_headers(site, tmp_path):
+    """Item 9: CR/LF in ``next`` ended the Location header and added the attacker's own."""
+    from slmflow.gateway.auth import create_key
+
+    _, log = site
+    rita, _ = create_key(log, "rita", models=["review"])
+    server, base = _auth_server(log, tmp_path)
+    try:
+        r = httpx.post(f"{base}/login", data={
+            "key": rita, "next": "/review\r\nSet-Cookie: slmflow_key=attacker; Path=/\r\nX-A: 1"})
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert "x-a" not in r.headers
+        cookies = r.headers.get_list("set-cookie")
+        assert len(cookies) == 1 and "attacker" not in cookies[0] and rita in cookies[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_logged_script_markup_cannot_break_the_pages(tmp_path):
+    """Item 10: ``<!--<script>`` in a logged input put the HTML parser into the "double
+    escaped" state, so the inline JSON block swallowed the page's script: the queue showed no
+    rows and the item page lost its form. In a real Chromium, both pages still work and show
+    the text as text."""
+    pw = pytest.importorskip("playwright.sync_api")
+    nasty = "refund <!--<script> please </script><script>document.title='pwned'</script> &amp;"
+    log = open_call_log(tmp_path / "calls.db")
+    agent = Agent("router", FunctionModel(
+        lambda m, s: {"intent": "refund", "urgent": False}, name="slm", confidence=0.1),
+        output_type=Route)
+    w = CallLogWriter(log)
+    with logging_context(writer=w):
+        agent.run_sync(nasty)
+        agent.run_sync("plain one\u2028with a line separator")
+    w.flush()
+    w.close(close_log=False)
+    flag_calls(log, since="1h")
+    server = serve("127.0.0.1", 0, db_path=tmp_path / "spans.db", calls=log)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    q = ReviewQueue(log)
+    calls = log.get_many(i.call_id for i in q.items())
+    item = next(i for i in q.items() if "<!--" in str(calls[i.call_id].input))
+    try:
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM,
+                                        args=["--no-sandbox", "--disable-dev-shm-usage"])
+            page = browser.new_page()
+            page.goto(base + "/review")
+            assert page.locator("tr.item-row").count() == 2
+            assert nasty[:40] in page.text_content("#rows")
+            page.goto(f"{base}/review/{item.id}")
+            assert page.locator("select[name=intent]").count() == 1
+            assert page.text_content("#input") == nasty
+            assert page.title() != "pwned"
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        log.close()
+
+
+def test_without_auth_host_origin_and_body_are_checked(site):
+    """Item 11: without --auth, a DNS-rebinding page (Host: its own name), a cross-site
+    text/plain POST and a bad Origin are refused before anything is recorded; a malformed
+    Content-Length is a 400, not a dropped connection."""
+    import socket
+
+    base, log = site
+    q = ReviewQueue(log)
+    item = q.items()[0]
+    port = int(base.rsplit(":", 1)[1])
+    assert httpx.get(base + "/", headers={"Host": f"rebind.evil.example:{port}"}).status_code == 421
+    assert httpx.get(base + "/api/review", headers={"Host": "rebind.evil.example"}).status_code \
+        == 421
+    assert httpx.get(base + "/", headers={"Host": f"localhost:{port}"}).status_code == 200
+    body = '{"verdict": "accept", "reviewer": "eve"}'
+    r = httpx.post(f"{base}/api/review/{item.id}", content=body,
+                   headers={"Content-Type": "text/plain", "Origin": "http://evil.example"})
+    assert r.status_code in (403, 415)
+    r = httpx.post(f"{base}/api/review/{item.id}", content=body,
+                   headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    r = httpx.post(f"{base}/api/review/{item.id}", content=body,
+                   headers={"Content-Type": "application/json", "Origin": "http://evil.example"})
+    assert r.status_code == 403
+    r = httpx.post(f"{base}/api/review/{item.id}", content=body,
+                   headers={"Content-Type": "application/json",
+                            "Host": f"rebind.evil.example:{port}",
+                            "Origin": f"http://rebind.evil.example:{port}"})
+    assert r.status_code == 421
+    assert q.get(item.id).status == "pending"
+    r = httpx.post(f"{base}/api/review/{item.id}", content=body,
+                   headers={"Content-Type": "application/json", "Origin": base})
+    assert r.status_code == 200 and q.get(item.id).reviewer == "eve"
+
+    for path in (f"/api/review/{item.id}",):  # (/login exists with --auth: the test below)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 12abc\r\n"
+                      "Connection: close\r\n\r\n{}".encode())
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+        assert got.startswith(b"HTTP/1.0 400") or got.startswith(b"HTTP/1.1 400"), (path, got)
+
+
+def test_malformed_content_length_on_sign_in(site, tmp_path):
+    """Item 11: ``/login`` (with --auth) dropped the connection with a traceback."""
+    import socket
+
+    _, log = site
+    server, base = _auth_server(log, tmp_path)
+    port = server.server_address[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                      "application/x-www-form-urlencoded\r\nContent-Length: ten\r\n"
+                      "Connection: close\r\n\r\nkey=x".encode())
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+        assert got.split(b"\r\n", 1)[0].endswith(b"400 Bad Request"), got
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_allowed_host_names(tmp_path):
+    """--allow-host: the name a reverse proxy forwards is answered, other names are not; a
+    wildcard bind answers any IP literal (a rebinding page always sends a name)."""
+    from slmflow.ui.traces import _Hosts
+
+    server = serve("127.0.0.1", 0, db_path=tmp_path / "spans.db", allowed_hosts=["ui.example"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert httpx.get(base + "/", headers={"Host": "ui.example"}).status_code == 200
+        r = httpx.get(base + "/", headers={"Host": "other.example"})
+        assert r.status_code == 421 and "ui.example" in r.json()["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    h = _Hosts("0.0.0.0", 6007)
+    assert h.ok("10.1.2.3:6007") and h.ok("[fe80::1]:6007") and h.ok("localhost:6007")
+    assert not h.ok("10.1.2.3:6008") and not h.ok("rebind.evil.example:6007")
+    assert not h.ok(None) and not h.ok("")

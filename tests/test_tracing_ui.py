@@ -65,7 +65,7 @@ def test_api_and_pages_served(ui):
 def test_waterfall_renders_in_headless_chromium(ui, tmp_path):
     base, ok_id = ui
     listing = _dom(base + "/", tmp_path)
-    rows = re.findall(r'<tr class="trace-row">', listing)
+    rows = re.findall(r'<tr class="trace-row"', listing)
     assert len(rows) == 2
     assert f'href="/trace/{ok_id}"' in listing and "invoke_workflow support" in listing
 
@@ -83,5 +83,5 @@ def test_waterfall_renders_in_headless_chromium(ui, tmp_path):
 
     last = httpx.get(base + "/api/traces").json()[0]["trace_id"]
     dom = _dom(f"{base}/trace/{last}", tmp_path)
-    assert len(re.findall(r'class="wf-row error"', dom)) == 3  # tool, agent, workflow in red
+    assert len(re.findall(r'class="wf-row error( sel)?"', dom)) == 3  # tool, agent, workflow in red
     assert "wf-bar execute_tool error" in dom and "lookup backend down" in dom

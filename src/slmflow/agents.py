@@ -364,7 +364,9 @@ class Agent:
             from .store.writer import log_agent_call
 
             log_agent_call(self, result, inp)  # queued; never raises
+            tracing.set_content(sp, {attrs.INPUT: inp, attrs.OUTPUT: value})
             tracing.set_attributes(sp, {
+                attrs.CALL_ID: result.call_id,
                 attrs.RESPONSE_MODEL: r.model.identity, attrs.CONFIDENCE: r.confidence,
                 attrs.ESCALATED: escalated, attrs.REPAIRED: r.repaired,
                 attrs.USAGE_INPUT_TOKENS: usage.input_tokens,

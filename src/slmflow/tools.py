@@ -202,8 +202,11 @@ class Tool:
                                     exception_type=type(e).__name__, exception=str(e))
                 err.__cause__ = e
             else:
+                tracing.set_content(sp, {attrs.TOOL_CALL_ARGUMENTS: arguments,
+                                         attrs.TOOL_CALL_RESULT: value})
                 return ToolResult(self.name, arguments, value=value,
                                   latency_s=time.perf_counter() - t0)
+            tracing.set_content(sp, {attrs.TOOL_CALL_ARGUMENTS: arguments})
             tracing.set_attributes(sp, {attrs.ERROR_TYPE: f"ToolError.{err.details.get('kind')}"})
             tracing.add_event(sp, "tool.error", {"kind": err.details.get("kind"),
                                                  "message": err.message})

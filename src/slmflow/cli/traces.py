@@ -176,15 +176,22 @@ def ui_cmd(host: str = typer.Option("127.0.0.1", "--host"),
            auth: bool = typer.Option(False, "--auth",
                                      help="require a reviewer key (slmflow keys create NAME "
                                           "--models review); decisions are recorded under "
-                                          "the key's name")) -> None:
-    """A small web view: traces (waterfalls) and the review queue (/review)."""
+                                          "the key's name"),
+           allow_host: Optional[list[str]] = typer.Option(
+               None, "--allow-host", help="also answer requests for this Host name (the name "
+                                          "a reverse proxy forwards); repeatable"),
+           show_pii: bool = typer.Option(False, "--show-pii",
+                                         help="show prompts and answers unredacted (by default "
+                                              "PII is redacted as in the call log)")) -> None:
+    """The web view: traces (list, waterfall, span details), agents, and the review queue."""
     from ..store import open_call_log
     from ..ui.traces import serve
 
     if host not in ("127.0.0.1", "localhost", "::1") and not auth:
         typer.echo("warning: the UI is reachable from other machines without sign-in; "
                    "pass --auth", err=True)
-    server = serve(host, port, db_path=db, calls=open_call_log(calls), auth=auth)
+    server = serve(host, port, db_path=db, calls=open_call_log(calls), auth=auth,
+                   allowed_hosts=allow_host or (), show_pii=show_pii)
     typer.echo(f"slmflow ui on http://{host}:{server.server_address[1]}  (Ctrl+C to stop)")
     try:
         server.serve_forever()

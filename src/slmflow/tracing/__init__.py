@@ -30,7 +30,7 @@ from . import attrs, setup
 from .setup import (capture_content, config, configure, force_flush, health, is_enabled, reset,
                     shutdown)
 
-__all__ = ["span", "attrs", "set_attributes", "add_event", "current_trace_id", "configure",
+__all__ = ["span", "attrs", "set_attributes", "set_content", "add_event", "current_trace_id", "configure",
            "force_flush", "shutdown", "reset", "health", "is_enabled", "capture_content",
            "config", "handoff", "record_evaluation", "record_escalation", "Traced", "traced",
            "record_model_response", "trace", "PriceTable", "Price", "SpanStore",
@@ -76,6 +76,27 @@ def set_attributes(sp: Any, attributes: dict[str, Any] | None) -> None:
             sp.set_attribute(k, _clean(v))
         except Exception:  # tracing must never break a run
             pass
+
+
+def set_content(sp: Any, attributes: dict[str, Any]) -> None:
+    """Set content attributes (inputs, outputs, payloads) only when content capture is on
+    (`configure(capture_content=True)`); values that are not strings are stored as JSON,
+    at most 16,000 characters each."""
+    if not capture_content() or not sp.is_recording():
+        return
+    import json
+
+    out = {}
+    for k, v in attributes.items():
+        if v is None:
+            continue
+        if not isinstance(v, str):
+            try:
+                v = json.dumps(v.model_dump() if hasattr(v, "model_dump") else v, default=str)
+            except Exception:
+                v = repr(v)
+        out[k] = v[:16_000]
+    set_attributes(sp, out)
 
 
 def add_event(sp: Any, name: str, attributes: dict[str, Any] | None = None) -> None:

@@ -44,3 +44,11 @@ ESCALATION_REASON = "slmflow.escalation.reason"
 ESCALATION_TARGET = "slmflow.escalation.target"
 INPUT = "slmflow.input"    # opt-in content capture (decorated functions)
 OUTPUT = "slmflow.output"  # opt-in content capture (decorated functions)
+
+# added with the trace viewer (issue 20): links and the handoff's contract failure
+CALL_ID = "slmflow.call.id"          # an invoke_agent span's call-log record
+RUN_ID = "slmflow.run.id"            # an invoke_workflow span's run (the call log's run_id)
+WORKFLOW_STATUS = "slmflow.workflow.status"  # ok | escalated | rejected | failed
+WORKFLOW_DETAIL = "slmflow.workflow.detail"  # why rejected / failed
+HANDOFF_ERRORS = "slmflow.handoff.errors"    # the validation errors that started a repair
+HANDOFF_PAYLOAD = "slmflow.handoff.payload"  # opt-in content capture

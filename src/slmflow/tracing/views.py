@@ -43,16 +43,19 @@ def build_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def roll(s: dict[str, Any], depth: int) -> None:
         s["depth"] = depth
-        ti, to = s["input_tokens"] or 0, s["output_tokens"] or 0
         cost = s["cost_usd"]
         esc = _escalated_self(s)
+        ci = co = 0
         for c in s["children"]:
             roll(c, depth + 1)
-            ti += c["total_input_tokens"]
-            to += c["total_output_tokens"]
+            ci += c["total_input_tokens"]
+            co += c["total_output_tokens"]
             if c["total_cost_usd"] is not None:
                 cost = (cost or 0.0) + c["total_cost_usd"]
             esc = esc or c["escalated"]
+        # an agent span reports the usage of its model calls, which its chat children report
+        # too: a span's own tokens count only when no descendant has any (else twice)
+        ti, to = (ci, co) if (ci or co) else (s["input_tokens"] or 0, s["output_tokens"] or 0)
         s["total_input_tokens"], s["total_output_tokens"] = ti, to
         s["total_cost_usd"], s["escalated"] = cost, esc
 

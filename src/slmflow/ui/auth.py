@@ -17,6 +17,7 @@ within that). Use TLS in front of it (a reverse proxy) beyond loopback.
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 from http.cookies import SimpleCookie
@@ -94,6 +95,15 @@ def login_page(next_path: str, error: str | None = None) -> bytes:
 
 
 def safe_next(path: Any) -> str:
-    """Only a local path after sign-in (no open redirect to another site)."""
+    """Only a same-origin path after sign-in: ``/`` followed by anything but ``/`` or ``\\``,
+    and no control character anywhere. Browsers read ``/\\evil.example`` and ``//evil.example``
+    as another host, and drop a TAB or newline before resolving (``/<TAB>/evil.example`` is
+    ``//evil.example``); a CR/LF would also end the ``Location`` header and start another
+    (a ``Set-Cookie`` of the attacker's choosing). Anything else becomes ``/``."""
     p = str(path or "/")
-    return p if p.startswith("/") and not p.startswith("//") else "/"
+    if not p.startswith("/") or p[1:2] in ("/", "\\") or _CONTROL.search(p):
+        return "/"
+    return p
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -194,14 +194,22 @@ def item_data(log: CallLog, item_id: str, spans: Any = None) -> dict[str, Any]:
 
 
 def item_page(log: CallLog, item_id: str, spans: Any = None, *,
-              reviewer: str | None = None) -> bytes:
-    """reviewer: the signed-in reviewer (`slmflow ui --auth`): shown, not editable."""
+              reviewer: str | None = None, trained: Any = None) -> bytes:
+    """reviewer: the signed-in reviewer (`slmflow ui --auth`): shown, not editable. trained:
+    the adapter versions whose training data included this item (``[{agent, version}]``)."""
     d = item_data(log, item_id, spans) | {"reviewer": reviewer}
     it, call = d["item"], d["call"]
     reasons = "".join(f"<span>{html.escape(r)}</span>" for r in it["reasons"])
     conf = call.get("confidence")
     trace = (f"<a id='trace-link' href='/trace/{html.escape(call['trace_id'])}'>trace "
              f"{html.escape(call['trace_id'][:12])}</a>" if call.get("trace_id") else "no trace")
+    if call.get("id"):
+        trace += (f" · <a class='call-link' href='/call/{html.escape(call['id'])}'>call-log "
+                  "record</a>")
+    for t in trained or ():
+        trace += (f" · trained into <a class='adapter-link' href='/adapter/"
+                  f"{html.escape(t['agent'])}/{html.escape(t['version'])}'>"
+                  f"{html.escape(t['agent'])}@{html.escape(t['version'])}</a>")
     ctx = "".join(f"<div class='ctx'><b>{html.escape(c['kind'])}</b> {html.escape(str(c['name']))}"
                   f"<pre>{html.escape(_short(c['output'], 600))}</pre></div>"
                   for c in d["context"]) or "<p class='ctx'>none recorded</p>"

@@ -1,5 +1,6 @@
-"""The trace pages (a list of traces, and a waterfall per trace) and the server of `slmflow ui`,
-which also serves the review queue pages of `slmflow.ui.review`.
+"""The server of `slmflow ui`: the trace viewer (`slmflow.ui.viewer`: trace list, trace
+waterfall with span details, agents) and the review queue pages (`slmflow.ui.review`), with the
+page frame they share.
 
 Why the data is inlined into each page as JSON and the DOM is built by a few lines of JS: one
 request per page, nothing to fetch after load (so a headless browser's DOM dump sees the whole
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlparse
 
-from ..tracing import views
 from ..tracing.store import SpanStore
 
 _CSS = """
@@ -36,104 +36,75 @@ table{border-collapse:collapse} td,th{padding:3px 10px;border-bottom:1px solid #
 .wf-meta{width:26%;font-size:11px;color:#666;padding-left:8px;white-space:nowrap}
 """
 
-_LIST_JS = """
-const data = JSON.parse(document.getElementById('data').textContent);
-const tb = document.getElementById('rows');
-if (!data.length) { tb.innerHTML = '<tr><td colspan=7>no traces yet</td></tr>'; }
-for (const t of data) {
-  const tr = document.createElement('tr'); tr.className = 'trace-row';
-  const cells = [null, t.root || '?', new Date(t.start_ns / 1e6).toLocaleString(),
-    t.duration_ms.toFixed(1) + ' ms', t.spans, t.input_tokens + '/' + t.output_tokens,
-    t.cost_usd == null ? '-' : '$' + t.cost_usd.toFixed(6)];
-  cells.forEach((c, i) => {
-    const td = document.createElement('td');
-    if (i === 0) { const a = document.createElement('a'); a.href = '/trace/' + t.trace_id;
-      a.textContent = t.trace_id.slice(0, 12); td.appendChild(a); }
-    else td.textContent = c;
-    tr.appendChild(td); });
-  const td = document.createElement('td');
-  td.textContent = t.errors ? t.errors + ' error(s)' : ''; td.className = t.errors ? 'err' : '';
-  tr.appendChild(td); tb.appendChild(tr);
-}
-"""
+_JSON_IN_HTML = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
+                 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
-_TRACE_JS = """
-const d = JSON.parse(document.getElementById('data').textContent);
-const s = d.summary, t0 = s.start_ns, total = Math.max(s.duration_ms, 1e-6);
-document.getElementById('summary').textContent =
-  `${s.spans} spans, ${s.duration_ms.toFixed(1)} ms, tokens ${s.input_tokens}/${s.output_tokens}` +
-  (s.cost_usd == null ? '' : `, cost $${s.cost_usd.toFixed(6)}`) +
-  (s.errors ? `, ${s.errors} error(s)` : '') + (s.escalations ? `, ${s.escalations} escalation(s)` : '');
-const wf = document.getElementById('waterfall');
-for (const sp of d.spans) {
-  const row = document.createElement('div');
-  row.className = 'wf-row' + (sp.status === 'ERROR' ? ' error' : '');
-  row.dataset.spanId = sp.span_id;
-  const name = document.createElement('div'); name.className = 'wf-name';
-  name.style.paddingLeft = (sp.depth * 14) + 'px'; name.textContent = sp.name;
-  name.title = JSON.stringify(sp.attributes, null, 1);
-  const track = document.createElement('div'); track.className = 'wf-track';
-  const bar = document.createElement('div');
-  bar.className = 'wf-bar ' + (sp.operation || '') + (sp.status === 'ERROR' ? ' error' : '');
-  bar.style.left = ((sp.start_ns - t0) / 1e6 / total * 100) + '%';
-  bar.style.width = (sp.duration_ms / total * 100) + '%';
-  track.appendChild(bar);
-  const meta = document.createElement('div'); meta.className = 'wf-meta';
-  const bits = [sp.duration_ms.toFixed(1) + ' ms'];
-  if (sp.total_input_tokens || sp.total_output_tokens)
-    bits.push('tok ' + sp.total_input_tokens + '/' + sp.total_output_tokens);
-  if (sp.total_cost_usd != null) bits.push('$' + sp.total_cost_usd.toFixed(6));
-  if (sp.confidence != null) bits.push('conf ' + sp.confidence.toFixed(2));
-  if (sp.status === 'ERROR') bits.push(sp.status_message || 'error');
-  meta.textContent = bits.join('  ');
-  row.append(name, track, meta); wf.appendChild(row);
-}
-"""
+
+def json_in_html(data: Any) -> str:
+    """JSON for an inline ``<script type='application/json'>`` block, as Jinja's ``tojson``
+    writes it: ``<``, ``>``, ``&`` and U+2028/2029 become ``\\uXXXX`` escapes, so no logged text
+    (``</script>``, ``<!--<script>``, which switches the HTML parser into a state where the
+    block no longer ends at its ``</script>``) can end or open a script context. The JSON value
+    is unchanged."""
+    return json.dumps(data, default=str).translate(_JSON_IN_HTML)
 
 
 def _page(title: str, body: str, data: Any, js: str, css: str = "") -> bytes:
-    blob = json.dumps(data, default=str).replace("</", "<\\/")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+    blob = json_in_html(data)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,initial-scale=1'><title>{html.escape(title)}"
             f"</title><style>{_CSS}{css}</style></head><body>{body}"
             f"<script type='application/json' id='data'>{blob}</script>"
             f"<script>{js}</script></body></html>").encode()
-
-
-def list_page(store: SpanStore) -> bytes:
-    rows = store.list_traces(limit=200)
-    body = ("<p><a href='/'>traces</a> · <a href='/review'>review queue</a></p>"
-            "<h1>slmflow traces</h1><table><thead><tr><th>trace</th><th>root</th><th>started"
-            "</th><th>duration</th><th>spans</th><th>tokens in/out</th><th>cost</th><th></th>"
-            "</tr></thead><tbody id='rows'></tbody></table>")
-    return _page("slmflow traces", body, rows, _LIST_JS)
-
-
-def trace_data(store: SpanStore, trace_id: str) -> dict[str, Any] | None:
-    spans = store.trace(trace_id)
-    if not spans:
-        return None
-    summary = views.trace_summary(spans)
-    flat = views.flatten(views.build_tree(spans))
-    return {"summary": summary,
-            "spans": [{k: v for k, v in s.items() if k != "children"} for s in flat]}
-
-
-def trace_page(store: SpanStore, trace_id: str) -> bytes | None:
-    data = trace_data(store, trace_id)
-    if data is None:
-        return None
-    tid = html.escape(data["summary"]["trace_id"])
-    body = (f"<p><a href='/'>&larr; all traces</a></p><h1>trace {tid}</h1>"
-            f"<div class='summary' id='summary'></div><div class='wf' id='waterfall'></div>")
-    return _page(f"trace {tid}", body, data, _TRACE_JS)
 
 
 class _Handler(BaseHTTPRequestHandler):
     store: SpanStore
     calls: Any = None  # a CallLog for the review pages (slmflow.ui.review)
     auth: Any = None  # a `slmflow.ui.auth.ReviewerAuth`: every page needs a reviewer key
+    hosts: Any = None  # a `_Hosts`: the Host names this server answers to (without --auth)
+    ctx: Any = None  # the trace viewer's `slmflow.ui.viewer.Context`
+
+    def _host_ok(self) -> bool:
+        """Without sign-in, a page on another site could reach this server by DNS rebinding
+        (its name re-pointed at 127.0.0.1): the browser then sends that name as Host. Only the
+        names of the bound address are answered; the rest get a 421 naming the Host."""
+        if self.auth is not None or self.hosts is None or self.hosts.ok(self.headers.get("Host")):
+            return True
+        self._json(421, {"error": f"unknown Host {self.headers.get('Host')!r}: this server "
+                                  f"answers to {self.hosts.describe()} (slmflow ui --allow-host)"})
+        return False
+
+    def _body_length(self, limit: int) -> int | None:
+        """The request's Content-Length, or None after answering 400 (not a number) or 413."""
+        raw = (self.headers.get("Content-Length") or "0").strip()
+        if not raw.isdigit():
+            self._json(400, {"error": f"Content-Length {raw[:40]!r} is not a number"})
+            return None
+        n = int(raw)
+        if n > limit:
+            self._json(413, {"error": f"request body too large ({n} bytes, at most {limit})"})
+            return None
+        return n
+
+    def _same_origin_post(self) -> bool:
+        """Without sign-in, a POST from a page of another site is refused (403): a browser sends
+        its ``Origin`` (and ``Sec-Fetch-Site``) with every POST; scripts without either pass."""
+        if self.auth is not None:  # signed in: the SameSite=Strict cookie already stays home
+            return True
+        origin = self.headers.get("Origin")
+        host = self.headers.get("Host") or ""
+        site = (self.headers.get("Sec-Fetch-Site") or "").lower()
+        if (origin is not None and origin.lower() not in (f"http://{host}".lower(),
+                                                          f"https://{host}".lower())) \
+                or site in ("cross-site", "same-site"):
+            self._json(403, {"error": f"cross-origin POST refused (Origin {origin!r}, "
+                                      f"Host {host!r})"})
+            return False
+        return True
 
     def _redirect(self, to: str, cookie: str | None = None) -> None:
+        if any(c in to for c in "\r\n"):  # never a second header (callers pass safe_next)
+            to = "/"
         self.send_response(303)
         self.send_header("Location", to)
         if cookie:
@@ -167,8 +138,10 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET":
             nxt = safe_next(parse_qs(urlparse(self.path).query).get("next", ["/"])[0])
             return self._send(200, login_page(nxt))
-        n = int(self.headers.get("Content-Length") or 0)
-        form = parse_qs(self.rfile.read(min(n, 10_000)).decode("utf-8", "replace"))
+        n = self._body_length(10_000)
+        if n is None:
+            return None
+        form = parse_qs(self.rfile.read(n).decode("utf-8", "replace"))
         key, nxt = form.get("key", [""])[0].strip(), safe_next(form.get("next", ["/"])[0])
         if self.auth.lookup(key) is None:
             return self._send(401, login_page(nxt, "not a valid key with the review scope"))
@@ -201,18 +174,77 @@ class _Handler(BaseHTTPRequestHandler):
                 return False
             try:
                 if m.group(1) == "review":
+                    trained = self.ctx.lineage().get(f"review:{m.group(2)}") \
+                        if self.ctx is not None else None
                     self._send(200, review.item_page(self.calls, m.group(2), self.store,
-                                                     reviewer=who))
+                                                     reviewer=who, trained=trained))
                 else:
                     self._json(200, review.item_data(self.calls, m.group(2), self.store))
             except review.ReviewError as e:
                 self._send(404, f"<h1>{html.escape(e.message)}</h1>".encode())
         return True
 
+    def _viewer_get(self, path: str, query: str) -> bool:
+        """The trace viewer's pages and JSON (`slmflow.ui.viewer`); False: not one of them."""
+        from ..errors import SlmflowError
+        from . import viewer
+
+        ctx = self.ctx
+        q = {k: v[0] for k, v in parse_qs(query).items()}
+        api = path.startswith("/api/")
+
+        def answer(data: Any, page: Any) -> bool:
+            if data is None or page is None:
+                self._send(404, b"<h1>not found</h1>") if not api else \
+                    self._json(404, {"error": "not found"})
+            elif api:
+                self._send(200, json.dumps(data, default=str).encode(), "application/json")
+            else:
+                self._send(200, page)
+            return True
+
+        try:
+            if path in ("/", "/index.html"):
+                return answer(True, viewer.list_page(ctx, q))
+            if path == "/api/traces":
+                data = viewer.list_data(ctx, q)
+                return answer(data if q.get("full") else data["rows"], True)
+            if path in ("/agents", "/api/agents"):
+                return answer(viewer.agents_data(ctx, q) if api else True,
+                              True if api else viewer.agents_page(ctx, q))
+            m = re.fullmatch(r"/(api/traces|trace)/([0-9a-fA-F]{1,32}|last)", path)
+            if m:
+                if api:
+                    return answer(viewer.trace_detail(ctx, m.group(2)), True)
+                return answer(True, viewer.trace_page(ctx, m.group(2)))
+            m = re.fullmatch(r"/api/traces/([0-9a-f]{32})/spans/([0-9a-f]{16})", path)
+            if m:
+                return answer(viewer.span_detail(ctx, m.group(1), m.group(2)), True)
+            m = re.fullmatch(r"/(api/calls|call)/([0-9a-f]{8,40})", path)
+            if m:
+                if api:
+                    return answer(viewer.call_data(ctx, m.group(2)), True)
+                return answer(True, viewer.call_page(ctx, m.group(2)))
+            m = re.fullmatch(r"/(api/adapters|adapter)/([A-Za-z0-9._-]{1,100})/"
+                             r"([A-Za-z0-9._-]{1,100})", path)
+            if m and ".." not in m.group(2) + m.group(3):
+                if api:
+                    return answer(viewer.adapter_data(ctx, m.group(2), m.group(3)), True)
+                return answer(True, viewer.adapter_page(ctx, m.group(2), m.group(3)))
+        except SlmflowError as e:  # a bad filter value: 400 naming it
+            if api:
+                self._json(400, {"error": e.message})
+            else:
+                self._send(400, f"<h1>{html.escape(e.message)}</h1>".encode())
+            return True
+        return False
+
     def do_POST(self) -> None:  # noqa: N802
         from . import review
 
         path = urlparse(self.path).path
+        if not self._host_ok() or not self._same_origin_post():
+            return None
         if self.auth is not None and path == "/login":
             return self._login("POST")
         ok, who = self._signed_in(path, "")
@@ -222,11 +254,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not m or self.calls is None:
             return self._json(404, {"error": "not found"})
         try:
-            n = int(self.headers.get("Content-Length") or 0)
-            if n > 1_000_000:
-                return self._json(413, {"error": "request body too large"})
-            if self.auth is not None and not (self.headers.get("Content-Type") or "") \
-                    .startswith("application/json"):  # a cross-site form cannot send JSON
+            n = self._body_length(1_000_000)
+            if n is None:
+                return None
+            if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+                # a cross-site form cannot send JSON (only text/plain, urlencoded, multipart)
                 return self._json(415, {"error": "send JSON (application/json)"})
             try:
                 body = json.loads(self.rfile.read(n) or b"null")
@@ -243,6 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
         u = urlparse(self.path)
         path = u.path
         try:
+            if not self._host_ok():
+                return None
             if self.auth is not None and path in ("/login", "/logout"):
                 return self._login("GET")
             ok, who = self._signed_in(path, u.query)
@@ -251,36 +285,77 @@ class _Handler(BaseHTTPRequestHandler):
             if self.calls is not None and path.startswith(("/review", "/api/review")) and \
                     self._review_get(path, u.query, who):
                 return
-            if path in ("/", "/index.html"):
-                return self._send(200, list_page(self.store))
-            if path == "/api/traces":
-                return self._send(200, json.dumps(self.store.list_traces(limit=200)).encode(),
-                                  "application/json")
-            m = re.fullmatch(r"/(api/traces|trace)/([0-9a-fA-F]{1,32}|last)", path)
-            if m:
-                if m.group(1) == "trace":
-                    page = trace_page(self.store, m.group(2))
-                    if page is not None:
-                        return self._send(200, page)
-                else:
-                    data = trace_data(self.store, m.group(2))
-                    if data is not None:
-                        return self._send(200, json.dumps(data, default=str).encode(),
-                                          "application/json")
+            if self._viewer_get(path, u.query):
+                return None
             return self._send(404, b"<h1>not found</h1>")
         except Exception as e:  # one bad request must not stop the server
             return self._send(500, f"<h1>error</h1><pre>{html.escape(str(e))}</pre>".encode())
 
 
+class _Hosts:
+    """The Host header values a server bound to ``host:port`` answers to: the bound name, and
+    for a loopback bind ``localhost``/``127.0.0.1``/``[::1]``; for a wildcard bind (0.0.0.0, ::)
+    any IP literal and this machine's names (a DNS-rebinding page always sends a *name*); plus
+    ``extra`` (the names a reverse proxy forwards, ``--allow-host``). Port must match unless the
+    name was given in ``extra`` without one."""
+
+    _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+    def __init__(self, host: str, port: int, extra: Any = ()) -> None:
+        import socket
+
+        h = host.strip("[]").lower()
+        self.port, self.wildcard = port, h in ("", "0.0.0.0", "::")
+        self.names = {h} | (self._LOOPBACK if h in self._LOOPBACK or self.wildcard else set())
+        if self.wildcard:
+            self.names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self.extra = {str(e).lower() for e in extra or ()}
+
+    def ok(self, value: str | None) -> bool:
+        import ipaddress
+
+        if not value:
+            return False
+        v = value.strip().lower()
+        if v in self.extra:
+            return True
+        m = re.fullmatch(r"\[([0-9a-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", v)
+        if not m:
+            return False
+        name, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        if name in self.extra:
+            return True
+        if (int(port) if port else 80) != self.port:
+            return False
+        if name in self.names:
+            return True
+        if self.wildcard:
+            try:
+                ipaddress.ip_address(name)
+                return True
+            except ValueError:
+                return False
+        return False
+
+    def describe(self) -> str:
+        return ", ".join(sorted(f"{n}:{self.port}" for n in self.names)
+                         + sorted(self.extra)) + (" or any IP address" if self.wildcard else "")
+
+
 def serve(host: str = "127.0.0.1", port: int = 6007, *,
           db_path: str | Path | SpanStore | None = None,
-          calls: Any = None, auth: bool = False) -> ThreadingHTTPServer:
+          calls: Any = None, auth: bool = False,
+          allowed_hosts: Any = (), show_pii: bool = False,
+          registry: Any = None) -> ThreadingHTTPServer:
     """A server for the trace pages and, given a call log (a `CallLog` or its URL), the review
     queue under ``/review`` (not yet serving: call ``serve_forever``); port 0 = any.
     ``db_path``: the span store (a `SpanStore`, a SQLite path, ``sqlite:///path`` or
     ``postgresql://...``); default: ``$SLMFLOW_TRACES_URL``, else ``$SLMFLOW_HOME/spans.db``.
     auth: every page and API needs a reviewer key (`slmflow.ui.auth`), and decisions are recorded
-    under the key's name."""
+    under the key's name. Without auth, only requests whose Host names the bound address (or one
+    of ``allowed_hosts``) are answered, and POSTs must be same-origin JSON. show_pii: serve
+    prompts and answers unredacted. registry: the adapter registry for lineage links (default:
+    ``$SLMFLOW_ADAPTERS_URL`` / ``$SLMFLOW_HOME/adapters``)."""
     if calls is not None and not hasattr(calls, "_all"):
         from ..store import open_call_log
 
@@ -295,7 +370,12 @@ def serve(host: str = "127.0.0.1", port: int = 6007, *,
         from .auth import ReviewerAuth
 
         reviewers = ReviewerAuth(calls)
-    handler = type("Handler", (_Handler,), {"store": store, "calls": calls, "auth": reviewers})
+    from .viewer import Context
+
+    ctx = Context(store, calls, show_pii=show_pii, registry=registry)
+    handler = type("Handler", (_Handler,), {"store": store, "calls": calls, "auth": reviewers,
+                                            "ctx": ctx})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    handler.hosts = _Hosts(host, server.server_address[1], allowed_hosts)
     return server

@@ -360,9 +360,11 @@ class _Run:
         src = next((o for o in reversed(list(self.latest)) if o in owners), "input")
         with tracing.span("handoff", f"{src} -> {s.name}", attributes={
                 attrs.HANDOFF_SOURCE: src, attrs.HANDOFF_TARGET: s.name}) as sp:
+            tracing.set_content(sp, {attrs.HANDOFF_PAYLOAD: payload})
             try:
                 obj = t.model_validate(payload)
             except ValidationError as e:
+                tracing.set_attributes(sp, {attrs.HANDOFF_ERRORS: _errors(e)})
                 obj, status = await self._repair(s, t, payload, _errors(e), e)
             else:
                 status = "validated"
@@ -541,7 +543,9 @@ async def run_workflow(wf: Workflow, value: Any) -> RunResult:
     ctx = current_context()
     run_id = ctx.run_id or uuid.uuid4().hex
     with logging_context(run_id=run_id, workflow=ctx.workflow or wf.name), \
-            tracing.span("invoke_workflow", wf.name, attributes={attrs.WORKFLOW_NAME: wf.name}) as sp:
+            tracing.span("invoke_workflow", wf.name, attributes={
+                attrs.WORKFLOW_NAME: wf.name, attrs.RUN_ID: run_id}) as sp:
+        tracing.set_content(sp, {attrs.INPUT: value})
         try:
             run.start(value)
             await run.walk()
@@ -563,9 +567,10 @@ async def run_workflow(wf: Workflow, value: Any) -> RunResult:
         for r in esc:
             tracing.add_event(sp, attrs.ESCALATION_EVENT, {"step": r.step, "model": r.model,
                                                            "reason": r.escalation_reason})
-        tracing.set_attributes(sp, {"slmflow.workflow.status": status,
-                                    attrs.ESCALATED: bool(esc)})
-    answer = None if wf.output is None or error is not None else run.state.get(wf.output)
-    detail = run.rejected or (f"{type(error).__name__}: {error}" if error else "")
+        answer = None if wf.output is None or error is not None else run.state.get(wf.output)
+        detail = run.rejected or (f"{type(error).__name__}: {error}" if error else "")
+        tracing.set_attributes(sp, {attrs.WORKFLOW_STATUS: status, attrs.ESCALATED: bool(esc),
+                                    attrs.WORKFLOW_DETAIL: detail[:2000] or None})
+        tracing.set_content(sp, {attrs.OUTPUT: answer})
     return RunResult(wf.name, status, answer, run.state, run.steps, run.handoffs, error,
                      time.perf_counter() - t0, detail, run_id)

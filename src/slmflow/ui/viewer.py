@@ -1,0 +1,900 @@
+"""The trace viewer of `slmflow ui`: where time, errors and bad answers concentrate.
+
+Three views, each an HTML page with its first data inlined (one request per page, and a
+headless browser's DOM dump sees everything) and a JSON endpoint the page's plain JS calls after
+a filter changes:
+
+- the trace list (``/``, ``/api/traces``): a row per run with its status (ok / escalated /
+  rejected / failed), the request's first words, the agents that escalated and the errors;
+  filters (workflow, agent, status, escalated, time range, minimum duration), search by trace
+  id, call id or text, and paging (`SpanStore.find_traces`: a walk of the roots' index, fast at
+  1M spans);
+- a trace (``/trace/<id>``, ``/api/traces/<id>``): the waterfall and, for the selected span, a
+  readable panel: messages, output (a parsed object as a table), confidence, tokens, cost,
+  latency, model and adapter; a tool's arguments and result or error; a handoff's payload,
+  validation errors and repair; evaluation and escalation events; the agent call's call-log
+  record and review item, and the adapter versions later trained from that review;
+- agents (``/agents``, ``/api/agents``): per agent over a window, calls, p50/p95 latency,
+  tokens, cost, escalation rate, mean confidence, feedback, review counts, small inline-SVG
+  time series, the adapter serving, links to the agent's review queue and its latest gate
+  (eval) scores.
+
+Links run both ways: trace -> call-log record (``/call/<id>``) -> review item -> adapter version
+(``/adapter/<agent>/<version>``, whose card names the reviews, calls and traces it was trained
+from) and back.
+
+Why content is PII-redacted here: spans hold prompts and answers only with content capture on,
+and the call log holds them as the gateway logged them; this page may be shown on a screen or
+shared, so every content string passes `slmflow.guardrails.redact_pii` before it is served, as
+the gateway's call log does by default (``slmflow ui --show-pii`` turns that off).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from typing import Any, Mapping
+
+from ..tracing import attrs as A
+from ..tracing import views
+from ..tracing.store import TRACE_STATUSES, SpanStore
+
+__all__ = ["list_data", "trace_detail", "span_detail", "agents_data", "call_data",
+           "adapter_data", "Context"]
+
+# attributes that carry content (prompts, answers, payloads): redacted before they are served
+_CONTENT = (A.INPUT_MESSAGES, A.OUTPUT_MESSAGES, A.TOOL_CALL_ARGUMENTS, A.TOOL_CALL_RESULT,
+            A.INPUT, A.OUTPUT, A.HANDOFF_PAYLOAD, A.WORKFLOW_DETAIL, A.HANDOFF_ERRORS,
+            A.ESCALATION_REASON, A.EVALUATION_EXPLANATION, "exception.message",
+            "exception.stacktrace", "message", "error", "reason")
+_WINDOWS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+
+
+class Context:
+    """What the views read: the span store, the call log (optional: links, requests, feedback,
+    review items), the adapter registry (optional, lazily opened), and the redaction."""
+
+    def __init__(self, store: SpanStore, calls: Any = None, *, show_pii: bool = False,
+                 registry: Any = None) -> None:
+        self.store, self.calls, self.show_pii = store, calls, show_pii
+        self._registry = registry
+        self._lineage: tuple[float, dict[str, list[dict[str, Any]]]] | None = None
+        self._lock = threading.Lock()
+        self._redacted: dict[str, str] = {}
+
+    # -- redaction -------------------------------------------------------------------------
+    # Why batched and cached: with Presidio installed `redact_pii` runs a spaCy model (about
+    # 10 ms for a short text, 50 ms for a few KB); a page's strings go through it as one text
+    # (joined by a separator, split after) and each result is remembered.
+    _SEP = "\n\n\u2042\u2042\u2042\n\n"
+
+    def redact_texts(self, texts: list[str]) -> list[str]:
+        if self.show_pii:
+            return list(texts)
+        from ..guardrails import redact_pii
+
+        with self._lock:
+            cache = self._redacted
+            missing = list(dict.fromkeys(t for t in texts if t and t not in cache))
+        if missing:
+            done = redact_pii(self._SEP.join(missing)).split(self._SEP)
+            if len(done) != len(missing):  # a PII span across the separator: one at a time
+                done = [redact_pii(t) for t in missing]
+            with self._lock:
+                if len(cache) > 50_000:
+                    cache.clear()
+                cache.update(zip(missing, done))
+        with self._lock:
+            return [cache.get(t, t) if t else t for t in texts]
+
+    def redact(self, v: Any) -> Any:
+        """Every string inside ``v`` (a JSON-able value), redacted in one batch."""
+        if self.show_pii or v is None:
+            return v
+        found: list[str] = []
+
+        def walk(x: Any) -> None:
+            if isinstance(x, str):
+                found.append(x)
+            elif isinstance(x, list):
+                for y in x:
+                    walk(y)
+            elif isinstance(x, dict):
+                for y in x.values():
+                    walk(y)
+
+        walk(v)
+        if not found:
+            return v
+        it = iter(self.redact_texts(found))
+
+        def build(x: Any) -> Any:
+            if isinstance(x, str):
+                return next(it)
+            if isinstance(x, list):
+                return [build(y) for y in x]
+            if isinstance(x, dict):
+                return {k: build(y) for k, y in x.items()}
+            return x
+
+        return build(v)
+
+    @staticmethod
+    def content_of(a: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in a.items() if k in _CONTENT}
+
+    # -- the registry's lineage: which adapter versions were trained from which reviews ------
+    def registry(self) -> Any:
+        if self._registry is None:
+            try:
+                from ..finetune.registry import AdapterRegistry
+
+                self._registry = AdapterRegistry()
+            except Exception:  # noqa: BLE001 - no registry: no adapter links, the rest works
+                self._registry = False
+        return self._registry or None
+
+    def lineage(self) -> dict[str, list[dict[str, Any]]]:
+        """``{"review:<id>" | "call:<id>" | "trace:<id>": [{agent, version, promoted}]}`` from
+        every card's ``lineage.loop`` (cached 30 s)."""
+        with self._lock:
+            if self._lineage is not None and self._lineage[0] > time.monotonic():
+                return self._lineage[1]
+        out: dict[str, list[dict[str, Any]]] = {}
+        reg = self.registry()
+        try:
+            for agent in (reg.agents() if reg is not None else []):
+                promoted = reg.promoted(agent)
+                for v in reg.versions(agent):
+                    lin = (reg.card(agent, v).get("lineage") or {})
+                    ref = {"agent": agent, "version": v, "promoted": v == promoted}
+                    loop = lin.get("loop") or {}
+                    for kind, ids in (("review", loop.get("review_ids")),
+                                      ("call", loop.get("call_ids")),
+                                      ("trace", lin.get("trace_ids"))):
+                        for i in ids or ():
+                            out.setdefault(f"{kind}:{i}", []).append(ref)
+        except Exception:  # noqa: BLE001 - a broken card must not take the page down
+            pass
+        with self._lock:
+            self._lineage = (time.monotonic() + 30.0, out)
+        return out
+
+    # -- the call log ------------------------------------------------------------------------
+    def review_items(self, call_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """{call_id: {id, status, verdict, reviewer}} for calls with a review item."""
+        if self.calls is None or not call_ids:
+            return {}
+        out = {}
+        for i in range(0, len(call_ids), 500):
+            chunk = call_ids[i:i + 500]
+            rows = self.calls._all(
+                "SELECT call_id, id, status, verdict, reviewer FROM review_items WHERE call_id "
+                f"IN ({', '.join('?' * len(chunk))})", chunk)
+            for r in rows:
+                out[r[0]] = {"id": r[1], "status": r[2], "verdict": r[3], "reviewer": r[4]}
+        return out
+
+
+def _first_words(v: Any, n: int = 14) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            pass
+    if isinstance(v, dict):  # a request object: its text field, else the whole object
+        v = next((v[k] for k in ("text", "input", "question", "query", "message")
+                  if isinstance(v.get(k), str)), v)
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    words = s.split()
+    return " ".join(words[:n]) + (" …" if len(words) > n else "")
+
+
+def _ns(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1e9)
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return float(v) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+# ---- the trace list -------------------------------------------------------------------------
+
+def list_data(ctx: Context, q: Mapping[str, str]) -> dict[str, Any]:
+    """``q``: the query string (workflow, agent, status, escalated=1|0, since, until (epoch
+    seconds, an ISO time or a duration back from now: ``1h``), min_ms, q (trace id, call id or
+    text), limit, offset). Returns ``{rows, offset, limit, more, filters}``."""
+    from ..errors import ConfigError
+    from ..store.calllog import parse_since
+
+    limit = max(1, min(int(_float(q.get("limit")) or 50), 500))
+    offset = max(0, int(_float(q.get("offset")) or 0))
+    status = q.get("status") or None
+    if status is not None and status not in TRACE_STATUSES:
+        raise ConfigError(f"status must be one of {', '.join(TRACE_STATUSES)}", where="traces")
+    esc = {"1": True, "true": True, "0": False, "false": False}.get(q.get("escalated") or "")
+    text = (q.get("q") or "").strip() or None
+    trace_ids: list[str] = []
+    if text and ctx.calls is not None and len(text) >= 8 and \
+            all(c in "0123456789abcdef" for c in text.lower()):
+        rec = ctx.calls.get(text.lower())  # a call id: its trace
+        if rec is not None and rec.trace_id:
+            trace_ids.append(rec.trace_id)
+    rows = ctx.store.find_traces(
+        workflow=q.get("workflow") or None, agent=q.get("agent") or None, status=status,
+        escalated=esc, since_ns=_ns(parse_since(q.get("since") or None)),
+        until_ns=_ns(parse_since(q.get("until") or None)), min_ms=_float(q.get("min_ms")),
+        text=text, trace_ids=trace_ids, limit=limit + 1, offset=offset)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    roll = ctx.store.trace_rollups([r["trace_id"] for r in rows])
+    missing = [r["run_id"] for r in rows if r["request"] is None and r["run_id"]]
+    firsts: dict[str, Any] = {}
+    if missing and ctx.calls is not None:  # content capture off: the call log's first input
+        got = ctx.calls._all(
+            f"SELECT run_id, input FROM calls WHERE run_id IN ({', '.join('?' * len(missing))})"
+            " AND kind = 'agent' ORDER BY ts", missing)
+        for run_id, inp in got:
+            firsts.setdefault(run_id, inp)
+    out = []
+    for r in rows:
+        agg = roll.get(r["trace_id"], {})
+        req = r["request"] if r["request"] is not None else firsts.get(r["run_id"])
+        out.append({k: v for k, v in r.items() if k != "attributes"} | agg | {
+            "request": _first_words(req), "detail": r["detail"],
+            "error_messages": agg.get("error_messages", [])})
+    shown = ctx.redact([[o["request"], o["detail"], o["error_messages"]] for o in out])
+    for o, (req, detail, errs) in zip(out, shown):
+        o["request"], o["detail"], o["error_messages"] = req, detail, errs
+    return {"rows": out, "offset": offset, "limit": limit, "more": more,
+            "filters": facets(ctx.store)}
+
+
+def facets(store: SpanStore) -> dict[str, list[str]]:
+    """Workflow and agent names for the filter boxes, from the newest 2,000 spans (any name can
+    still be typed)."""
+    rows = store._rows("SELECT workflow, agent FROM spans ORDER BY start_ns DESC LIMIT 2000")
+    return {"workflows": sorted({r["workflow"] for r in rows if r["workflow"]}),
+            "agents": sorted({r["agent"] for r in rows if r["agent"]}),
+            "statuses": list(TRACE_STATUSES)}
+
+
+# ---- one trace --------------------------------------------------------------------------------
+
+def trace_detail(ctx: Context, trace_id: str) -> dict[str, Any] | None:
+    """The waterfall rows (depth-first, rolled up) with every span's attributes and events but
+    their content (prompts, answers, payloads, error texts: `span_detail` serves those, PII
+    redacted, when the span is opened, so a trace page costs no redaction up front); status
+    messages are redacted here."""
+    spans = ctx.store.trace(trace_id)
+    if not spans:
+        return None
+    summary = views.trace_summary(spans)
+    flat = views.flatten(views.build_tree(spans))
+    root = flat[0]
+    ra = root["attributes"]
+    summary |= {"status": ("failed" if root["status"] == "ERROR" else None)
+                or ra.get(A.WORKFLOW_STATUS)
+                or ("escalated" if ra.get(A.ESCALATED) else "ok"),
+                "run_id": ra.get(A.RUN_ID), "workflow": root["workflow"],
+                "trained": ctx.lineage().get(f"trace:{root['trace_id']}", [])}
+    out_spans = []
+    for s in flat:
+        d = {k: v for k, v in s.items() if k != "children"}
+        d["attributes"] = {k: v for k, v in s["attributes"].items() if k not in _CONTENT}
+        d["events"] = [{"name": e.get("name"), "time_ns": e.get("time_ns"),
+                        "attributes": {k: v for k, v in (e.get("attributes") or {}).items()
+                                       if k not in _CONTENT}} for e in s["events"]]
+        d["content"] = any(k in _CONTENT for k in s["attributes"]) or \
+            any(k in _CONTENT for e in s["events"] for k in (e.get("attributes") or {}))
+        out_spans.append(d)
+    msgs = ctx.redact([d["status_message"] for d in out_spans])
+    for d, m in zip(out_spans, msgs):
+        d["status_message"] = m
+    return {"summary": summary, "spans": out_spans}
+
+
+def span_detail(ctx: Context, trace_id: str, span_id: str) -> dict[str, Any] | None:
+    """One span whole, content PII-redacted (one batch), plus its agent call's call-log record,
+    review item and the adapter versions trained from that review."""
+    s = next((x for x in ctx.store.trace(trace_id) if x["span_id"] == span_id), None)
+    if s is None:
+        return None
+    a, evs = s["attributes"], s["events"]
+    content = ctx.redact([ctx.content_of(a)] + [ctx.content_of(e.get("attributes") or {})
+                                                for e in evs])
+    out = {"span_id": span_id, "attributes": a | content[0],
+           "events": [{"name": e.get("name"), "time_ns": e.get("time_ns"),
+                       "attributes": (e.get("attributes") or {}) | c}
+                      for e, c in zip(evs, content[1:])],
+           "status_message": ctx.redact(s["status_message"]), "call": None}
+    cid = a.get(A.CALL_ID)
+    if cid:
+        rec = ctx.calls.get(cid) if ctx.calls is not None else None
+        item = ctx.review_items([cid]).get(cid)
+        io = ctx.redact([rec.input, rec.output]) if rec is not None else [None, None]
+        out["call"] = {
+            "id": cid, "logged": rec is not None, "input": io[0], "output": io[1],
+            "status": rec.status if rec else None, "error": rec.error if rec else None,
+            "review": item,
+            "trained": (ctx.lineage().get(f"review:{item['id']}") or []) if item else []}
+    return out
+
+
+# ---- agents -----------------------------------------------------------------------------------
+
+def agents_data(ctx: Context, q: Mapping[str, str]) -> dict[str, Any]:
+    """Per agent over ``window`` (5m, 15m, 1h, 6h, 24h, 7d, 30d; default 24h): calls, errors, p50/p95
+    latency (ms), tokens, cost, escalation rate, mean confidence, the model identity serving
+    now (newest call: name+adapter), feedback (up/down), review counts, the registry's promoted
+    version and its gate scores, and 24 time buckets (calls, p50, escalation rate, mean
+    confidence) for the sparklines."""
+    from ..errors import ConfigError
+
+    win = q.get("window") or "24h"
+    if win not in _WINDOWS:
+        raise ConfigError(f"window must be one of {', '.join(_WINDOWS)}", where="agents")
+    now = time.time()
+    since = now - _WINDOWS[win]
+    since_ns, now_ns = int(since * 1e9), int(now * 1e9)
+    nb = 24
+    st = ctx.store.agent_stats(since_ns, now_ns, nb)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in st["buckets"]:
+        groups.setdefault(r["agent"], []).append(r)
+    fb = _feedback(ctx, since)
+    review = {}
+    if ctx.calls is not None:
+        from ..store.review import ReviewQueue
+
+        try:
+            review = ReviewQueue(ctx.calls).stats()
+        except Exception:  # noqa: BLE001
+            review = {}
+    reg = ctx.registry()
+    out = []
+    for agent in sorted(set(groups) | set(fb)):
+        bs = groups.get(agent, [])
+        n = sum(r["n"] for r in bs)
+        conf_n = sum(r["conf_n"] for r in bs)
+        series: list[dict[str, Any]] = [{"calls": 0, "p50_ms": None, "escalation_rate": None,
+                                         "confidence": None} for _ in range(nb)]
+        for r in bs:
+            k = min(nb - 1, max(0, int(r["b"])))
+            series[k] = {"calls": int(r["n"]), "p50_ms": r["p50_ms"],
+                         "escalation_rate": r["esc"] / r["n"],
+                         "confidence": (r["conf_sum"] / r["conf_n"]) if r["conf_n"] else None}
+        promoted, scores = None, None
+        if reg is not None:
+            try:
+                promoted = reg.promoted(agent)
+                if promoted:
+                    scores = reg.card(agent, promoted).get("eval_scores") or None
+            except Exception:  # noqa: BLE001 - not in the registry
+                promoted = None
+        pq = st["p"].get(agent, {})
+        out.append({
+            "agent": agent, "calls": n, "errors": sum(int(r["errors"]) for r in bs),
+            "p50_ms": pq.get("p50_ms"), "p95_ms": pq.get("p95_ms"),
+            "input_tokens": sum(int(r["input_tokens"]) for r in bs),
+            "output_tokens": sum(int(r["output_tokens"]) for r in bs),
+            "cost_usd": st["cost"].get(agent),
+            "escalation_rate": (sum(int(r["esc"]) for r in bs) / n) if n else None,
+            "confidence": (sum(r["conf_sum"] for r in bs) / conf_n) if conf_n else None,
+            "serving": st["serving"].get(agent),
+            "feedback": fb.get(agent, {}), "review": review.get(agent, {}),
+            "promoted": promoted, "scores": scores, "series": series})
+    out.sort(key=lambda r: (-r["calls"], r["agent"]))
+    return {"window": win, "windows": list(_WINDOWS), "since": since, "until": now,
+            "buckets": nb, "agents": out}
+
+
+def _feedback(ctx: Context, since: float) -> dict[str, dict[str, int]]:
+    if ctx.calls is None:
+        return {}
+    try:
+        rows = ctx.calls._all(
+            "SELECT c.agent, f.signal, COUNT(*) FROM feedback f JOIN calls c ON c.id = f.call_id "
+            "WHERE f.ts >= ? GROUP BY c.agent, f.signal", (since,))
+    except Exception:  # noqa: BLE001
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for agent, signal, n in rows:
+        if agent:
+            out.setdefault(agent, {})[signal or "label"] = int(n)
+    return out
+
+
+# ---- a call-log record, an adapter version ---------------------------------------------------
+
+def call_data(ctx: Context, call_id: str) -> dict[str, Any] | None:
+    if ctx.calls is None:
+        return None
+    rec = ctx.calls.get(call_id)
+    if rec is None:
+        return None
+    d = rec.as_dict()
+    d["input"], d["output"], d["error"] = ctx.redact([d["input"], d["output"], d["error"]])
+    item = ctx.review_items([call_id]).get(call_id)
+    lin = ctx.lineage()
+    return {"call": d, "review": item,
+            "trained": (lin.get(f"review:{item['id']}") or []) if item else [],
+            "feedback": [f.__dict__ for f in ctx.calls.feedback(call_id)]}
+
+
+def adapter_data(ctx: Context, agent: str, version: str) -> dict[str, Any] | None:
+    reg = ctx.registry()
+    if reg is None:
+        return None
+    try:
+        if version not in reg.versions(agent):
+            return None
+        card = reg.card(agent, version)
+        promoted = reg.promoted(agent)
+        gate = [h for h in reg.history(agent) if h.get("candidate") == version]
+    except Exception:  # noqa: BLE001 - an unknown or invalid name
+        return None
+    return {"agent": agent, "version": version, "promoted": promoted, "card": card,
+            "gate": gate}
+
+
+# ---- pages --------------------------------------------------------------------------------------
+
+_CSS = """
+:root{--ok:#1a7f37;--esc:#b8860b;--rej:#8250df;--fail:#cf222e}
+.nav a{margin-right:1em} .nav a.on{font-weight:bold;color:#222}
+.st{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;color:#fff}
+.st-ok{background:var(--ok)}.st-escalated{background:var(--esc)}.st-rejected{background:var(--rej)}
+.st-failed{background:var(--fail)}
+#filters{display:flex;flex-wrap:wrap;gap:.4em 1em;margin:.5em 0 1em;align-items:end}
+#filters label{display:flex;flex-direction:column;font-size:12px;color:#555}
+#filters input,#filters select{font:inherit;padding:2px 4px}
+.scroll{overflow-x:auto}
+tr.trace-row.sel,tr.agent-row.sel,.wf-row.sel{background:#eef4ff;outline:1px solid #9ec5fe}
+td.req{max-width:22em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+td.notes{max-width:16em} .why{color:#555;font-size:12px;white-space:nowrap;overflow:hidden;
+text-overflow:ellipsis;max-width:16em}
+table.v{font-size:13px} table.v td,table.v th{padding:3px 7px}
+.muted{color:#777;font-size:12px} .agents-esc{color:var(--esc);font-weight:bold}
+.pager{margin:1em 0} .pager button{margin-right:1em}
+.tv{display:grid;grid-template-columns:minmax(0,1.2fr) minmax(0,1fr);gap:1em;align-items:start}
+#panel{border:1px solid #ddd;border-radius:4px;padding:.5em 1em;position:sticky;top:.5em;
+max-height:92vh;overflow:auto} #panel h2{font-size:1.1em;margin:.3em 0}
+#panel h3{font-size:.95em;margin:.8em 0 .2em;color:#444}
+#panel table td{vertical-align:top;font-size:13px}
+#panel pre,.rec pre{background:#f6f8fa;padding:6px;white-space:pre-wrap;word-break:break-word;
+margin:.2em 0;font-size:12px}
+.msg{border-left:3px solid #ccc;padding-left:6px;margin:.3em 0}
+.msg.system{border-color:#999}.msg.user{border-color:#0b5ed7}.msg.assistant{border-color:#1a7f37}
+.role{font-size:11px;text-transform:uppercase;color:#666}
+.kv td:first-child{color:#666;white-space:nowrap;padding-right:1em}
+.wf-row{cursor:pointer}
+svg.spark{vertical-align:middle} td.num{text-align:right;font-variant-numeric:tabular-nums;
+white-space:nowrap} h1{overflow-wrap:anywhere}
+.wf-meta{width:30%;overflow:hidden;text-overflow:ellipsis} .wf-name{width:34%}
+.kv td{padding:2px 8px;border-bottom:1px solid #f3f3f3}
+.keys{color:#666;font-size:12px}
+.trends{display:grid;grid-template-columns:auto auto;gap:0 .6em;align-items:center}
+.trends div{display:flex;align-items:center;gap:.3em} .trends .muted{width:2.6em;text-align:right}
+td.links{font-size:12px;white-space:nowrap}
+@media (max-width:760px){body{margin:.6em}.tv{grid-template-columns:1fr}
+#panel{position:static;max-height:none}.wide{display:none}.wf-name{width:45%}
+.wf-meta{display:none}td.req{max-width:14em}}
+"""
+
+_COMMON_JS = r"""
+const $ = id => document.getElementById(id);
+const el = (tag, props, ...kids) => { const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) { if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v; else if (k.startsWith('on')) e[k] = v; else e.setAttribute(k, v); }
+  for (const k of kids) if (k != null) e.append(k instanceof Node ? k : String(k)); return e; };
+const ms = v => v == null ? '-' : (v >= 1000 ? (v / 1000).toFixed(2) + ' s' : v.toFixed(1) + ' ms');
+const usd = v => v == null ? '-' : '$' + v.toFixed(6);
+const pct = v => v == null ? '-' : (100 * v).toFixed(0) + '%';
+const fix = (v, n) => v == null ? '-' : v.toFixed(n);
+const when = ns => { const t = new Date(ns / 1e6), p = n => String(n).padStart(2, '0');
+  const hms = `${p(t.getHours())}:${p(t.getMinutes())}:${p(t.getSeconds())}`;
+  return t.toDateString() === new Date().toDateString() ? hms : `${t.getFullYear()}-${p(t.getMonth() + 1)}-${p(t.getDate())} ${hms}`; };
+const badge = s => el('span', {class: 'st st-' + s, text: s});
+function fold(text, n) {  // long text folded: the first n characters, the rest on a click
+  n = n || 600; const s = typeof text === 'string' ? text : JSON.stringify(text, null, 2);
+  if (s == null) return el('span', {class: 'muted', text: '(none)'});
+  if (s.length <= n) return el('pre', {text: s});
+  const d = el('details', {}, el('summary', {text: s.slice(0, n) + ' … (' + s.length + ' chars)'}),
+    el('pre', {text: s})); return d; }
+function parse(v) { if (typeof v !== 'string') return v; try { return JSON.parse(v); } catch (e) { return v; } }
+function valueView(v) {  // an object as a table, anything else as (folded) text
+  v = parse(v);
+  if (v && typeof v === 'object' && !Array.isArray(v)) {
+    const t = el('table', {class: 'kv'});
+    for (const [k, x] of Object.entries(v)) t.append(el('tr', {}, el('td', {text: k}),
+      el('td', {}, typeof x === 'string' || typeof x === 'number' || typeof x === 'boolean' || x == null
+        ? String(x) : fold(x, 300))));
+    return t; }
+  return fold(v); }
+"""
+
+_LIST_JS = r"""
+let d = JSON.parse($('data').textContent), sel = -1;
+const F = ['workflow', 'agent', 'status', 'escalated', 'since', 'until', 'min_ms', 'q'];
+function fillFacets() {
+  for (const [id, list] of [['dl-workflow', d.filters.workflows], ['dl-agent', d.filters.agents]]) {
+    const dl = $(id); dl.innerHTML = ''; for (const v of list) dl.append(el('option', {value: v})); } }
+function render() {
+  const tb = $('rows'); tb.innerHTML = ''; sel = -1;
+  if (!d.rows.length) tb.append(el('tr', {}, el('td', {colspan: 9, text: 'no traces match'})));
+  d.rows.forEach((t, i) => {
+    const a = el('a', {href: '/trace/' + t.trace_id, text: t.trace_id.slice(0, 12)});
+    const esc = t.escalated_agents && t.escalated_agents.length
+      ? el('span', {class: 'agents-esc', text: '↑ ' + t.escalated_agents.join(', ')}) : '';
+    const errs = t.errors ? el('span', {class: 'err', text: t.errors + ' error(s): ' + (t.error_messages || []).join(' | ')}) : '';
+    const why = t.detail && t.status !== 'ok' ? el('div', {class: 'why', title: t.detail, text: t.detail}) : null;
+    const tr = el('tr', {class: 'trace-row', 'data-trace': t.trace_id},
+      el('td', {}, a), el('td', {}, badge(t.status)), el('td', {title: t.root || '?', text: t.workflow || t.root || '?'}),
+      el('td', {class: 'req', title: t.request || '', text: t.request || ''}),
+      el('td', {class: 'wide num', text: when(t.start_ns)}),
+      el('td', {class: 'num', text: ms(t.duration_ms)}),
+      el('td', {class: 'num wide', text: t.spans + ''}),
+      el('td', {class: 'num wide', text: t.input_tokens + '/' + t.output_tokens}),
+      el('td', {class: 'wide', text: usd(t.cost_usd)}),
+      el('td', {class: 'notes'}, esc, esc && errs ? ' ' : '', errs, why));
+    tr.onclick = e => { if (e.target.tagName !== 'A') location.href = '/trace/' + t.trace_id; };
+    tb.append(tr); });
+  $('page').textContent = d.rows.length ? `${d.offset + 1}–${d.offset + d.rows.length}` : '0';
+  $('prev').disabled = d.offset === 0; $('next').disabled = !d.more; }
+function params(offset) { const p = new URLSearchParams();
+  for (const f of F) { let v = $('f-' + f).value.trim();
+    if ((f === 'since' || f === 'until') && v && !/^[0-9.]+[smhdw]$/.test(v)) {
+      const t = new Date(v).getTime(); if (!isNaN(t)) v = String(t / 1000); }
+    if (v) p.set(f, v); }
+  if (offset) p.set('offset', offset); if (d.limit !== 50) p.set('limit', d.limit); return p; }
+async function load(offset) {
+  const p = params(offset); history.replaceState(null, '', '/?' + p.toString());
+  const r = await fetch('/api/traces?' + p.toString() + '&full=1');
+  const body = await r.json();
+  if (!r.ok) { $('msg').textContent = body.error || ('error ' + r.status); $('msg').className = 'err'; return; }
+  $('msg').textContent = ''; d = body; render(); document.body.dataset.loaded = (+document.body.dataset.loaded || 0) + 1; }
+const qs = new URLSearchParams(location.search);
+for (const f of F) if (qs.get(f)) $('f-' + f).value = qs.get(f);
+$('filters').onsubmit = e => { e.preventDefault(); load(0); };
+for (const f of ['status', 'escalated']) $('f-' + f).onchange = () => load(0);
+$('prev').onclick = () => load(Math.max(0, d.offset - d.limit));
+$('next').onclick = () => load(d.offset + d.limit);
+$('reset').onclick = () => { for (const f of F) $('f-' + f).value = ''; load(0); };
+function select(i) { const rows = document.querySelectorAll('tr.trace-row'); if (!rows.length) return;
+  sel = Math.max(0, Math.min(rows.length - 1, i)); rows.forEach((r, k) => r.classList.toggle('sel', k === sel));
+  rows[sel].scrollIntoView({block: 'nearest'}); }
+document.addEventListener('keydown', e => {
+  if (['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) {
+    if (e.key === 'Escape') document.activeElement.blur(); return; }
+  if (e.key === 'j') select(sel + 1); else if (e.key === 'k') select(sel - 1);
+  else if ((e.key === 'Enter' || e.key === 'o') && sel >= 0) location.href = '/trace/' + d.rows[sel].trace_id;
+  else if (e.key === '/') { e.preventDefault(); $('f-q').focus(); }
+  else if (e.key === 'n' && d.more) load(d.offset + d.limit);
+  else if (e.key === 'p' && d.offset) load(Math.max(0, d.offset - d.limit));
+  else if (e.key === 'g') location.href = '/agents';
+  else if (e.key === '?') $('help').hidden = !$('help').hidden; });
+fillFacets(); render();
+"""
+
+_TRACE_JS = r"""
+const d = JSON.parse($('data').textContent);
+const s = d.summary, t0 = s.start_ns, total = Math.max(s.duration_ms, 1e-6);
+$('summary').append(badge(s.status || 'ok'), ' ',
+  `${s.spans} spans, ${s.duration_ms.toFixed(1)} ms, tokens ${s.input_tokens}/${s.output_tokens}` +
+  (s.cost_usd == null ? '' : `, cost $${s.cost_usd.toFixed(6)}`) +
+  (s.errors ? `, ${s.errors} error(s)` : '') + (s.escalations ? `, ${s.escalations} escalation(s)` : ''));
+if (s.trained && s.trained.length) $('summary').append(' · trained into ',
+  ...s.trained.map(t => el('a', {href: `/adapter/${t.agent}/${t.version}`, class: 'adapter-link', text: `${t.agent}@${t.version} `})));
+const wf = $('waterfall'); const rows = [];
+d.spans.forEach((sp, i) => {
+  const row = el('div', {class: 'wf-row' + (sp.status === 'ERROR' ? ' error' : ''), 'data-span-id': sp.span_id});
+  const name = el('div', {class: 'wf-name', text: sp.name}); name.style.paddingLeft = (sp.depth * 14) + 'px';
+  const track = el('div', {class: 'wf-track'});
+  const bar = el('div', {class: 'wf-bar ' + (sp.operation || '') + (sp.status === 'ERROR' ? ' error' : '')});
+  bar.style.left = ((sp.start_ns - t0) / 1e6 / total * 100) + '%';
+  bar.style.width = (sp.duration_ms / total * 100) + '%';
+  track.append(bar);
+  const bits = [sp.duration_ms.toFixed(1) + ' ms'];
+  if (sp.total_input_tokens || sp.total_output_tokens) bits.push('tok ' + sp.total_input_tokens + '/' + sp.total_output_tokens);
+  if (sp.total_cost_usd != null) bits.push('$' + sp.total_cost_usd.toFixed(6));
+  if (sp.confidence != null) bits.push('conf ' + sp.confidence.toFixed(2));
+  if (sp.escalated && sp.operation === 'invoke_agent') bits.push('escalated');
+  if (sp.status === 'ERROR') bits.push(sp.status_message || 'error');
+  row.append(name, track, el('div', {class: 'wf-meta', text: bits.join('  ')}));
+  row.onclick = () => show(i); wf.append(row); rows.push(row); });
+let cur = -1;
+function kv(pairs) { const t = el('table', {class: 'kv'});
+  for (const [k, v] of pairs) if (v != null && v !== '') t.append(el('tr', {}, el('td', {text: k}), el('td', {}, v instanceof Node ? v : String(v))));
+  return t; }
+function messages(raw) { const v = parse(raw); if (!Array.isArray(v)) return fold(raw);
+  const box = el('div');
+  for (const m of v) { const text = (m.parts || []).map(p => p.type === 'text' ? p.content : JSON.stringify(p)).join('\n');
+    box.append(el('div', {class: 'msg ' + m.role}, el('div', {class: 'role', text: m.role}), fold(text, 400))); }
+  return box; }
+function output(raw) { const v = parse(raw);
+  if (Array.isArray(v) && v.length && v[0].parts) { const text = v.map(m => m.parts.map(p => p.type === 'text' ? p.content : JSON.stringify(p)).join('\n')).join('\n');
+    const obj = parse(text.trim()); return obj && typeof obj === 'object' ? valueView(obj) : fold(text); }
+  return valueView(v); }
+const full = {};  // span_id -> the span's content and call record (/api/traces/<t>/spans/<s>)
+async function show(i) {
+  cur = i; rows.forEach((r, k) => r.classList.toggle('sel', k === i)); rows[i].scrollIntoView({block: 'nearest'});
+  const base = d.spans[i];
+  history.replaceState(null, '', '#span=' + base.span_id);
+  if (!full[base.span_id]) {
+    const r = await fetch(`/api/traces/${s.trace_id}/spans/${base.span_id}`);
+    full[base.span_id] = r.ok ? await r.json() : {};
+    if (cur !== i) return; }  // another span was chosen meanwhile
+  const f = full[base.span_id];
+  const sp = Object.assign({}, base, {attributes: f.attributes || base.attributes, events: f.events || base.events,
+    status_message: f.status_message !== undefined ? f.status_message : base.status_message});
+  const a = sp.attributes || {}, p = $('panel'); p.innerHTML = '';
+  p.append(el('h2', {text: sp.name}), kv([
+    ['status', sp.status === 'ERROR' ? el('span', {class: 'err', text: 'ERROR: ' + (sp.status_message || '')}) : sp.status],
+    ['latency', ms(sp.duration_ms)], ['starts at', '+' + ms((sp.start_ns - t0) / 1e6)],
+    ['model', a['gen_ai.response.model'] || a['gen_ai.request.model']], ['adapter', a['slmflow.adapter']],
+    ['confidence', sp.confidence == null ? null : sp.confidence.toFixed(3)],
+    ['tokens in/out', (sp.total_input_tokens || sp.total_output_tokens) ? sp.total_input_tokens + ' / ' + sp.total_output_tokens : null],
+    ['cost', sp.total_cost_usd == null ? null : usd(sp.total_cost_usd)],
+    ['escalated', sp.escalated ? 'yes' : null], ['repaired', a['slmflow.repaired'] ? 'yes' : null],
+    ['max tokens / temperature', a['gen_ai.request.max_tokens'] != null ? a['gen_ai.request.max_tokens'] + ' / ' + (a['gen_ai.request.temperature'] ?? '-') : null],
+    ['finish', a['gen_ai.response.finish_reasons']], ['span', sp.span_id]]));
+  const sec = (title, node) => { if (node) p.append(el('h3', {text: title}), node); };
+  const op = sp.operation;
+  if (op === 'invoke_workflow') {
+    p.append(kv([['run status', badge(a['slmflow.workflow.status'] || 'ok')], ['why', a['slmflow.workflow.detail']], ['run id', a['slmflow.run.id']]]));
+    if (a['slmflow.input'] != null) sec('request', valueView(a['slmflow.input']));
+    if (a['slmflow.output'] != null) sec('answer', valueView(a['slmflow.output'])); }
+  if (op === 'chat') {
+    if (a['gen_ai.input.messages'] != null) sec('messages sent', messages(a['gen_ai.input.messages']));
+    if (a['gen_ai.output.messages'] != null) sec('output', output(a['gen_ai.output.messages']));
+    if (a['gen_ai.input.messages'] == null) p.append(el('p', {class: 'muted', text: 'messages not captured (slmflow tracing: capture_content); the agent span links the call-log record'})); }
+  if (op === 'invoke_agent') {
+    const cid = a['slmflow.call.id'], c = f.call;
+    if (a['slmflow.input'] != null) sec('input', valueView(a['slmflow.input']));
+    else if (c && c.input != null) sec('input (call log)', valueView(c.input));
+    if (a['slmflow.output'] != null) sec('output', valueView(a['slmflow.output']));
+    else if (c && c.output != null) sec('output (call log)', valueView(c.output));
+    if (cid) { const links = el('div', {class: 'links'}, el('a', {href: '/call/' + cid, class: 'call-link', text: 'call-log record ' + cid.slice(0, 10)}));
+      if (c && c.review) links.append(' · ', el('a', {href: '/review/' + c.review.id, class: 'review-link', text: 'review item (' + (c.review.verdict || c.review.status) + ')'}));
+      if (c && c.trained) for (const t of c.trained) links.append(' · trained into ', el('a', {href: `/adapter/${t.agent}/${t.version}`, class: 'adapter-link', text: `${t.agent}@${t.version}`}));
+      if (c && !c.logged) links.append(el('span', {class: 'muted', text: ' (not in this call log)'}));
+      sec('links', links); } }
+  if (op === 'execute_tool') {
+    sec('arguments', a['gen_ai.tool.call.arguments'] != null ? valueView(a['gen_ai.tool.call.arguments']) : el('span', {class: 'muted', text: '(not captured)'}));
+    if (a['gen_ai.tool.call.result'] != null) sec('result', valueView(a['gen_ai.tool.call.result']));
+    const te = (sp.events || []).find(e => e.name === 'tool.error');
+    if (te) sec('error', el('pre', {class: 'err', text: (te.attributes.kind || '') + ': ' + (te.attributes.message || '')})); }
+  if (op === 'handoff') {
+    p.append(kv([['edge', (a['slmflow.handoff.source'] || '?') + ' → ' + (a['slmflow.handoff.target'] || '?')],
+      ['outcome', a['slmflow.handoff.status']]]));
+    if (a['slmflow.handoff.payload'] != null) sec('payload', valueView(a['slmflow.handoff.payload']));
+    const errs = a['slmflow.handoff.errors'];
+    if (errs) sec('validation errors', el('ul', {}, ...(Array.isArray(errs) ? errs : [errs]).map(x => el('li', {class: 'err', text: x}))));
+    const kids = d.spans.map((x, k) => [x, k]).filter(([x]) => x.parent_id === sp.span_id && x.operation === 'invoke_agent');
+    if (kids.length) sec('repair', el('ul', {}, ...kids.map(([x, k]) => el('li', {}, el('a', {href: '#span=' + x.span_id, onclick: ev => { ev.preventDefault(); show(k); }, text: x.name + ' (' + ms(x.duration_ms) + ')'})))));
+  }
+  const evs = (sp.events || []).filter(e => e.name !== 'tool.error');
+  for (const e of evs) {
+    const ea = e.attributes || {};
+    if (e.name === 'gen_ai.evaluation.result') sec('evaluation: ' + (ea['gen_ai.evaluation.name'] || ''), kv([
+      ['score', ea['gen_ai.evaluation.score.value']], ['label', ea['gen_ai.evaluation.score.label']], ['explanation', ea['gen_ai.evaluation.explanation']]]));
+    else if (e.name === 'slmflow.escalation') sec('escalation', kv([['reason', ea['slmflow.escalation.reason'] || ea.reason],
+      ['from', ea['slmflow.handoff.source'] || ea.step || ea.agent], ['to', ea['slmflow.escalation.target'] || ea.model]]));
+    else if (e.name === 'exception') sec('exception', el('div', {}, el('pre', {class: 'err', text: (ea['exception.type'] || '') + ': ' + (ea['exception.message'] || '')}), ea['exception.stacktrace'] ? fold(ea['exception.stacktrace'], 0) : null));
+    else sec(e.name, valueView(ea)); }
+  p.append(el('details', {class: 'raw'}, el('summary', {text: 'all attributes'}), el('pre', {text: JSON.stringify(a, null, 1)})));
+  p.dataset.span = sp.span_id; }
+document.addEventListener('keydown', e => {
+  if (['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) return;
+  if (e.key === 'j' || e.key === 'ArrowDown') { e.preventDefault(); show(Math.min(rows.length - 1, cur + 1)); }
+  else if (e.key === 'k' || e.key === 'ArrowUp') { e.preventDefault(); show(Math.max(0, cur - 1)); }
+  else if (e.key === 'e') { const k = d.spans.findIndex((x, n) => n > cur && x.status === 'ERROR'); if (k >= 0) show(k); }
+  else if (e.key === 'u' || e.key === 'Backspace') {  // back to the list, filters kept
+    const r = document.referrer && new URL(document.referrer);
+    location.href = r && r.origin === location.origin && r.pathname === '/' ? r.pathname + r.search : '/'; }
+  else if (e.key === '?') $('help').hidden = !$('help').hidden; });
+const want = (location.hash.match(/span=([0-9a-f]+)/) || [])[1];
+const first = want ? d.spans.findIndex(x => x.span_id === want) : d.spans.findIndex(x => x.status === 'ERROR');
+show(first >= 0 ? first : 0);
+"""
+
+_AGENTS_JS = r"""
+const d = JSON.parse($('data').textContent);
+function spark(series, key, fmt) {  // a small inline-SVG line (gaps where a bucket is empty)
+  const W = 72, H = 20, vals = series.map(b => b[key]);
+  const ok = vals.filter(v => v != null); const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('class', 'spark'); svg.setAttribute('width', W); svg.setAttribute('height', H);
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+  if (!ok.length) return svg;
+  const lo = Math.min(0, ...ok), hi = Math.max(...ok, 1e-9);
+  let dpath = '', pen = false;
+  vals.forEach((v, i) => { if (v == null) { pen = false; return; }
+    const x = (i + 0.5) * W / vals.length, y = H - 2 - (v - lo) / (hi - lo || 1) * (H - 4);
+    dpath += (pen ? 'L' : 'M') + x.toFixed(1) + ' ' + y.toFixed(1); pen = true;
+    const c = document.createElementNS(svg.namespaceURI, 'circle'); c.setAttribute('cx', x); c.setAttribute('cy', y); c.setAttribute('r', 1.5); svg.append(c); });
+  const path = document.createElementNS(svg.namespaceURI, 'path'); path.setAttribute('d', dpath);
+  path.setAttribute('fill', 'none'); path.setAttribute('stroke', '#0b5ed7'); path.setAttribute('stroke-width', '1.2');
+  svg.prepend(path);
+  const t = document.createElementNS(svg.namespaceURI, 'title'); t.textContent = key + ': ' + ok.map(fmt).join(', '); svg.append(t);
+  return svg; }
+const tb = $('rows');
+if (!d.agents.length) tb.append(el('tr', {}, el('td', {colspan: 12, text: 'no agent calls in this window'})));
+for (const r of d.agents) {
+  const fb = r.feedback || {}, rv = r.review || {};
+  const links = el('div', {}, el('a', {href: '/review?agent=' + encodeURIComponent(r.agent), class: 'review-link', text: 'review (' + (rv.pending || 0) + ' pending)'}));
+  if (r.promoted) links.append(el('br'), el('a', {href: `/adapter/${encodeURIComponent(r.agent)}/${encodeURIComponent(r.promoted)}`, class: 'adapter-link', text: 'eval of ' + r.promoted + (r.scores ? ' (' + Object.entries(r.scores).map(([k, v]) => k + ' ' + (typeof v === 'number' ? v.toFixed(3) : v)).join(', ') + ')' : '')}));
+  links.append(el('br'), el('a', {href: '/?agent=' + encodeURIComponent(r.agent), text: 'traces'}));
+  tb.append(el('tr', {class: 'agent-row', 'data-agent': r.agent},
+    el('td', {}, el('b', {text: r.agent}), el('div', {class: 'muted', text: r.serving || ''})),
+    el('td', {class: 'num', text: r.calls}), el('td', {class: 'num', text: ms(r.p50_ms)}), el('td', {class: 'num', text: ms(r.p95_ms)}),
+    el('td', {class: 'num wide', text: r.input_tokens + '/' + r.output_tokens}), el('td', {class: 'wide', text: usd(r.cost_usd)}),
+    el('td', {class: 'num', text: pct(r.escalation_rate)}), el('td', {class: 'num', text: fix(r.confidence, 3)}),
+    el('td', {class: 'num', text: '▲' + (fb.up || 0) + ' ▼' + (fb.down || 0)}),
+    el('td', {}, el('div', {class: 'trends'},
+      ...[['calls', 'calls', v => v], ['p50', 'p50_ms', ms], ['esc', 'escalation_rate', pct], ['conf', 'confidence', v => v.toFixed(2)]]
+        .map(([label, key, fmt]) => el('div', {}, el('span', {class: 'muted', text: label}), spark(r.series, key, fmt))))),
+    el('td', {class: 'links'}, links))); }
+$('window').value = d.window; $('window').onchange = () => location.href = '/agents?window=' + $('window').value;
+let sel = -1;
+document.addEventListener('keydown', e => { if (document.activeElement.tagName === 'SELECT') return;
+  const rows = [...document.querySelectorAll('tr.agent-row')];
+  if ((e.key === 'j' || e.key === 'k') && rows.length) {
+    sel = Math.max(0, Math.min(rows.length - 1, sel + (e.key === 'j' ? 1 : -1)));
+    rows.forEach((r, i) => r.classList.toggle('sel', i === sel)); rows[sel].scrollIntoView({block: 'nearest'}); }
+  else if (e.key === 'Enter' && sel >= 0) location.href = '/?agent=' + encodeURIComponent(rows[sel].dataset.agent);
+  else if (e.key === 'v' && sel >= 0) location.href = '/review?agent=' + encodeURIComponent(rows[sel].dataset.agent);
+  else if (e.key === 't' || e.key === 'u') location.href = '/'; else if (e.key === 'r') location.href = '/review'; });
+"""
+
+_REC_JS = r"""
+const d = JSON.parse($('data').textContent);
+for (const b of document.querySelectorAll('[data-value]')) b.append(valueView(JSON.parse(b.dataset.value)));
+"""
+
+
+def _nav(on: str) -> str:
+    links = [("/", "traces"), ("/agents", "agents"), ("/review", "review queue")]
+    return "<p class='nav'>" + "".join(
+        f"<a href='{h}'{' class=on' if t == on else ''}>{t}</a>" for h, t in links) + "</p>"
+
+
+def _page(title: str, body: str, data: Any, js: str) -> bytes:
+    from .traces import _page as page
+
+    return page(title, body, data, _COMMON_JS + js, _CSS)
+
+
+def list_page(ctx: Context, q: Mapping[str, str]) -> bytes:
+    data = list_data(ctx, q)
+    opts = "".join(f"<option>{s}</option>" for s in TRACE_STATUSES)
+    body = (_nav("traces") + "<h1>slmflow traces</h1>"
+            "<form id='filters'><label>search<input id='f-q' size=22 placeholder='trace id, "
+            "call id or text'></label><label>workflow<input id='f-workflow' list='dl-workflow' "
+            "size=10></label><label>agent<input id='f-agent' list='dl-agent' size=10></label>"
+            f"<label>status<select id='f-status'><option value=''>any</option>{opts}</select>"
+            "</label><label>escalated<select id='f-escalated'><option value=''>any</option>"
+            "<option value='1'>yes</option><option value='0'>no</option></select></label>"
+            "<label>since<input id='f-since' size=8 placeholder='1h, 7d or a date'></label>"
+            "<label>until<input id='f-until' size=8 placeholder='date'></label>"
+            "<label>min ms<input id='f-min_ms' size=5 inputmode='numeric'></label>"
+            "<button>Filter</button><button type='button' id='reset'>Reset</button>"
+            "<datalist id='dl-workflow'></datalist><datalist id='dl-agent'></datalist></form>"
+            "<div id='msg'></div><div class='scroll'><table class='v'><thead><tr><th>trace</th>"
+            "<th>status</th><th>workflow</th><th>request</th><th class='wide'>started</th>"
+            "<th>duration</th><th class='wide'>spans</th><th class='wide'>tokens in/out</th>"
+            "<th class='wide'>cost</th><th>escalated · errors · why</th></tr></thead>"
+            "<tbody id='rows'></tbody></table></div><p class='pager'><button id='prev'>"
+            "&larr; newer (p)</button><span id='page'></span> <button id='next'>older (n) "
+            "&rarr;</button></p><p class='keys'>j/k select · Enter open · / search · n/p page · "
+            "g agents · ? help</p><div id='help' hidden class='keys'>Status: ok; escalated (a "
+            "step went to the fallback model); rejected (a verifier refused the answer); failed "
+            "(an error ended the run). Search matches a trace id prefix, a call id, or any "
+            "text in the spans (prompts and answers when captured, errors, events).</div>")
+    return _page("slmflow traces", body, data, _LIST_JS)
+
+
+def trace_page(ctx: Context, trace_id: str) -> bytes | None:
+    data = trace_detail(ctx, trace_id)
+    if data is None:
+        return None
+    tid = html.escape(data["summary"]["trace_id"])
+    body = (_nav("") + f"<h1>trace {tid}</h1><div class='summary' id='summary'></div>"
+            "<div class='tv'><div class='wf' id='waterfall'></div><div id='panel'></div></div>"
+            "<p class='keys'>j/k or &darr;/&uarr; next/previous span · e next error · u back to "
+            "the list · ? help</p><div id='help' hidden class='keys'>Click a span for its "
+            "messages, output, tokens, cost and links. Content is PII-redacted.</div>")
+    return _page(f"trace {tid}", body, data, _TRACE_JS)
+
+
+def agents_page(ctx: Context, q: Mapping[str, str]) -> bytes:
+    data = agents_data(ctx, q)
+    opts = "".join(f"<option>{w}</option>" for w in _WINDOWS)
+    body = (_nav("agents") + "<h1>agents</h1><p>window <select id='window'>" + opts +
+            "</select> <span class='muted'>(24 buckets per plot; hover a plot for its "
+            "values)</span></p><div class='scroll'><table class='v'><thead><tr><th>agent / serving</th>"
+            "<th>calls</th><th>p50</th><th>p95</th><th class='wide'>tokens in/out</th>"
+            "<th class='wide'>cost</th><th>escalated</th><th>mean conf</th><th>feedback</th>"
+            "<th>over the window</th><th>links</th></tr></thead><tbody id='rows'>"
+            "</tbody></table></div><p class='keys'>j/k select · Enter its traces · v its review "
+            "items · t traces · r review queue</p>")
+    return _page("slmflow agents", body, data, _AGENTS_JS)
+
+
+def _value_box(title: str, v: Any) -> str:
+    from .traces import json_in_html
+
+    return (f"<h3>{html.escape(title)}</h3><div class='rec' data-value='"
+            f"{html.escape(json_in_html(v), quote=True)}'></div>")
+
+
+def call_page(ctx: Context, call_id: str) -> bytes | None:
+    data = call_data(ctx, call_id)
+    if data is None:
+        return None
+    c, item = data["call"], data["review"]
+    e = html.escape
+    links = []
+    if c.get("trace_id"):
+        links.append(f"<a class='trace-link' href='/trace/{e(c['trace_id'])}'>trace "
+                     f"{e(c['trace_id'][:12])}</a>")
+    if item:
+        links.append(f"<a class='review-link' href='/review/{e(item['id'])}'>review item "
+                     f"({e(str(item['verdict'] or item['status']))})</a>")
+    for t in data["trained"]:
+        links.append(f"trained into <a class='adapter-link' href='/adapter/{e(t['agent'])}/"
+                     f"{e(t['version'])}'>{e(t['agent'])}@{e(t['version'])}</a>")
+    fb = "".join(f"<li>{e(str(f.get('signal') or ''))} {e(str(f.get('label') or ''))} "
+                 f"<span class='muted'>{e(str(f.get('by') or ''))}</span></li>"
+                 for f in data["feedback"])
+    body = (_nav("") + f"<h1>call {e(call_id[:12])}</h1><p>{e(str(c.get('kind')))} · agent "
+            f"{e(str(c.get('agent')))} · model {e(str(c.get('model')))} · status "
+            f"{e(str(c.get('status')))} · confidence {e(str(c.get('confidence')))} · "
+            f"{e(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c.get('ts') or 0)))}</p>"
+            f"<p class='links'>{' · '.join(links) or 'no links'}</p>"
+            + _value_box("input", c.get("input")) + _value_box("output", c.get("output"))
+            + (f"<h3>error</h3><pre class='err'>{e(str(c['error']))}</pre>" if c.get("error")
+               else "") + (f"<h3>feedback</h3><ul>{fb}</ul>" if fb else ""))
+    return _page(f"call {call_id[:12]}", body, data, _REC_JS)
+
+
+def adapter_page(ctx: Context, agent: str, version: str) -> bytes | None:
+    data = adapter_data(ctx, agent, version)
+    if data is None:
+        return None
+    e = html.escape
+    card = data["card"]
+    lin = card.get("lineage") or {}
+    loop = lin.get("loop") or {}
+
+    def ids(title: str, kind: str, values: Any) -> str:
+        vals = list(values or [])
+        if not vals:
+            return ""
+        shown = "".join(f"<a class='{kind}-link' href='/{kind}/{e(str(v))}'>{e(str(v)[:10])}"
+                        f"</a> " for v in vals[:200])
+        return f"<h3>{e(title)} ({len(vals)})</h3><p>{shown}</p>"
+
+    body = (_nav("") + f"<h1>adapter {e(agent)}@{e(version)}</h1><p>"
+            f"{'promoted (serving)' if data['promoted'] == version else 'promoted: ' + e(str(data['promoted']))}"
+            f" · parent {e(str(lin.get('parent')))}</p>"
+            + ids("trained from review items", "review", loop.get("review_ids"))
+            + ids("their calls", "call", loop.get("call_ids"))
+            + ids("traces", "trace", lin.get("trace_ids"))
+            + _value_box("eval scores", card.get("eval_scores"))
+            + "".join(_value_box(f"gate: {g.get('action')} (vs {g.get('current')})",
+                                 {k: g.get(k) for k in ("candidate_scores", "current_scores",
+                                                        "drops", "compared")})
+                      for g in data["gate"][-3:])
+            + "<details><summary>the whole card</summary>" + _value_box("card", card)
+            + "</details>")
+    return _page(f"adapter {agent}@{version}", body, data, _REC_JS)
+
+

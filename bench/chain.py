@@ -86,7 +86,10 @@ def worker(mode: str, n: int, workflow: str) -> dict:
     for t in ts:
         r = wf.run_sync(t)
         agents = [s for s in r.steps if s.kind == "agent"]
-        valid = all(s.status not in ("failed",) and s.error is None for s in r.steps)
+        # every agent step answered with a validated output (a verifier's "rejected" is an
+        # answer; a tool's error_continued is not an agent output)
+        valid = r.status != "failed" and all(
+            s.agent_result is not None and s.agent_result.output is not None for s in agents)
         rows.append({
             "latency_s": r.latency_s, "status": r.status, "calls": len(agents),
             "calls_attempts": sum(len(s.agent_result.attempts) if s.agent_result else 0

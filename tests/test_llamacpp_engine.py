@@ -102,32 +102,48 @@ def test_whole_answers_are_the_same_with_and_without_the_cache():
 
 
 def test_states_of_different_adapters_never_mix():
+    """Three models on one base share its contexts (one copy of the weights); each call binds its
+    own adapter, and a KV state made under one adapter is never offered to another."""
     cache = PrefixCache(64 << 20)
     text = [Message("system", "Classify the ticket."), Message("user", "Ticket: refund please")]
     router = resolve("smollm2-135m", lora_path=ROUTER, prefix_cache=True).load()
     extractor = resolve("smollm2-135m", lora_path=EXTRACTOR, prefix_cache=True).load()
     base = _model()
-    sessions = []
+    assert router._llamas[0] is extractor._llamas[0] is base._llamas[0]  # one weight copy
+    toks = _tokens(base, base.prompt_text(text))
+    logits, scopes = [], []
     for m in (router, extractor, base):
         s = m._session(m._llamas[0])
         s.cache = cache
-        sessions.append(s)
-    toks = _tokens(base, base.prompt_text(text))
-    logits = []
-    for s in sessions:
         s._truncate(0)
         row, reused = s.prefill(toks)
         s.save()
         assert reused == 0  # a state made under another adapter is never offered
         logits.append(row)
-    assert len({s.scope for s in sessions}) == 3
-    assert len(cache) == 3
-    # and the adapters do change the states: the rows differ
+        scopes.append(s.scope)
+    assert len(set(scopes)) == 3 and len(cache) == 3
+    # the adapters do change the states: the rows differ
     assert not np.allclose(logits[0], logits[1], atol=1e-2)
-    # the same adapter does reuse its own state
-    sessions[0]._truncate(0)
-    _, reused = sessions[0].prefill(toks)
+    assert not np.allclose(logits[0], logits[2], atol=1e-2)
+    # the same adapter reuses its own state, and gets the same logits as its first evaluation
+    s = router._session(router._llamas[0])
+    s.cache = cache
+    row, reused = s.prefill(toks)
     assert reused == len(toks) - 2  # two tokens are always evaluated (see prefill)
+    np.testing.assert_array_equal(row, logits[0])
+
+
+def test_a_shared_base_gives_each_adapter_the_answer_of_its_own_model():
+    """Sharing the base's context must not change what an adapter answers: the same prompt on a
+    model loaded alone with its adapter (legacy engine: llama-cpp-python's own lora_path) and on
+    the shared base with the adapter bound per call give the same greedy answer."""
+    msgs = [Message("system", "Classify the ticket."), Message("user", "Ticket: my parcel is lost")]
+    alone = resolve("smollm2-135m", lora_path=ROUTER, engine="legacy").load()
+    shared = resolve("smollm2-135m", lora_path=ROUTER).load()
+    _model()  # another user of the same base, bound in between
+    a = asyncio.run(alone.generate(msgs, settings=Settings(max_tokens=12)))
+    b = asyncio.run(shared.generate(msgs, settings=Settings(max_tokens=12)))
+    assert a.text == b.text
 
 
 def test_cache_evicts_within_its_byte_bound():

@@ -108,13 +108,14 @@ _LOAD_LOCK = threading.Lock()
 
 
 def default_threads(pool_size: int = 1) -> int:
-    """Threads per llama.cpp context: ``$SLMFLOW_LLAMA_THREADS``, else all cores but one, shared
-    by the pool's contexts (at least 1).
+    """Threads per llama.cpp context for decoding: ``$SLMFLOW_LLAMA_THREADS``, else every core,
+    shared by the pool's contexts (at least 1).
 
-    Why one core is left free: ggml's worker threads spin while they wait for each other. When
-    another process holds a core (a training run, the test suite, the gateway's writer), a context
-    with as many threads as cores stalls at every barrier: measured here on 2 cores next to a
-    busy LoRA training, 11 tokens took 31.8 s with 2 threads and 1.4 s with 1 thread."""
+    Measured on the 2-core machine, quiet: one decode step of the 135M model takes 9.5 ms on two
+    threads and 17.5 ms on one (docs/benchmarks.md). The earlier default left a core free because
+    ggml's worker threads spin while they wait for each other: next to a busy LoRA training, 11
+    tokens took 31.8 s with 2 threads and 1.4 s with 1 thread. On a box shared with other heavy
+    jobs, set ``SLMFLOW_LLAMA_THREADS=1``."""
     env = os.environ.get("SLMFLOW_LLAMA_THREADS")
     if env:
         try:
@@ -123,7 +124,7 @@ def default_threads(pool_size: int = 1) -> int:
             raise ConfigError(f"SLMFLOW_LLAMA_THREADS must be a number, got {env!r}",
                               where="SLMFLOW_LLAMA_THREADS") from None
     cores = os.cpu_count() or 1
-    return max(1, (cores - 1) // max(1, pool_size))
+    return max(1, cores // max(1, pool_size))
 
 
 WEIGHT_FORMATS = {"q4_1": 3, "q8_0": 7, "f16": 1, "bf16": 32}
@@ -200,7 +201,10 @@ def default_weights() -> str | None:
     return DEFAULT_WEIGHTS
 
 
-DEFAULT_WEIGHTS: str | None = None
+DEFAULT_WEIGHTS: str | None = "q8_0"
+"""Measured on this project's 2-core machine (docs/benchmarks.md, "Kernels and weight format"):
+Q8_0 prefills 1.7x faster than the shipped Q4_1 and decodes 0.83x as fast; a chain's cost is
+mostly prefill, so Q8_0 wins. Its adapters' eval scores match Q4_1's."""
 
 
 def default_threads_batch(pool_size: int = 1) -> int:
@@ -219,6 +223,66 @@ def default_threads_batch(pool_size: int = 1) -> int:
         return default_threads(pool_size)
     cores = os.cpu_count() or 1
     return max(1, cores // max(1, pool_size))
+
+
+class _SharedBase:
+    """One llama.cpp model (its weights loaded once) and its pool of contexts, shared by every
+    fast-engine `LlamaCppModel` on the same file and context settings, whatever its adapter.
+
+    Why: llama-cpp-python turns mmap off for a model given a ``lora_path`` and loads a private
+    copy of the weights, so a workflow with a router adapter, an extractor adapter and the bare
+    base held three copies. Measured on the support chain (2 cores, 480 MB L3): one decode step
+    took 11.5 ms with one model in the process and 30-50 ms with the three copies evicting each
+    other from cache. Here the base is loaded once (mmap'd) and each call sets its adapter on the
+    context it got (``llama_set_adapters_lora``, a no-op when unchanged); KV states stay scoped by
+    adapter (see `llamacpp_engine.LlamaSession.bind`)."""
+
+    def __init__(self, owner: "LlamaCppModel") -> None:
+        self.llamas = [owner._new_llama(with_lora=False) for _ in range(owner.pool_size)]
+        self.free: queue.Queue = queue.Queue()
+        self.workers: dict[int, ThreadPoolExecutor] = {}
+        for llm in self.llamas:
+            self.free.put(llm)
+            self.workers[id(llm)] = ThreadPoolExecutor(
+                1, thread_name_prefix=f"llamacpp-{owner.info.name}")
+        self.sessions: dict[int, Any] = {}
+        self.adapters: dict[str, Any] = {}
+        self.users = 0
+        self.lock = threading.Lock()
+
+    def adapter(self, path: Path, where: str):
+        """The adapter loaded on this base (once); a refused file is a `ModelLoadError`."""
+        key = str(path.resolve())
+        with self.lock:
+            ptr = self.adapters.get(key)
+            if ptr is None:
+                llama_cpp = _import_llama_cpp()
+                with _LOAD_LOCK, _quiet_stderr():
+                    ptr = llama_cpp.llama_adapter_lora_init(self.llamas[0]._model.model,
+                                                            key.encode("utf-8"))
+                if not ptr:  # NULL, not None: llama.cpp refused it
+                    raise ModelLoadError(f"llama.cpp refused the LoRA adapter {path}",
+                                         where=where)
+                self.adapters[key] = ptr
+            return ptr
+
+    def close(self) -> None:
+        for sess in self.sessions.values():
+            with contextlib.suppress(Exception):
+                sess.close()
+        llama_cpp = _import_llama_cpp()
+        for ptr in self.adapters.values():
+            with contextlib.suppress(Exception):
+                llama_cpp.llama_adapter_lora_free(ptr)
+        for llm in self.llamas:
+            with contextlib.suppress(Exception):
+                llm.close()
+        for ex in self.workers.values():
+            ex.shutdown(wait=False)
+
+
+_BASES: dict[tuple, _SharedBase] = {}
+_BASES_LOCK = threading.Lock()
 
 
 class LlamaCppModel(Model):
@@ -262,6 +326,9 @@ class LlamaCppModel(Model):
         self.prefix_cache = prefix_cache
         self._sessions: dict[int, Any] = {}
         self._scope: tuple | None = None
+        self._base: _SharedBase | None = None
+        self._base_key: tuple | None = None
+        self._lora_ptr: Any = None
         self.chat = chat
         adapter = adapter or (self.lora_path.stem if self.lora_path else None)
         self.info = ModelInfo("llama.cpp", name or self.path.stem, adapter)
@@ -272,18 +339,19 @@ class LlamaCppModel(Model):
         self._load_lock = threading.Lock()
 
     # -- loading ---------------------------------------------------------------------------
-    def _new_llama(self):
+    def _new_llama(self, with_lora: bool = True):
         llama_cpp = _import_llama_cpp()
+        lora = self.lora_path if with_lora else None
         try:
             with _LOAD_LOCK, _quiet_stderr():
                 llm = llama_cpp.Llama(
                     model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
                     n_threads_batch=self.n_threads_batch, n_batch=self.n_batch, verbose=False,
-                    lora_path=str(self.lora_path) if self.lora_path else None, seed=0)
+                    lora_path=str(lora) if lora else None, seed=0)
         except Exception as e:
             raise ModelLoadError(f"llama.cpp could not load {self.path.name}: {e}",
                                  where=self.info.identity) from None
-        if self.lora_path is not None and not llm._lora_adapter:  # refused: NULL, not None
+        if lora is not None and not llm._lora_adapter:  # refused: NULL, not None
             llm.close()
             raise ModelLoadError(f"llama.cpp refused the LoRA adapter {self.lora_path}",
                                  where=self.info.identity)
@@ -292,7 +360,23 @@ class LlamaCppModel(Model):
     def load(self) -> "LlamaCppModel":
         """Load the weights now (otherwise the first call does). Idempotent."""
         with self._load_lock:
-            if not self._llamas:
+            if not self._llamas and self.engine == "fast":
+                key = (str(self.path.resolve()), self.n_ctx, self.n_batch, self.pool_size)
+                with _BASES_LOCK:
+                    base = _BASES.get(key)
+                    if base is None:
+                        base = _BASES[key] = _SharedBase(self)
+                    base.users += 1
+                self._base, self._base_key = base, key
+                try:
+                    if self.lora_path is not None:
+                        self._lora_ptr = base.adapter(self.lora_path, self.info.identity)
+                except BaseException:
+                    self._release_base()
+                    raise
+                self._llamas, self._free, self._workers = base.llamas, base.free, base.workers
+                self._formatter = self._make_formatter(self._llamas[0])
+            elif not self._llamas:
                 self._llamas = [self._new_llama() for _ in range(self.pool_size)]
                 for llm in self._llamas:
                     self._free.put(llm)
@@ -330,13 +414,16 @@ class LlamaCppModel(Model):
         """The token loop bound to this context (llamacpp_engine.LlamaSession)."""
         from .llamacpp_engine import LlamaSession, file_scope, shared_cache
 
-        sess = self._sessions.get(id(llm))
+        if self._scope is None:
+            self._scope = file_scope(self.path, self.lora_path) + (self.n_ctx,)
+        sessions = self._base.sessions if self._base is not None else self._sessions
+        sess = sessions.get(id(llm))
         if sess is None:
-            if self._scope is None:
-                self._scope = file_scope(self.path, self.lora_path) + (self.n_ctx,)
-            sess = LlamaSession(llm, self._scope, shared_cache() if self.prefix_cache else None,
-                                n_threads=self.n_threads, n_threads_batch=self.n_threads_batch)
-            self._sessions[id(llm)] = sess
+            sess = sessions[id(llm)] = LlamaSession(llm, self._scope, None, n_threads=self.n_threads,
+                                                    n_threads_batch=self.n_threads_batch)
+        # this model's adapter, scope, cache and threads on the (possibly shared) context
+        sess.bind(self._scope, self._lora_ptr, shared_cache() if self.prefix_cache else None,
+                  n_threads=self.n_threads, n_threads_batch=self.n_threads_batch)
         return sess
 
     def _run_fast(self, llm, prompt: str, spec: OutputSpec | None, settings: Settings,
@@ -491,7 +578,22 @@ class LlamaCppModel(Model):
 
         return await generate_validated(attempt, spec, where=self.info.identity)
 
+    def _release_base(self) -> None:
+        base, self._base = self._base, None
+        if base is None:
+            return
+        with _BASES_LOCK:
+            base.users -= 1
+            if base.users <= 0 and _BASES.get(self._base_key) is base:
+                del _BASES[self._base_key]
+                base.close()
+        self._lora_ptr = None
+
     async def aclose(self) -> None:
+        if self._base is not None:  # the shared base closes with its last user
+            self._release_base()
+            self._llamas, self._workers, self._free = [], {}, queue.Queue()
+            return
         for sess in self._sessions.values():
             with contextlib.suppress(Exception):
                 sess.close()

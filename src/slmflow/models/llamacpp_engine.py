@@ -313,6 +313,31 @@ class LlamaSession:
         self._batch = llama_cpp.llama_batch_init(max(self.n_batch, 1), 0, 1)
         self._threads_set: tuple[int, int] | None = None
         self.vocab = llm._model.vocab
+        self._adapter: Any = None
+
+    def bind(self, scope: tuple, adapter: Any, cache: PrefixCache | None, *, n_threads: int,
+             n_threads_batch: int) -> None:
+        """Make this context serve a model: its LoRA adapter (None: the bare base), the scope its
+        KV states belong to, its prefix cache and threads. A context shared by models with
+        different adapters drops its live KV cells when the scope changes: they were computed
+        under the other adapter (cached states stay, keyed by their own scope)."""
+        if adapter is not self._adapter:
+            if adapter is None:
+                self._lc.llama_set_adapters_lora(self.ctx, None, 0, None)
+            else:
+                arr = (self._lc.llama_adapter_lora_p_ctypes * 1)(adapter)
+                scales = (ctypes.c_float * 1)(1.0)
+                if self._lc.llama_set_adapters_lora(self.ctx, arr, 1, scales) != 0:
+                    from ..errors import ModelLoadError
+
+                    raise ModelLoadError("llama.cpp could not set the LoRA adapter",
+                                         where="llamacpp")
+            self._adapter = adapter
+        if scope != self.scope:
+            self._truncate(0)
+            self.scope = scope
+        self.cache = cache
+        self.n_threads, self.n_threads_batch = n_threads, n_threads_batch
 
     def close(self) -> None:
         if self._batch is not None:

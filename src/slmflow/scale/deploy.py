@@ -200,9 +200,10 @@ def llamacpp_files(plan: DeployPlan, *, host: str = "127.0.0.1", port: int = 800
                           "serves GGUF bases (use `slmflow deploy vllm` for Hugging Face ones)",
                           where=str(plan.workflow))
     served_base = plan.bases[0]
-    from ..models.llamacpp import default_threads
+    from ..models.llamacpp import default_threads, default_threads_batch
 
-    common = {"n_ctx": n_ctx, "n_threads": default_threads(1), "n_threads_batch": default_threads(1)}
+    common = {"n_ctx": n_ctx, "n_threads": default_threads(1),
+              "n_threads_batch": default_threads_batch(1)}
     models = [{"model": str(gguf), "model_alias": served_base, **common}]
     for a in plan.adapters:
         if a.gguf is None:

@@ -135,3 +135,18 @@ def test_guarded_pii_block_mode_and_structured_redaction():
         g.generate_sync("I am eve@example.com")
     r = g.generate_sync("who to contact?", schema=Out)
     assert r.parsed == Out(contact="[EMAIL]")
+
+
+def test_redacted_structured_output_must_still_follow_a_dict_schema():
+    """Found in review: a redaction inside an enum value (Presidio tagged "lorem" as a PERSON)
+    was re-parsed as plain JSON, so a dict schema's answer went out no longer valid. It is now
+    checked against the schema, and a redaction that breaks it blocks instead."""
+    schema = {"type": "object", "properties": {"contact": {"enum": ["write to eve@example.com",
+                                                                     "call us"]}},
+              "required": ["contact"]}
+    g = Guarded(FunctionModel(lambda m, s: {"contact": "write to eve@example.com"}))
+    with pytest.raises(GuardrailViolation, match="cannot be redacted"):
+        g.generate_sync("who to contact?", schema=schema)
+    free = {"type": "object", "properties": {"contact": {"type": "string"}}}
+    r = g.generate_sync("who to contact?", schema=free)
+    assert r.parsed == {"contact": "write to [EMAIL]"}

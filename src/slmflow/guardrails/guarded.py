@@ -194,7 +194,7 @@ class Guarded(WrapperModel):
                 out.append(m)
         return out, _merge(decisions)
 
-    def check_output(self, r: Response) -> tuple[Response, list[Decision]]:
+    def check_output(self, r: Response, schema: Any = None) -> tuple[Response, list[Decision]]:
         text, decisions = check_text(r.text, self.output_policy, "output",
                                      toxicity_fn=self.toxicity_fn,
                                      injection_fn=self.injection_fn, check_injection=False)
@@ -203,8 +203,18 @@ class Guarded(WrapperModel):
         parsed = r.parsed
         if parsed is not None:
             try:
-                parsed = (type(parsed).model_validate_json(text) if hasattr(parsed, "model_dump")
-                          else json.loads(text))
+                if schema is not None:
+                    # the redacted answer must still follow the schema (an enum value with a
+                    # name in it is no longer one of the enum's values)
+                    from ..structured import OutputSpec
+
+                    spec = OutputSpec.build(schema)
+                    parsed, _, _, errors = spec.parse(text) if spec else (None, (), None, ["?"])
+                    if errors:
+                        raise ValueError(errors[0])
+                else:
+                    parsed = (type(parsed).model_validate_json(text)
+                              if hasattr(parsed, "model_dump") else json.loads(text))
             except Exception:
                 decisions = decisions + [Decision("output", "pii", "block", None,
                                                   "structured output cannot be redacted")]
@@ -218,7 +228,7 @@ class Guarded(WrapperModel):
         self._emit("input", din)
         self._raise_if_blocked("input", din)
         r = await self.wrapped.generate(msgs, schema=schema, tools=tools, settings=settings)
-        r, dout = self.check_output(r)
+        r, dout = self.check_output(r, schema=None if tools else schema)
         self._emit("output", dout)
         self._raise_if_blocked("output", dout)
         return r

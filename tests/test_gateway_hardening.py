@@ -278,12 +278,15 @@ def _import_case(tmp_path, ref: str, allowed) -> tuple[Path, Path]:
     marker = tmp_path / "imported.txt"
     (tmp_path / "evil_mod.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\n\ndef f(inp):\n    return inp\n")
-    (tmp_path / "support_steps.py").write_text("import os\n\ndef f(inp):\n    return inp\n")
+    # a module name no other test imports (the example's own `support_steps` may already be in
+    # sys.modules when the whole suite runs, and then this file would never be read)
+    (tmp_path / "support_hardening_steps.py").write_text(
+        "import os\n\ndef f(inp):\n    return inp\n")
     (tmp_path / "wf.yaml").write_text(textwrap.dedent(f"""\
         name: wf
         steps:
           - name: first
-            function: support_steps:f
+            function: support_hardening_steps:f
           - name: run
             function: {ref}
         """))
@@ -296,7 +299,7 @@ def _import_case(tmp_path, ref: str, allowed) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("ref, module", [("os:system", "os"), ("evil_mod:f", "evil_mod"),
-                                         ("support_steps:os.system", "os")])
+                                         ("support_hardening_steps:os.system", "os")])
 def test_allowed_imports_refuses_before_importing(tmp_path, ref, module):
     cfgp, marker = _import_case(tmp_path, ref, ["support_", "myco."])
     with pytest.raises(ConfigError) as e:

@@ -276,3 +276,20 @@ def test_the_grammar_tokenizer_outlives_a_closed_model():
     assert isinstance(asyncio.run(once()), Route)
     gc.collect()
     assert isinstance(asyncio.run(once()), Route)
+
+
+def test_weight_formats_are_made_once_and_unknown_ones_refused(tmp_path, monkeypatch):
+    from slmflow.errors import ConfigError
+    from slmflow.models.llamacpp import gguf_in_format
+
+    monkeypatch.setenv("SLMFLOW_HOME", str(tmp_path))
+    src = resolve("smollm2-135m", weights="as-shipped").path
+    assert gguf_in_format(src, "q4_1") == src  # the shipped format: the file itself
+    q8 = gguf_in_format(src, "q8_0")
+    assert q8.parent == tmp_path / "models" and q8.stat().st_size > src.stat().st_size
+    mtime = q8.stat().st_mtime_ns
+    assert gguf_in_format(src, "q8_0") == q8 and q8.stat().st_mtime_ns == mtime  # reused
+    m = resolve("smollm2-135m", weights="q8_0")
+    assert m.source_path == src and m.weights == "q8_0"
+    with pytest.raises(ConfigError, match="unknown weight format"):
+        gguf_in_format(src, "q3_weird")

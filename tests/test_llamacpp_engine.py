@@ -140,10 +140,12 @@ def test_a_shared_base_gives_each_adapter_the_answer_of_its_own_model():
     msgs = [Message("system", "Classify the ticket."), Message("user", "Ticket: my parcel is lost")]
     alone = resolve("smollm2-135m", lora_path=ROUTER, engine="legacy").load()
     shared = resolve("smollm2-135m", lora_path=ROUTER).load()
-    _model()  # another user of the same base, bound in between
+    base = _model()
     a = asyncio.run(alone.generate(msgs, settings=Settings(max_tokens=12)))
     b = asyncio.run(shared.generate(msgs, settings=Settings(max_tokens=12)))
-    assert a.text == b.text
+    asyncio.run(base.generate(msgs, settings=Settings(max_tokens=12)))  # binds the bare base
+    c = asyncio.run(shared.generate(msgs, settings=Settings(max_tokens=12)))  # and back
+    assert a.text == b.text == c.text
 
 
 def test_cache_evicts_within_its_byte_bound():
@@ -257,7 +259,9 @@ def test_legacy_engine_stays_selectable():
     r = asyncio.run(m.generate([Message("user", "Say hi")], schema=Route,
                                settings=Settings(max_tokens=16)))
     assert isinstance(r.parsed, Route)
-    with pytest.raises(Exception, match="engine"):
+    from slmflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="engine must be"):
         resolve("smollm2-135m", engine="warp")
 
 

@@ -248,7 +248,6 @@ class LlamaCppModel(Model):
             prefix_cache = os.environ.get("SLMFLOW_PREFIX_CACHE", "on").lower() not in (
                 "0", "off", "false", "no")
         self.prefix_cache = prefix_cache
-        self._sessions: dict[int, Any] = {}
         self._scope: tuple | None = None
         self._base: _SharedBase | None = None
         self._base_key: tuple | None = None
@@ -340,7 +339,7 @@ class LlamaCppModel(Model):
 
         if self._scope is None:
             self._scope = file_scope(self.path, self.lora_path) + (self.n_ctx,)
-        sessions = self._base.sessions if self._base is not None else self._sessions
+        sessions = self._base.sessions  # the fast engine always runs on a shared base
         sess = sessions.get(id(llm))
         if sess is None:
             sess = sessions[id(llm)] = LlamaSession(llm, self._scope, None, n_threads=self.n_threads,
@@ -517,10 +516,6 @@ class LlamaCppModel(Model):
             self._release_base()
             self._llamas, self._workers, self._free = [], {}, queue.Queue()
             return
-        for sess in self._sessions.values():
-            with contextlib.suppress(Exception):
-                sess.close()
-        self._sessions = {}
         for llm in self._llamas:
             with contextlib.suppress(Exception):
                 llm.close()

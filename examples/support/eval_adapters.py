@@ -11,8 +11,12 @@ adapter removed, i.e. what ``slmflow run --no-adapters`` serves: the zero-shot m
 schema text in its prompt.
 
 Router: accuracy on data/router_eval.jsonl. Extractor: per-field accuracy (order_id, account_id,
-urgent) and exact match on data/extraction_eval.jsonl. A run that fails counts as wrong. Also on
-the evals package's hand-written per-agent suites for this example (15 tickets each, labelled by
+urgent) and exact match on data/extraction_eval.jsonl. Reasoner (data/reasoner_eval.jsonl, held-out
+ticket templates): the passage it names (``policy``), the draft mentioning the ticket's id, the
+draft passing the pipeline's deterministic grounding check, and exact match with the generated
+reply. Verifier (data/verifier_eval.jsonl): accuracy on ``approved``, false accepts (a bad reply
+approved: the figure that matters) and false rejects, and the fault kind. A run that fails counts
+as wrong. Also on the evals package's hand-written per-agent suites for this example (labelled by
 another author, not generated from our templates): src/slmflow/evals/datasets/support_*.jsonl.
 """
 
@@ -36,7 +40,7 @@ def agents(threads: int = 0) -> dict[str, Any]:
 
     wf = load_workflow(HERE / "workflow.yaml")
     out = {}
-    for step in ("router", "extract"):
+    for step in ("router", "extract", "reason", "verify"):
         a = wf.agents[step]
         if threads:
             a = a.with_model(resolve(a.model, n_threads=threads), adapter=a.adapter)
@@ -79,6 +83,43 @@ def extraction_scores(outs: list[dict | None], cases: list) -> dict[str, float]:
     return s
 
 
+def reasoner_scores(outs: list[dict | None], cases: list) -> dict[str, float]:
+    sys.path.insert(0, str(HERE))
+    from support_steps import grounding_check
+
+    n = max(1, len(cases))
+    ids = grounded = policy = exact = 0
+    for o, c in zip(outs, cases):
+        if o is None:
+            continue
+        inp = c.input
+        policy += o.get("policy") == c.target["policy"]
+        exact += o.get("draft") == c.target["draft"]
+        want = [v for v in (inp.get("order_id"), inp.get("account_id")) if v]
+        ids += all(v in o.get("draft", "") for v in want)
+        state = {**inp, "draft": o.get("draft", "")}
+        grounded += grounding_check(state) is None
+    return {"policy": policy / n, "mentions_id": ids / n, "grounded": grounded / n,
+            "exact_draft": exact / n, "ok_rate": sum(o is not None for o in outs) / n}
+
+
+def verifier_scores(outs: list[dict | None], cases: list) -> dict[str, float]:
+    n = max(1, len(cases))
+    bad = [(o, c) for o, c in zip(outs, cases) if not c.target["approved"]]
+    good = [(o, c) for o, c in zip(outs, cases) if c.target["approved"]]
+    s = {"accuracy": sum(o is not None and o.get("approved") == c.target["approved"]
+                         for o, c in zip(outs, cases)) / n,
+         "false_accepts": sum(o is not None and o.get("approved") is True for o, _ in bad)
+         / max(1, len(bad)),
+         "false_rejects": sum(o is None or o.get("approved") is False for o, _ in good)
+         / max(1, len(good))}
+    if all("reason" in c.target for c in cases):
+        s["reason"] = sum(o is not None and o.get("reason") == c.target["reason"]
+                          for o, c in zip(outs, cases)) / n
+    s["ok_rate"] = sum(o is not None for o in outs) / n
+    return s
+
+
 def main() -> int:
     from slmflow.finetune.data import load_examples
 
@@ -86,6 +127,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="llama.cpp threads (1 on a busy box)")
     ap.add_argument("--limit", type=int, default=0, help="first N eval rows only")
     ap.add_argument("--out", help="write the scores as JSON")
+    ap.add_argument("--only", default="", help="comma-separated job names (e.g. reasoner,verifier)")
     a = ap.parse_args()
     ag = agents(a.threads)
     suites = HERE.parents[1] / "src" / "slmflow" / "evals" / "datasets"
@@ -95,9 +137,18 @@ def main() -> int:
             ("router (evals suite)", "router", suites / "support_router.jsonl",
              {"target_field": "expected", "target_key": "category"}, router_scores),
             ("extractor (evals suite)", "extractor", suites / "support_extract.jsonl",
-             {"target_field": "expected"}, extraction_scores)]
+             {"target_field": "expected"}, extraction_scores),
+            ("reasoner", "reasoner", HERE / "data" / "reasoner_eval.jsonl", {}, reasoner_scores),
+            ("verifier", "verifier", HERE / "data" / "verifier_eval.jsonl", {}, verifier_scores),
+            ("verifier (evals suite)", "verifier", suites / "support_verifier.jsonl",
+             {"target_field": "expected"}, verifier_scores)]
     results: dict[str, Any] = {}
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
+    if a.out and Path(a.out).is_file():  # keep the figures of jobs not re-run
+        results.update(json.loads(Path(a.out).read_text()))
     for key, name, file, fields, scorer in jobs:
+        if only and key not in only:
+            continue
         cases = load_examples(file, **fields)
         cases = cases[: a.limit] if a.limit else cases
         agent = ag[name]

@@ -44,6 +44,11 @@ class Passage(BaseModel):
     text: str
     score: float
 
+    def __prompt__(self) -> str:
+        """How a passage reads in a prompt: its id (the reasoner names it) and its text; the
+        title repeats the text's subject and the score means nothing to a model."""
+        return f"[{self.id}] {self.text}"
+
 
 class RetrievalInput(BaseModel):
     text: str
@@ -65,13 +70,33 @@ class DraftInput(BaseModel):
     lookup: Optional[dict[str, Any]] = None
 
 
+class Draft(BaseModel):
+    """The reasoner's output: a short chain of thought, then the reply. Only ``draft`` reaches the
+    customer (the workflow merges these fields into its state; `compose` answers with ``draft``).
+    Fine-tuned chain of thought: the adapter learned this decomposition from generated rows
+    (data/make_pipeline_data.py), the schema makes the order binding."""
+
+    policy: str = Field(max_length=40)    # the id of the passage that applies, or "none"
+    record: str = Field(max_length=80)    # what the looked-up record says that matters
+    draft: str = Field(min_length=1, max_length=600)
+
+
 class VerifyInput(BaseModel):
     text: str
     draft: str = Field(min_length=1)
     passages: list[Passage]
+    lookup: Optional[dict[str, Any]] = None
+
+
+VerdictReason = Literal["ok", "wrong_id", "wrong_fact", "unsupported_promise", "off_topic",
+                        "incomplete"]
 
 
 class Verdict(BaseModel):
+    """The verifier's decision: the kind of fault first (what it checked), then the verdict. A
+    rejection's reason reaches the run's detail and the review queue."""
+
+    reason: VerdictReason
     approved: bool
 
 

@@ -95,7 +95,15 @@ def search(query: str, k: int = 2) -> list[Passage]:
                 for d, s in index().search(query, k)]
     hits = kb_index().search(query, k, mode="hybrid").passages
     return [Passage(id=f"{Path(h.source).stem}#{h.position}", title=Path(h.source).stem
-                    .replace("-", " "), text=h.text, score=round(h.score, 4)) for h in hits]
+                    .replace("-", " "), text=_body(h.text), score=round(h.score, 4))
+            for h in hits]
+
+
+def _body(text: str) -> str:
+    """A passage's text without its markdown heading line (the title carries it) and with its
+    lines joined: what the reasoner reads, and quotes."""
+    return " ".join(ln.strip() for ln in text.splitlines()
+                    if ln.strip() and not ln.lstrip().startswith("#"))
 
 
 def retrieve(q: RetrievalInput) -> Retrieved:
@@ -106,11 +114,23 @@ def retrieve(q: RetrievalInput) -> Retrieved:
     return Retrieved(passages=passages)
 
 
+REFERRAL = ("I'm sorry, our support policy does not cover this question, so I cannot answer it "
+            "here. I have passed your message to our team.")
+
+
 def grounding_check(state: Mapping[str, Any]) -> str | None:
     """Deterministic verifier half: ids in the ticket appear in the draft, and at least 20% of the
     draft's content words come from the retrieved passages or the looked-up record. Returns the
-    reason for a rejection, or None."""
+    reason for a rejection, or None.
+
+    The referral (`REFERRAL`, the reasoner's answer to a ticket no policy covers) passes when the
+    ticket was routed ``other``: it states no policy, so there is nothing to ground; on any other
+    category it is rejected (a ticket with a policy must be answered from it)."""
     draft = (state.get("draft") or "").strip()
+    if draft == REFERRAL:
+        if state.get("category") == "other":
+            return None
+        return f"draft refers a {state.get('category')} ticket to the team instead of answering"
     if len(draft) < 10:
         return "draft is empty or too short"
     for key in ("order_id", "account_id"):

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Train the support example's shipped LoRA adapters (router, extractor) on its own data and copy
-# them into examples/support/adapters/<agent>/ (adapter.gguf + card.json).
+# Train the support example's shipped LoRA adapters (router, extractor, reasoner, verifier) on its
+# own generated data and copy them into examples/support/adapters/<agent>/ (adapter.gguf +
+# card.json).
 #
-#   examples/support/train_adapters.sh          # both agents + comparison (make support-adapters)
-#   examples/support/train_adapters.sh router     # one agent
+#   examples/support/train_adapters.sh          # all four agents + comparison (make support-adapters)
+#   examples/support/train_adapters.sh reasoner   # one agent
+#
+# Data: data/make_training_data.py (router, extraction) and data/make_pipeline_data.py (reasoner,
+# verifier; its passages come from the example's real retrieval, so the MiniLM index is built).
+# The reasoner and the verifier read ~300-token prompts (policy passages, ticket, record): they
+# train with --max-len 512 and take longer (see each card's train_seconds).
 #
 # Each agent: `slmflow train agent` (LoRA r=8 on the attention projections of SmolLM2-135M, one
 # torch thread, about 5 minutes on a CPU) into a scratch registry under $SCRATCH, gated against
@@ -19,12 +25,17 @@ HOME_DIR=${SLMFLOW_HOME:-.slmflow}
 SCRATCH=${SCRATCH:-$HOME_DIR/support-adapters}
 EX=examples/support
 AGENTS=("$@")
-[ ${#AGENTS[@]} -eq 0 ] && AGENTS=(router extractor)
+[ ${#AGENTS[@]} -eq 0 ] && AGENTS=(router extractor reasoner verifier)
+# bfloat16 training only where the CPU has AVX-512 BF16 (elsewhere torch emulates it, slowly)
+BF16=$(grep -qw avx512_bf16 /proc/cpuinfo && echo --bf16 || echo --no-bf16)
 
-"$PY" $EX/data/make_training_data.py
+if [ -z "${SKIP_DATA:-}" ]; then  # SKIP_DATA=1: train on the committed files as they are
+  "$PY" $EX/data/make_training_data.py
+  N_TRAIN=30 N_EVAL=4 MAX_VERIFIER_TRAIN=400 "$PY" $EX/data/make_pipeline_data.py
+fi
 
-train() {  # agent data-prefix epochs
-  local agent=$1 data=$2 epochs=$3
+train() {  # agent data-prefix epochs [max-len] [lr]
+  local agent=$1 data=$2 epochs=$3 maxlen=${4:-256} lr=${5:-1e-3}
   rm -rf "$SCRATCH/$agent"
   mkdir -p "$SCRATCH/$agent" "$HOME_DIR/models"
   # share the dequantized base model (made once under $SLMFLOW_HOME/models) with the scratch home
@@ -32,8 +43,8 @@ train() {  # agent data-prefix epochs
   SLMFLOW_HOME="$SCRATCH/$agent" "$SLMFLOW" train agent "$agent" \
       --workflow $EX/workflow.yaml \
       --data $EX/data/${data}_train.jsonl --eval-data $EX/data/${data}_eval.jsonl \
-      --r 8 --targets q_proj,k_proj,v_proj,o_proj --lr 1e-3 --batch-size 8 --epochs "$epochs" \
-      --max-len 256 --threads 1 --seed 0 --out "$SCRATCH/$agent/run"
+      --r 8 --targets q_proj,k_proj,v_proj,o_proj --lr "$lr" --batch-size 8 --epochs "$epochs" \
+      --max-len "$maxlen" --threads "${THREADS:-1}" $BF16 --seed 0 --out "$SCRATCH/$agent/run"
   local v=$SCRATCH/$agent/adapters/$agent/v1
   rm -rf "$EX/adapters/$agent"
   mkdir -p "$EX/adapters/$agent"
@@ -45,9 +56,11 @@ for a in "${AGENTS[@]}"; do
   case $a in
     router) train router router 1 ;;
     extractor) train extractor extraction 2 ;;
-    *) echo "unknown agent $a (router, extractor)" >&2; exit 2 ;;
+    reasoner) train reasoner reasoner 1 512 ;;
+    verifier) train verifier verifier 1 512 ;;
+    *) echo "unknown agent $a (router, extractor, reasoner, verifier)" >&2; exit 2 ;;
   esac
 done
-if [ ${#AGENTS[@]} -eq 2 ]; then
+if [ ${#AGENTS[@]} -eq 4 ]; then
   "$PY" $EX/eval_adapters.py --threads 1 --out $EX/adapters/results.json
 fi

@@ -146,11 +146,15 @@ class AgentResult:
 # ---- rendering ---------------------------------------------------------------------------------
 
 def render_value(value: Any) -> str:
-    """Compact text for a prompt: lists become "- item" lines, objects "k: v" pairs."""
+    """Compact text for a prompt: lists become "- item" lines, objects "k: v" pairs; an object
+    with a ``__prompt__()`` method says itself how it reads in a prompt (a retrieved passage as
+    ``[id] text``, without its score: every token of a prompt is paid for at prefill)."""
     if value is None:
         return "none"
     if isinstance(value, str):
         return value
+    if callable(getattr(value, "__prompt__", None)):
+        return value.__prompt__()
     if hasattr(value, "model_dump"):
         value = value.model_dump()
     if isinstance(value, Mapping):

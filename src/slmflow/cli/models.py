@@ -74,9 +74,11 @@ def generate_cmd(
 
 def demo_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m"),
              no_adapters: bool = typer.Option(False, "--no-adapters",
-                                              help="run the router and extractor zero-shot, "
-                                                   "without the example's adapters")) -> None:
+                                              help="run every agent zero-shot, without the "
+                                                   "example's adapters"),
+             compare: bool = typer.Option(True, help="after the fine-tuned run, run the same "
+                                                     "tickets zero-shot and compare")) -> None:
     """The main job on the embedded model: the reference support workflow on sample tickets."""
     from ..demo import run_demo
 
-    run_demo(model, adapters=False if no_adapters else None)
+    run_demo(model, adapters=False if no_adapters else None, compare=compare)

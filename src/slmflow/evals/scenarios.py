@@ -11,6 +11,7 @@ A scenario names an input and what should happen (every part optional)::
         handoffs: ["router -> retrieve", "extract -> reason"]  # must happen and validate/repair
         state: {category: refund, order_id: A-1042}             # the outcome
         answer_contains: ["A-1042"]
+        answer_not_contains: ["500 EUR"]  # e.g. what a prompt injection asked to be promised
         faithful: true                   # the answer is supported by what was retrieved
 
 Each expectation is one check (an `Evaluator`), so the suite machinery does the rest: concurrency,
@@ -65,6 +66,7 @@ class Expect(BaseModel):
     strict_handoffs: bool = False
     state: dict[str, Any] = Field(default_factory=dict)
     answer_contains: list[str] = Field(default_factory=list)
+    answer_not_contains: list[str] = Field(default_factory=list)
     faithful: bool | None = None
 
 
@@ -251,7 +253,7 @@ class Outcome(Evaluator):
 
     def evaluate(self, case: Case, out: ScenarioOutput) -> EvalResult:
         exp = Expect.model_validate(case.expected)
-        if not exp.state and not exp.answer_contains:
+        if not exp.state and not exp.answer_contains and not exp.answer_not_contains:
             return _na()
         r = out.result
         problems = []
@@ -263,7 +265,11 @@ class Outcome(Evaluator):
         for s in exp.answer_contains:
             if s.lower() not in ans.lower():
                 problems.append(f"answer does not contain {s!r}")
-        return EvalResult(1 - len(problems) / (len(exp.state) + len(exp.answer_contains)),
+        for s in exp.answer_not_contains:
+            if s.lower() in ans.lower():
+                problems.append(f"answer contains {s!r}, which it must not")
+        n = len(exp.state) + len(exp.answer_contains) + len(exp.answer_not_contains)
+        return EvalResult(1 - len(problems) / n,
                           "outcome_ok" if not problems else "wrong_outcome",
                           "; ".join(problems), passed=not problems)
 

@@ -14,8 +14,6 @@ zero-shot base model for comparison; a model other than the adapters' base runs 
 
 from __future__ import annotations
 
-import sys
-
 from pathlib import Path
 
 from .errors import ConfigError
@@ -51,31 +49,28 @@ def run_demo(model_name: str = "smollm2-135m", spec: Path | None = None,
 
 
 def _run(model_name: str, spec: Path, adapters: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    from .cli.output import Col, console as cli_console, print_table, rule
     from .workflow import load_workflow, print_result
 
     if not spec.is_file():
         raise ConfigError(f"the example workflow is not here: {spec} (run from a source checkout)",
                           where="demo")
-    # piped or logged (make demo in CI): rich would wrap the tables at 80 columns
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    # piped or logged (make demo in CI): the tables come out tab-separated, nothing cut
+    console = cli_console()
     wf = load_workflow(spec, model=model_name, fallback=model_name)
     tuned = sorted(a.name for a in wf.agents.values() if a.adapter) if adapters else []
     title = (f"support pipeline on {model_name}"
              + (f" (adapters: {', '.join(tuned)})" if tuned else " (no adapters)"))
-    summary = Table(title=f"{title}: summary")
-    for c in ("ticket", "status", "category", "order_id", "account_id", "urgent", "ms",
-              "model share", "escalations"):
-        summary.add_column(c, overflow="fold")
+    rows = []
     for ticket in sample_tickets():
-        console.rule(f"[bold]{ticket}")
+        rule(console, ticket)
         r = wf.run_sync(ticket)
         print_result(r, console)
         share = r.model_latency_s / r.latency_s if r.latency_s else 0.0
         st = r.state
-        summary.add_row(ticket[:48], r.status, str(st.get("category")), str(st.get("order_id")),
-                        str(st.get("account_id")), str(st.get("urgent")),
-                        f"{r.latency_s * 1000:.0f}", f"{share:.0%}", str(len(r.escalations)))
-    console.print(summary)
+        rows.append([ticket[:48], r.status, str(st.get("category")), str(st.get("order_id")),
+                     str(st.get("account_id")), str(st.get("urgent")),
+                     f"{r.latency_s * 1000:.0f}", f"{share:.0%}", str(len(r.escalations))])
+    print_table([Col("ticket"), Col("status"), Col("category"), Col("order_id", key=True),
+                 Col("account_id", key=True), Col("urgent"), Col("ms"), Col("model share"),
+                 Col("escalations")], rows, title=f"{title}: summary", con=console)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from slmflow import FunctionModel, tracing
 from slmflow.agents import Agent
 from slmflow.cli import app
-from slmflow.cli.output import Col, console, is_plain, print_table
+from slmflow.output import Col, console, is_plain, print_table
 
 HEX32 = re.compile(r"\b[0-9a-f]{32}\b")
 

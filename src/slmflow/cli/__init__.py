@@ -37,7 +37,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SlmflowError as e:
-        from .output import console
+        from ..output import console
 
         console(stderr=True).print(f"[bold red]error:[/] {e.message}"
                                    + (f"  [dim]({e.where})[/]" if e.where else ""),

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List the registered evaluators, their kind and their measured agreement."""
     from ..evals import list_evaluators
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     rows = list_evaluators()
     if as_json:
@@ -72,7 +72,7 @@ def calibrate_cmd(
     """Measure an evaluator against human labels: accuracy, Cohen's kappa, confusion matrix,
     per-label recall, the best threshold; written to the evaluator's card for `eval list`."""
     from ..evals.calibrate import calibrate, write_card
-    from .output import console, print_table
+    from ..output import console, print_table
 
     opts: dict[str, Any] = {}
     for o in option or []:
@@ -116,7 +116,7 @@ def _finish(rep: Any, json_out: Optional[Path], html: Optional[Path], baseline: 
             tolerance: float, metrics: Optional[List[str]], save_baseline: Optional[Path],
             quiet: bool) -> None:
     from ..evals import compare, print_report, write_html
-    from .output import console
+    from ..output import console
 
     to_stdout = json_out is not None and str(json_out) == "-"
     con = console(stderr=quiet or to_stdout)

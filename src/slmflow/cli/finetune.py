@@ -82,7 +82,7 @@ def _registry():
 def adapters_list(agent: Optional[str] = typer.Argument(None),
                   as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Adapters per agent, with the promoted version marked."""
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     reg = _registry()
     recs = []

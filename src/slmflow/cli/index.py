@@ -43,7 +43,7 @@ def add_cmd(paths: List[Path] = typer.Argument(..., help="files or folders (.md 
     """Index files and folders; only new or changed files are embedded, vanished ones removed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .output import console
+    from ..output import console
 
     err = console(stderr=True)
     with _open(name, store, embedder) as ix:
@@ -90,7 +90,7 @@ def query_cmd(text: str = typer.Argument(..., help="what to look for"), name: st
     if as_json:
         typer.echo(res.model_dump_json(indent=2))
         return
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     cwd = Path.cwd()
     rows = []
@@ -151,7 +151,7 @@ def eval_cmd(name: str = typer.Option("banking77-eval", "--name", "-n"),
              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """recall@k, MRR, nDCG@k per mode on a labelled set (default: the BANKING77-derived set)."""
     from ..retrieval.evaluation import run_banking77
-    from .output import print_table
+    from ..output import print_table
 
     with _open(name) as ix:
         res = run_banking77(ix, k=k, path=data)

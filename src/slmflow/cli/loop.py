@@ -66,7 +66,7 @@ def flag_cmd(since: str = typer.Option("24h", help="window start: 24h, 7d, an IS
     if as_json:
         typer.echo(json.dumps(rep.as_dict(), indent=2))
         return
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     typer.echo(f"flag run {rep.run_id}{' (dry run)' if dry_run else ''}: "
                f"{rep.scanned} calls scanned, {rep.candidates} matched, "
@@ -116,7 +116,7 @@ def queue_cmd(agent: Optional[str] = typer.Option(None, "--agent"),
     (`slmflow loop review` takes one, or a unique prefix); the input column is its first 60
     characters (``--json``: all of it)."""
     from ..store.review import ReviewQueue
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     log = _log(calls)
     try:

@@ -22,7 +22,7 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON"))
     from rich.text import Text
 
     from ..models.catalog import list_models
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     rows = list_models()
     if as_json:

@@ -57,7 +57,7 @@ def usage_cmd(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     cols = [Col(g, key=True) for g in groups] + [
         Col(c, justify="right") for c in ("calls", "input tok", "output tok", "cost USD",
@@ -130,7 +130,7 @@ def keys_list(url: Optional[str] = _URL,
               as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List API keys (name, prefix, limits, revoked)."""
     from ..store import open_call_log
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     with open_call_log(url) as log:
         keys = log.list_keys()

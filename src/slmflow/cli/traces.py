@@ -56,7 +56,7 @@ def list_cmd(limit: int = typer.Option(20, "--limit", "-n"), db: Optional[str] =
     fields)."""
     from rich.text import Text
 
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     rows = _store(db).list_traces(limit=limit)
     if as_json:
@@ -108,7 +108,7 @@ def show_cmd(trace_id: str = typer.Argument("last", help="a trace id, a unique p
     """One trace as an indented tree: latency, tokens, cost, confidence, status per span."""
     from rich.tree import Tree
 
-    from .output import console
+    from ..output import console
 
     from ..errors import ConfigError
     from ..tracing import views
@@ -150,7 +150,7 @@ def stats_cmd(by: str = typer.Option("agent", "--by",
     from rich.text import Text
 
     from ..tracing import views
-    from .output import Col, print_table
+    from ..output import Col, print_table
 
     since = time.time_ns() - int(since_hours * 3600e9) if since_hours else None
     rows = views.stats(_store(db).spans(since_ns=since), by=by)

@@ -27,10 +27,10 @@ def _fmt(v: Any) -> str:
 
 def print_report(report: SuiteReport, console: Any = None, *, show_errors: int = 10,
                  show_failures: int = 5) -> None:
-    """The scores table (tab-separated when not on a terminal: `slmflow.cli.output`), the row
+    """The scores table (tab-separated when not on a terminal: `slmflow.output`), the row
     counts, then the first errored and failed rows."""
-    from ..cli.output import Col, print_table
-    from ..cli.output import console as cli_console
+    from ..output import Col, print_table
+    from ..output import console as cli_console
 
     con = console or cli_console()
     s = report.summary

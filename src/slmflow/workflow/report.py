@@ -4,7 +4,7 @@ Why one function: the CLI, the demo and the tests read the same columns (model, 
 confidence, escalated), so a column cannot silently disappear from one of them. Long details
 (escalation reasons, tool errors, verifier verdicts) go in numbered notes under the table, so the
 table itself stays readable in an 80-column terminal; piped or redirected, the table is
-tab-separated text with every cell whole (`slmflow.cli.output`).
+tab-separated text with every cell whole (`slmflow.output`).
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def step_table(result: RunResult, title: str | None = None) -> tuple[Any, list[s
 
 def print_result(result: RunResult, console: Any = None, *, show_table: bool = True) -> None:
     """The answer, the reason, the per-step table and its notes. On a terminal the table is
-    rich's; piped or redirected it is tab-separated, every cell whole (`slmflow.cli.output`)."""
-    from ..cli.output import console as cli_console
-    from ..cli.output import is_plain, print_table
+    rich's; piped or redirected it is tab-separated, every cell whole (`slmflow.output`)."""
+    from ..output import console as cli_console
+    from ..output import is_plain, print_table
 
     console = console or cli_console()
     colour = {"ok": "green", "escalated": "yellow", "rejected": "red", "failed": "red"}

@@ -162,9 +162,54 @@ def test_listing_commands_piped_and_json(home):
     header, rows = _table(_run("models"))
     assert header[0] == "name" and len(rows) == len(json.loads(_run("models", "--json")))
     assert json.loads(_run("adapters", "list", "--json")) == []
+    from slmflow.finetune.registry import AdapterRegistry
+
+    peft = home / "peft"  # the registry only reads cards here: a folder with a PEFT config
+    peft.mkdir(parents=True)
+    (peft / "adapter_config.json").write_text('{"r": 8}')
+    reg = AdapterRegistry()
+    agent = "router-agent-with-a-name-long-enough-to-be-cut"
+    for _ in range(2):
+        reg.register(agent, peft, {"base_model": "smollm2-135m", "metrics": {"train_loss": 0.5}})
+    reg.promote(agent, "v2", {"accuracy": 0.75})
+    header, rows = _table(_run("adapters", "list"))
+    assert header[:4] == ["agent", "version", "promoted", "base"]
+    assert [r[:4] for r in rows] == [[agent, "v1", "", "smollm2-135m"],
+                                     [agent, "v2", "*", "smollm2-135m"]]
+    recs = json.loads(_run("adapters", "list", "--json"))
+    assert [(r["version"], r["promoted"]) for r in recs] == [("v1", False), ("v2", True)]
+    assert recs[1]["eval_scores"] == {"accuracy": 0.75} and recs[1]["train_loss"] == 0.5
     assert json.loads(_run("loop", "queue", "--json")) == {"stats": {}, "items": []}
     status = json.loads(_run("loop", "status", "--json"))
-    assert status["queue"] == {} and status["flag_runs"] == [] and status["adapters"] == {}
+    assert status["queue"] == {} and status["flag_runs"] == []
+    assert status["adapters"] == {agent: {"serving": "v2", "versions": ["v1", "v2"]}}
+
+
+AGENT_PY = '''
+from pydantic import BaseModel
+from slmflow import Agent, FunctionModel
+
+class R(BaseModel):
+    intent: str
+
+agent = Agent(name="tiny", model=FunctionModel(lambda m, s: {"intent": "greet"}, name="fake"),
+              output_type=R)
+'''
+
+
+def test_eval_agent_json_dash_writes_the_report_to_stdout(tmp_path, home):
+    (tmp_path / "cliout_eval_agent.py").write_text(AGENT_PY)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "case-with-a-long-identifier-1", "input": "hello", "expected": '
+                    '"greet"}\n')
+    r = CliRunner().invoke(app, ["eval", "agent", f"{tmp_path}/cliout_eval_agent.py:agent",
+                                 "--data", str(data), "-e", "routing", "--field", "intent",
+                                 "--no-progress", "--json", "-"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    got = json.loads(r.stdout)  # only the JSON on stdout
+    assert got["scores"]["accuracy"] == 1.0 and not (tmp_path / "-").exists()
+    header, rows = _table(r.stderr.split("rows 1:")[0])  # the scores table went to stderr
+    assert header == ["metric", "value"] and ["accuracy", "1.0000"] in rows
 
 
 # ---- the helper itself -------------------------------------------------------------------------

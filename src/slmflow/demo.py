@@ -49,7 +49,8 @@ def run_demo(model_name: str = "smollm2-135m", spec: Path | None = None,
 
 
 def _run(model_name: str, spec: Path, adapters: bool) -> None:
-    from .output import Col, console as cli_console, print_table, rule
+    from .output import Col, print_table, rule
+    from .output import console as cli_console
     from .workflow import load_workflow, print_result
 
     if not spec.is_file():

@@ -13,11 +13,11 @@ be copied from a log. Every command that prints a table goes through `print_tabl
 
 It sits at the bottom of the package (it imports nothing of ours) because the CLI is not its only
 user: `slmflow.workflow.print_result`, `slmflow.evals.print_report` and the demo print the same
-tables. `console()` is the matching console for everything else a command prints (answers, trees): on a
-terminal rich's default, elsewhere one that never wraps a line (``soft_wrap``), so a long trace id
-in a tree's first line stays whole too. Cells given as ``str`` are shown as they are (never read
-as rich markup, so ``[/]`` in a passage cannot break the table); pass a ``rich.text.Text`` for a
-styled cell.
+tables. `console()` is the matching console for everything else a command prints (answers,
+trees): on a terminal rich's default, elsewhere one that never wraps a line (``soft_wrap``), so a
+long trace id in a tree's first line stays whole too. Cells given as ``str`` are shown as they
+are (never read as rich markup, so ``[/]`` in a passage cannot break the table); pass a
+``rich.text.Text`` for a styled cell.
 """
 
 from __future__ import annotations

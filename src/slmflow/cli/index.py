@@ -150,8 +150,8 @@ def eval_cmd(name: str = typer.Option("banking77-eval", "--name", "-n"),
                                                  help="folder with docs.jsonl + queries.jsonl"),
              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """recall@k, MRR, nDCG@k per mode on a labelled set (default: the BANKING77-derived set)."""
-    from ..retrieval.evaluation import run_banking77
     from ..output import print_table
+    from ..retrieval.evaluation import run_banking77
 
     with _open(name) as ix:
         res = run_banking77(ix, k=k, path=data)

@@ -115,8 +115,8 @@ def queue_cmd(agent: Optional[str] = typer.Option(None, "--agent"),
     """The review queue, highest priority first, with counts per agent. Item ids are whole
     (`slmflow loop review` takes one, or a unique prefix); the input column is its first 60
     characters (``--json``: all of it)."""
-    from ..store.review import ReviewQueue
     from ..output import Col, print_table
+    from ..store.review import ReviewQueue
 
     log = _log(calls)
     try:

@@ -129,8 +129,8 @@ def keys_create(
 def keys_list(url: Optional[str] = _URL,
               as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List API keys (name, prefix, limits, revoked)."""
-    from ..store import open_call_log
     from ..output import Col, print_table
+    from ..store import open_call_log
 
     with open_call_log(url) as log:
         keys = log.list_keys()

@@ -108,9 +108,8 @@ def show_cmd(trace_id: str = typer.Argument("last", help="a trace id, a unique p
     """One trace as an indented tree: latency, tokens, cost, confidence, status per span."""
     from rich.tree import Tree
 
-    from ..output import console
-
     from ..errors import ConfigError
+    from ..output import console
     from ..tracing import views
 
     spans = _store(db).trace(trace_id)
@@ -149,8 +148,8 @@ def stats_cmd(by: str = typer.Option("agent", "--by",
     """p50/p95 latency, tokens, cost, error and escalation rate per agent (or model, ...)."""
     from rich.text import Text
 
-    from ..tracing import views
     from ..output import Col, print_table
+    from ..tracing import views
 
     since = time.time_ns() - int(since_hours * 3600e9) if since_hours else None
     rows = views.stats(_store(db).spans(since_ns=since), by=by)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from slmflow import FunctionModel, tracing
 from slmflow.agents import Agent
 from slmflow.cli import app
+from slmflow.cli.traces import _usd
 from slmflow.output import Col, console, is_plain, print_table
 
 HEX32 = re.compile(r"\b[0-9a-f]{32}\b")
@@ -83,10 +84,15 @@ def test_traces_stats_and_show_piped(traced):
     header, rows = _table(_run("traces", "stats", "--by", "agent", "--db", str(db)))
     assert header[:3] == ["agent", "calls", "p50"]
     assert rows[0][:2] == ["router-with-a-rather-long-agent-name", "2"]
-    out = _run("traces", "show", ids[0], "--db", str(db))
-    assert f"trace {ids[0]}" in out.splitlines()[0]  # the tree's head line is not wrapped
     got = json.loads(_run("traces", "show", ids[0], "--db", str(db), "--json"))
     assert got["summary"]["trace_id"] == ids[0]
+    out = _run("traces", "show", ids[0], "--db", str(db)).splitlines()
+    # the tree's lines are neither wrapped nor cropped at 80 columns (the agent's line is longer)
+    assert out[0].startswith(f"trace {ids[0]}  ") and out[0].endswith(
+        f"cost {_usd(got['summary']['cost_usd'])}")
+    agent_line = next(line for line in out if "invoke_agent" in line)
+    assert len(agent_line) > 80 and agent_line.endswith(
+        f"{_usd(got['spans'][0]['total_cost_usd'])}  conf 1.00")
 
 
 def test_index_query_piped_prints_whole_paths(tmp_path, home):

@@ -39,17 +39,20 @@ class Col:
 
 
 Cell = Union[str, Any]  # str or rich.text.Text
+PLAIN_WIDTH = 100_000  # the console width off a terminal: no line of ours is that long
 
 
 def console(*, stderr: bool = False) -> Any:
     """A rich Console for CLI output to stdout (or stderr): rich's default on a terminal; when the
-    stream is not a terminal, one that does not wrap lines."""
+    stream is not a terminal, one that neither wraps nor crops lines."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
     if _isatty(stream):
         return Console(stderr=stderr)
-    return Console(stderr=stderr, soft_wrap=True)
+    # soft_wrap: printed text is never wrapped; the width: renderables such as a Tree crop their
+    # lines to the console's width (80 off a terminal) even with soft_wrap
+    return Console(stderr=stderr, soft_wrap=True, width=PLAIN_WIDTH)
 
 
 def _isatty(stream: Any) -> bool:

@@ -204,7 +204,8 @@ agent = Agent(name="tiny", model=FunctionModel(lambda m, s: {"intent": "greet"},
 '''
 
 
-def test_eval_agent_json_dash_writes_the_report_to_stdout(tmp_path, home):
+def test_eval_agent_json_dash_writes_the_report_to_stdout(tmp_path, home, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a file named "-" would land
     (tmp_path / "cliout_eval_agent.py").write_text(AGENT_PY)
     data = tmp_path / "d.jsonl"
     data.write_text('{"id": "case-with-a-long-identifier-1", "input": "hello", "expected": '

@@ -17,7 +17,6 @@ with where to look next (the trace, the UI, the scenario evals).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,10 @@ ADAPTERS_BASE = "smollm2-135m"  # the model the shipped adapters were trained on
 
 
 def _console() -> Any:
-    from rich.console import Console
+    from .output import console
 
-    # piped or logged (make demo in CI): rich would wrap the tables at 80 columns
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    # piped or logged (make demo in CI): the tables come out tab-separated, nothing cut
+    return console()
 
 
 def run_demo(model_name: str = "smollm2-135m", spec: Path | None = None,
@@ -49,10 +48,12 @@ def run_demo(model_name: str = "smollm2-135m", spec: Path | None = None,
     if adapters is None:
         adapters = model_name == ADAPTERS_BASE
     spec = spec or EXAMPLE
+    from .output import rule
+
     tuned = _run(model_name, spec, adapters)
     console = _console()
     if adapters and compare:
-        console.rule("[bold]the same tickets, zero-shot (no adapters)")
+        rule(console, "the same tickets, zero-shot (no adapters)")
         base = _run(model_name, spec, False, quiet=True)
         print_comparison(console, model_name, tuned, base)
     console.print("\nwhere to look next:\n"
@@ -73,17 +74,14 @@ def _rel(p: Path) -> str:
 
 def print_comparison(console: Any, model_name: str, tuned: list[Any], base: list[Any]) -> None:
     """One short table: per ticket, the status and latency with and without the adapters."""
-    from rich.table import Table
+    from .output import print_table
 
-    t = Table(title=f"fine-tuned vs zero-shot on {model_name}: same tickets")
-    for c in ("ticket", "fine-tuned", "ms", "zero-shot", "ms "):
-        t.add_column(c, overflow="fold")
-    for ticket, a, b in zip(sample_tickets(), tuned, base):
-        t.add_row(ticket[:60], a.status, f"{a.latency_s * 1000:.0f}", b.status, f"{b.latency_s * 1000:.0f}")
+    rows = [[ticket[:60], a.status, f"{a.latency_s * 1000:.0f}", b.status,
+             f"{b.latency_s * 1000:.0f}"] for ticket, a, b in zip(sample_tickets(), tuned, base)]
     ok = lambda rs: sum(r.status == "ok" for r in rs)  # noqa: E731
-    t.add_row("[bold]ok", f"[bold]{ok(tuned)}/{len(tuned)}", "", f"[bold]{ok(base)}/{len(base)}",
-              "")
-    console.print(t)
+    rows.append(["all ok", f"{ok(tuned)}/{len(tuned)}", "", f"{ok(base)}/{len(base)}", ""])
+    print_table(["ticket", "fine-tuned", "ms", "zero-shot", "ms (zero-shot)"], rows,
+                title=f"fine-tuned vs zero-shot on {model_name}: same tickets", con=console)
 
 
 def _run(model_name: str, spec: Path, adapters: bool, quiet: bool = False) -> list[Any]:
@@ -100,8 +98,7 @@ def _run(model_name: str, spec: Path, adapters: bool, quiet: bool = False) -> li
 
 
 def _run_tickets(model_name: str, spec: Path, adapters: bool, quiet: bool) -> list[Any]:
-    from rich.table import Table
-
+    from .output import Col, print_table, rule
     from .workflow import load_workflow, print_result
 
     if not spec.is_file():
@@ -112,23 +109,21 @@ def _run_tickets(model_name: str, spec: Path, adapters: bool, quiet: bool) -> li
     tuned = sorted(a.name for a in wf.agents.values() if a.adapter) if adapters else []
     title = (f"support pipeline on {model_name}"
              + (f" (adapters: {', '.join(tuned)})" if tuned else " (no adapters)"))
-    summary = Table(title=f"{title}: summary")
-    for c in ("ticket", "status", "category", "order_id", "account_id", "urgent", "ms",
-              "model share", "escalations"):
-        summary.add_column(c, overflow="fold")
-    results = []
+    rows, results = [], []
     for ticket in sample_tickets():
         if not quiet:
-            console.rule(f"[bold]{ticket}")
+            rule(console, ticket)
         r = wf.run_sync(ticket)
         results.append(r)
         if not quiet:
             print_result(r, console)
         share = r.model_latency_s / r.latency_s if r.latency_s else 0.0
         st = r.state
-        summary.add_row(ticket[:48], r.status, str(st.get("category")), str(st.get("order_id")),
-                        str(st.get("account_id")), str(st.get("urgent")),
-                        f"{r.latency_s * 1000:.0f}", f"{share:.0%}", str(len(r.escalations)))
+        rows.append([ticket[:48], r.status, str(st.get("category")), str(st.get("order_id")),
+                     str(st.get("account_id")), str(st.get("urgent")),
+                     f"{r.latency_s * 1000:.0f}", f"{share:.0%}", str(len(r.escalations))])
     if not quiet:
-        console.print(summary)
+        print_table([Col("ticket"), Col("status"), Col("category"), Col("order_id", key=True),
+                     Col("account_id", key=True), Col("urgent"), Col("ms"), Col("model share"),
+                     Col("escalations")], rows, title=f"{title}: summary", con=console)
     return results

@@ -37,9 +37,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SlmflowError as e:
-        from rich.console import Console
+        from ..output import console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {e.message}"
+        console(stderr=True).print(f"[bold red]error:[/] {e.message}"
                                    + (f"  [dim]({e.where})[/]" if e.where else ""),
                                    highlight=False, markup=True)
         sys.exit(1)

@@ -28,21 +28,17 @@ def register(app: typer.Typer) -> None:
 @eval_app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List the registered evaluators, their kind and their measured agreement."""
-    from rich.console import Console
-    from rich.table import Table
-
     from ..evals import list_evaluators
+    from ..output import Col, print_table
 
     rows = list_evaluators()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title="evaluators")
-    for c in ("name", "kind", "description", "agreement with human labels"):
-        t.add_column(c)
-    for r in rows:
-        t.add_row(r["name"], r["kind"], r["description"], r["agreement"])
-    Console().print(t)
+    print_table([Col("name", key=True), Col("kind"), Col("description"),
+                 Col("agreement with human labels")],
+                [[r["name"], r["kind"], r["description"], r["agreement"]] for r in rows],
+                title="evaluators")
 
 
 def _opt_value(raw: str) -> Any:
@@ -70,14 +66,13 @@ def calibrate_cmd(
     card: Optional[Path] = typer.Option(None, "--card", help="write the card here (a .json "
                                         "file or a folder; default $SLMFLOW_HOME/evals/cards)"),
     no_card: bool = typer.Option(False, "--no-card", help="measure only, write no card"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the figures as JSON"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the figures as JSON to "
+                                            "this file ('-': to stdout, the tables to stderr)"),
 ) -> None:
     """Measure an evaluator against human labels: accuracy, Cohen's kappa, confusion matrix,
     per-label recall, the best threshold; written to the evaluator's card for `eval list`."""
-    from rich.console import Console
-    from rich.table import Table
-
     from ..evals.calibrate import calibrate, write_card
+    from ..output import console, print_table
 
     opts: dict[str, Any] = {}
     for o in option or []:
@@ -88,55 +83,55 @@ def calibrate_cmd(
     cal = calibrate(evaluator, data, options=opts, concurrency=concurrency, timeout_s=timeout,
                     output_field=output_field, label_field=label_field,
                     input_field=input_field, context_field=context_field)
-    con = Console()
+    to_stdout = json_out is not None and str(json_out) == "-"
+    con = console(stderr=to_stdout)
     lp, lf = cal.labels
     con.print(f"[bold]{cal.evaluator}[/] on {data}: n={cal.n}, errored={cal.errored}, "
               f"{cal.cases_per_s} cases/s" + (f", engine {cal.engine.get('engine')}"
                                                if cal.engine.get("engine") else ""))
-    t = Table(title="agreement with human labels")
-    for c in ("accuracy", "Cohen's kappa", f"recall({lp})", f"recall({lf})", f"precision({lf})",
-              f"F1({lf})"):
-        t.add_column(c)
-    t.add_row(f"{cal.accuracy:.3f}", f"{cal.kappa:.3f}", f"{cal.recall[lp]:.3f}",
-              f"{cal.recall[lf]:.3f}", f"{cal.fail_precision:.3f}", f"{cal.fail_f1:.3f}")
-    con.print(t)
-    m = Table(title="confusion (rows: human, columns: evaluator)")
-    m.add_column("")
-    m.add_column(lp)
-    m.add_column(lf)
-    for h in (lp, lf):
-        m.add_row(h, str(cal.confusion[h][lp]), str(cal.confusion[h][lf]))
-    con.print(m)
+    print_table(["accuracy", "Cohen's kappa", f"recall({lp})", f"recall({lf})",
+                 f"precision({lf})", f"F1({lf})"],
+                [[f"{cal.accuracy:.3f}", f"{cal.kappa:.3f}", f"{cal.recall[lp]:.3f}",
+                  f"{cal.recall[lf]:.3f}", f"{cal.fail_precision:.3f}", f"{cal.fail_f1:.3f}"]],
+                title="agreement with human labels", con=con)
+    print_table(["human", lp, lf],
+                [[h, str(cal.confusion[h][lp]), str(cal.confusion[h][lf])] for h in (lp, lf)],
+                title="confusion (rows: human, columns: evaluator)", con=con)
     if cal.best_threshold:
         b = cal.best_threshold
         con.print(f"best threshold on the score (passes when score >= t): t={b['threshold']} "
                   f"-> accuracy {b['accuracy']:.3f}, kappa {b['kappa']:.3f} (in-sample)")
     for e in cal.errors[:5]:
         con.print(f"[yellow]errored[/] {e}", highlight=False)
-    if json_out:
+    if to_stdout:
+        typer.echo(json.dumps(cal.to_dict(), indent=2, default=str))
+    elif json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(cal.to_dict(), indent=2, default=str))
     if not no_card:
-        con.print(f"card: {write_card(cal, card)}")
+        con.print(f"card: {write_card(cal, card)}", highlight=False)
 
 
 def _finish(rep: Any, json_out: Optional[Path], html: Optional[Path], baseline: Optional[Path],
             tolerance: float, metrics: Optional[List[str]], save_baseline: Optional[Path],
             quiet: bool) -> None:
-    from rich.console import Console
-
     from ..evals import compare, print_report, write_html
+    from ..output import console
 
-    con = Console(stderr=quiet)
+    to_stdout = json_out is not None and str(json_out) == "-"
+    con = console(stderr=quiet or to_stdout)
     print_report(rep, con)
     gate = compare(rep, baseline, tolerance, metrics or None) if baseline else None
     if json_out:
         d = rep.to_dict()
         if gate is not None:
             d["gate"] = gate.to_dict()
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(d, indent=2, default=str))
-        con.print(f"JSON report: {json_out}")
+        if to_stdout:
+            typer.echo(json.dumps(d, indent=2, default=str))
+        else:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(d, indent=2, default=str))
+            con.print(f"JSON report: {json_out}")
     if html:
         write_html(rep, html, gate)
         con.print(f"HTML report: {html}")
@@ -153,7 +148,8 @@ def _finish(rep: Any, json_out: Optional[Path], html: Optional[Path], baseline: 
         con.print(f"[bold green]regression gate passed[/] (tolerance {tolerance})")
 
 
-_JSON = typer.Option(None, "--json", help="write the JSON report here")
+_JSON = typer.Option(None, "--json", help="write the JSON report here ('-': to stdout, the "
+                                          "tables to stderr)")
 _HTML = typer.Option(None, "--html", help="write the self-contained HTML report here")
 _BASE = typer.Option(None, "--baseline", help="a saved report JSON to gate against")
 _TOL = typer.Option(0.02, "--tolerance", help="allowed drop per metric")

@@ -79,24 +79,32 @@ def _registry():
 
 
 @adapters_app.command("list")
-def adapters_list(agent: Optional[str] = typer.Argument(None)) -> None:
+def adapters_list(agent: Optional[str] = typer.Argument(None),
+                  as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Adapters per agent, with the promoted version marked."""
-    from rich.console import Console
-    from rich.table import Table
+    from ..output import Col, print_table
 
     reg = _registry()
-    t = Table(title="adapters")
-    for col in ("agent", "version", "promoted", "base", "train loss", "eval scores", "parent"):
-        t.add_column(col)
+    recs = []
     for a in ([agent] if agent else reg.agents()):
         promoted = reg.promoted(a)
         for v in reg.versions(a):
             c = reg.card(a, v)
-            t.add_row(a, v, "*" if v == promoted else "", c.get("base_model", ""),
-                      f"{c.get('metrics', {}).get('train_loss', float('nan')):.4f}",
-                      json.dumps(c.get("eval_scores", {})),
-                      str(c.get("lineage", {}).get("parent") or ""))
-    Console().print(t)
+            recs.append({"agent": a, "version": v, "promoted": v == promoted,
+                         "base_model": c.get("base_model", ""),
+                         "train_loss": c.get("metrics", {}).get("train_loss"),
+                         "eval_scores": c.get("eval_scores", {}),
+                         "parent": c.get("lineage", {}).get("parent")})
+    if as_json:
+        typer.echo(json.dumps(recs, indent=2, default=str))
+        return
+    print_table([Col("agent", key=True), Col("version", key=True), Col("promoted"),
+                 Col("base", key=True), Col("train loss"), Col("eval scores"),
+                 Col("parent", key=True)],
+                [[r["agent"], r["version"], "*" if r["promoted"] else "", r["base_model"],
+                  f"{r['train_loss'] if r['train_loss'] is not None else float('nan'):.4f}",
+                  json.dumps(r["eval_scores"]), str(r["parent"] or "")] for r in recs],
+                title="adapters")
 
 
 @adapters_app.command("show")

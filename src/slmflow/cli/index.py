@@ -41,10 +41,11 @@ def add_cmd(paths: List[Path] = typer.Argument(..., help="files or folders (.md 
             strict: bool = typer.Option(False, "--strict", help="fail on the first bad file"),
             quiet: bool = typer.Option(False, "-q", "--quiet")) -> None:
     """Index files and folders; only new or changed files are embedded, vanished ones removed."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    err = Console(stderr=True)
+    from ..output import console
+
+    err = console(stderr=True)
     with _open(name, store, embedder) as ix:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err, disable=quiet, transient=True) as prog:
@@ -89,31 +90,33 @@ def query_cmd(text: str = typer.Argument(..., help="what to look for"), name: st
     if as_json:
         typer.echo(res.model_dump_json(indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from ..output import Col, print_table
 
-    t = Table(title=f"{mode} search in {name}: {text!r}")
-    for col in ("#", "score", "source", "passage", "snippet"):
-        t.add_column(col, overflow="fold")
     cwd = Path.cwd()
+    rows = []
     for p in res.passages:
         src = Path(p.source)
         try:
             src = src.relative_to(cwd)
         except ValueError:
             pass
-        t.add_row(str(p.rank), f"{p.score:.4f}", str(src), f"#{p.position}", p.snippet(120))
-    Console().print(t)
+        rows.append([str(p.rank), f"{p.score:.4f}", str(src), f"#{p.position}", p.snippet(120)])
+    print_table([Col("#"), Col("score"), Col("source", key=True), Col("passage"), Col("snippet")],
+                rows, title=f"{mode} search in {name}: {text!r}")
     if not res.passages:
         typer.echo("no results", err=True)
 
 
 @index_app.command("list")
-def list_cmd() -> None:
-    """The indexes under $SLMFLOW_HOME/indexes."""
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The indexes under $SLMFLOW_HOME/indexes, one name a line."""
     from ..retrieval.index import list_indexes
 
-    for n in list_indexes():
+    names = list(list_indexes())
+    if as_json:
+        typer.echo(json.dumps(names))
+        return
+    for n in names:
         typer.echo(n)
 
 
@@ -144,18 +147,18 @@ def remove_cmd(targets: List[str] = typer.Argument(..., help="document ids, file
 def eval_cmd(name: str = typer.Option("banking77-eval", "--name", "-n"),
              k: int = typer.Option(10, "-k"),
              data: Optional[Path] = typer.Option(None, "--data",
-                                                 help="folder with docs.jsonl + queries.jsonl")) -> None:
+                                                 help="folder with docs.jsonl + queries.jsonl"),
+             as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """recall@k, MRR, nDCG@k per mode on a labelled set (default: the BANKING77-derived set)."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from ..output import print_table
     from ..retrieval.evaluation import run_banking77
 
     with _open(name) as ix:
         res = run_banking77(ix, k=k, path=data)
-    t = Table(title=f"retrieval eval ({next(iter(res.values()))['queries']} queries, k={k})")
-    for col in ("mode", f"recall@{k}", "MRR", f"nDCG@{k}"):
-        t.add_column(col)
-    for m, r in res.items():
-        t.add_row(m, f"{r[f'recall@{k}']:.3f}", f"{r['mrr']:.3f}", f"{r[f'ndcg@{k}']:.3f}")
-    Console().print(t)
+    if as_json:
+        typer.echo(json.dumps({"k": k, "modes": res}, indent=2, default=str))
+        return
+    print_table(["mode", f"recall@{k}", "MRR", f"nDCG@{k}"],
+                [[m, f"{r[f'recall@{k}']:.3f}", f"{r['mrr']:.3f}", f"{r[f'ndcg@{k}']:.3f}"]
+                 for m, r in res.items()],
+                title=f"retrieval eval ({next(iter(res.values()))['queries']} queries, k={k})")

@@ -66,10 +66,9 @@ def flag_cmd(since: str = typer.Option("24h", help="window start: 24h, 7d, an IS
     if as_json:
         typer.echo(json.dumps(rep.as_dict(), indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from ..output import Col, print_table
 
-    typer.echo(f"flag run {rep.run_id[:10]}{' (dry run)' if dry_run else ''}: "
+    typer.echo(f"flag run {rep.run_id}{' (dry run)' if dry_run else ''}: "
                f"{rep.scanned} calls scanned, {rep.candidates} matched, "
                f"{rep.already_queued} already queued, {rep.total} queued now, "
                f"{rep.wall_s * 1000:.0f} ms")
@@ -79,12 +78,9 @@ def flag_cmd(since: str = typer.Option("24h", help="window start: 24h, 7d, an IS
                    f"{rep.ray['cluster_cpus'] or 0:g} cluster CPUs")
     elif rep.slices > 1:
         typer.echo(f"{rep.slices} time slices, in this process")
-    t = Table()
-    for col in ("agent", "flagged", "over budget"):
-        t.add_column(col)
-    for a in sorted(set(rep.flagged) | set(rep.over_budget)):
-        t.add_row(a, str(rep.flagged.get(a, 0)), str(rep.over_budget.get(a, 0)))
-    Console().print(t)
+    print_table([Col("agent", key=True), Col("flagged"), Col("over budget")],
+                [[a, str(rep.flagged.get(a, 0)), str(rep.over_budget.get(a, 0))]
+                 for a in sorted(set(rep.flagged) | set(rep.over_budget))])
     if rep.by_reason:
         typer.echo("reasons: " + ", ".join(f"{k} {v}" for k, v in
                                            sorted(rep.by_reason.items(), key=lambda x: -x[1])))
@@ -114,11 +110,12 @@ def evaluate_cmd(evaluator: str = typer.Option(..., "--evaluator",
 def queue_cmd(agent: Optional[str] = typer.Option(None, "--agent"),
               status: str = typer.Option("pending", help="pending | reviewed | orphaned | all"),
               limit: int = typer.Option(30, "--limit", "-n"),
-              calls: Optional[str] = CALLS) -> None:
-    """The review queue, highest priority first, with counts per agent."""
-    from rich.console import Console
-    from rich.table import Table
-
+              calls: Optional[str] = CALLS,
+              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The review queue, highest priority first, with counts per agent. Item ids are whole
+    (`slmflow loop review` takes one, or a unique prefix); the input column is its first 60
+    characters (``--json``: all of it)."""
+    from ..output import Col, print_table
     from ..store.review import ReviewQueue
 
     log = _log(calls)
@@ -126,21 +123,32 @@ def queue_cmd(agent: Optional[str] = typer.Option(None, "--agent"),
         q = ReviewQueue(log)
         items = q.items(agent, None if status == "all" else status, limit=limit)
         stats = q.stats()
-        t = Table(title="review queue: " + ("; ".join(
-            f"{a}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.items()))
-            for a, s in sorted(stats.items())) or "empty"))
-        for col in ("item", "agent", "priority", "status", "reasons", "input"):
-            t.add_column(col)
-        calls = log.get_many(i.call_id for i in items)
-        for i in items:
-            c = calls.get(i.call_id)
-            inp = "(deleted)" if c is None else (c.input if isinstance(c.input, str)
-                                                 else json.dumps(c.input))
-            t.add_row(i.id[:10], i.agent or "", f"{i.priority:.2f}",
-                      i.verdict or i.status, ", ".join(i.reasons), inp[:60])
-        Console().print(t)
+        found = log.get_many(i.call_id for i in items)
     finally:
         log.close()
+    recs = []
+    for i in items:
+        c = found.get(i.call_id)
+        recs.append({"item": i.id, "call_id": i.call_id, "agent": i.agent,
+                     "priority": i.priority, "status": i.status, "verdict": i.verdict,
+                     "reasons": list(i.reasons), "input": None if c is None else c.input})
+    if as_json:
+        typer.echo(json.dumps({"stats": stats, "items": recs}, indent=2, default=str))
+        return
+
+    def preview(v: object) -> str:
+        if v is None:
+            return "(deleted)"
+        return (v if isinstance(v, str) else json.dumps(v))[:60]
+
+    print_table([Col("item", key=True), Col("agent", key=True), Col("priority"), Col("status"),
+                 Col("reasons"), Col("input")],
+                [[r["item"], r["agent"] or "", f"{r['priority']:.2f}",
+                  r["verdict"] or r["status"], ", ".join(r["reasons"]), preview(r["input"])]
+                 for r in recs],
+                title="review queue: " + ("; ".join(
+                    f"{a}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.items()))
+                    for a, s in sorted(stats.items())) or "empty"))
 
 
 @loop_app.command("review")
@@ -175,7 +183,7 @@ def review_cmd(item: str = typer.Argument(..., help="item id (or a unique prefix
             raise ConfigError(f"{'no' if not full else 'more than one'} review item matches "
                               f"{item!r}", where="loop review")
         it = q.review(full[0][0], chosen[0], reviewer=reviewer, correction=corr, note=note)
-        typer.echo(f"{it.id[:10]}: {it.verdict} by {it.reviewer}")
+        typer.echo(f"{it.id}: {it.verdict} by {it.reviewer}")
     finally:
         log.close()
 
@@ -305,7 +313,8 @@ def schedule_cmd(every: str = typer.Option("24h", help="how often: 30m, 6h, 24h"
 
 
 @loop_app.command("status")
-def status_cmd(calls: Optional[str] = CALLS) -> None:
+def status_cmd(calls: Optional[str] = CALLS,
+               as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Where the loop stands: queue per agent, the last flag runs, promoted adapters."""
     from ..finetune.registry import AdapterRegistry
     from ..store.review import ReviewQueue
@@ -317,12 +326,20 @@ def status_cmd(calls: Optional[str] = CALLS) -> None:
                         "ORDER BY seq DESC LIMIT 5", ())
     finally:
         log.close()
+    reg = AdapterRegistry()
+    if as_json:
+        typer.echo(json.dumps({
+            "queue": stats,
+            "flag_runs": [{"ts": ts, "scanned": sc, "matched": ca, "queued": fl, "wall_s": w}
+                          for ts, sc, ca, fl, w in runs],
+            "adapters": {a: {"serving": reg.promoted(a), "versions": list(reg.versions(a))}
+                         for a in reg.agents()}}, indent=2, default=str))
+        return
     for a, s in sorted(stats.items()):
         typer.echo(f"queue {a}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.items())))
     for ts, scanned, cand, flagged, wall in runs:
         typer.echo(f"flag run {time.strftime('%Y-%m-%d %H:%M', time.localtime(ts))}: "
                    f"{scanned} scanned, {cand} matched, {flagged} queued ({wall or 0:.2f} s)")
-    reg = AdapterRegistry()
     for a in reg.agents():
         typer.echo(f"adapter {a}: serving {reg.promoted(a) or 'base model'} "
                    f"(versions: {', '.join(reg.versions(a))})")

@@ -19,22 +19,20 @@ def register(app: typer.Typer) -> None:
 
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List the models slmflow knows: name, backend, availability, where the weights come from."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
     from ..models.catalog import list_models
+    from ..output import Col, print_table
 
     rows = list_models()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title="models (also: gguf:/path, hf:/path, openai:<model>@<url>)")
-    for col in ("name", "backend", "available", "description", "source"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["name"], r["backend"], "yes" if r["available"] else "[dim]no[/]",
-                  r["description"], r["source"])
-    Console().print(t)
+    print_table([Col("name", key=True), Col("backend"), Col("available"), Col("description"),
+                 Col("source", key=True)],
+                [[r["name"], r["backend"], "yes" if r["available"] else Text("no", style="dim"),
+                  r["description"], r["source"]] for r in rows],
+                title="models (also: gguf:/path, hf:/path, openai:<model>@<url>)")
 
 
 def generate_cmd(

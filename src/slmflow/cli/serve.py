@@ -57,28 +57,26 @@ def usage_cmd(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from ..output import Col, print_table
 
-    t = Table(title=f"usage since {since}")
-    for g in groups:
-        t.add_column(g)
-    for c in ("calls", "input tok", "output tok", "cost USD", "escalated", "cache hits",
-              "rejected"):
-        t.add_column(c, justify="right")
+    cols = [Col(g, key=True) for g in groups] + [
+        Col(c, justify="right") for c in ("calls", "input tok", "output tok", "cost USD",
+                                          "escalated", "cache hits", "rejected")]
+    table = []
     tot = [0, 0, 0, 0.0]
     for r in rows:
-        t.add_row(*[str(r[g]) if r[g] is not None else "-" for g in groups],
-                  str(r["calls"]), str(r["input_tokens"]), str(r["output_tokens"]),
-                  "-" if r["cost_usd"] is None else f"{r['cost_usd']:.6f}",
-                  str(r["escalated"]), str(r["cache_hits"]), str(r["rejected"]))
+        table.append([str(r[g]) if r[g] is not None else "-" for g in groups] + [
+            str(r["calls"]), str(r["input_tokens"]), str(r["output_tokens"]),
+            "-" if r["cost_usd"] is None else f"{r['cost_usd']:.6f}",
+            str(r["escalated"]), str(r["cache_hits"]), str(r["rejected"])])
         tot[0] += r["calls"]
         tot[1] += r["input_tokens"]
         tot[2] += r["output_tokens"]
         tot[3] += r["cost_usd"] or 0.0
-    t.add_row(*(["total"] + [""] * (len(groups) - 1)), str(tot[0]), str(tot[1]), str(tot[2]),
-              f"{tot[3]:.6f}", "", "", "", style="bold")
-    Console().print(t)
+    table.append(["total"] + [""] * (len(groups) - 1) + [
+        str(tot[0]), str(tot[1]), str(tot[2]), f"{tot[3]:.6f}", "", "", ""])
+    print_table(cols, table, title=f"usage since {since}",
+                row_styles=[None] * (len(table) - 1) + ["bold"])
 
 
 def feedback_cmd(
@@ -128,22 +126,25 @@ def keys_create(
     typer.echo(f"# key {name!r} created; store it now, it is not shown again", err=True)
 
 
-def keys_list(url: Optional[str] = _URL) -> None:
+def keys_list(url: Optional[str] = _URL,
+              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List API keys (name, prefix, limits, revoked)."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from ..output import Col, print_table
     from ..store import open_call_log
 
     with open_call_log(url) as log:
         keys = log.list_keys()
-    t = Table()
-    for c in ("name", "prefix", "models", "rpm", "tokens/day", "revoked"):
-        t.add_column(c)
-    for k in keys:
-        t.add_row(k.name, k.prefix + "...", ",".join(k.models) if k.models else "all",
-                  str(k.rpm or "-"), str(k.tokens_per_day or "-"), "yes" if k.revoked else "")
-    Console().print(t)
+    if as_json:
+        typer.echo(json.dumps([{"name": k.name, "prefix": k.prefix, "models": k.models,
+                                "rpm": k.rpm, "tokens_per_day": k.tokens_per_day,
+                                "created": k.created, "revoked": k.revoked} for k in keys],
+                              indent=2, default=str))
+        return
+    print_table([Col("name", key=True), Col("prefix", key=True), Col("models"), Col("rpm"),
+                 Col("tokens/day"), Col("revoked")],
+                [[k.name, k.prefix + "...", ",".join(k.models) if k.models else "all",
+                  str(k.rpm or "-"), str(k.tokens_per_day or "-"), "yes" if k.revoked else ""]
+                 for k in keys])
 
 
 def keys_revoke(name: str = typer.Argument(...), url: Optional[str] = _URL) -> None:

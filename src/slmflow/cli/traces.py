@@ -50,9 +50,13 @@ def _pct(v: float) -> str:
 @traces_app.command("list")
 def list_cmd(limit: int = typer.Option(20, "--limit", "-n"), db: Optional[str] = DB,
              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """The newest traces: id, root span, start, duration, spans, tokens, cost, errors."""
-    from rich.console import Console
-    from rich.table import Table
+    """The newest traces: id, root span, start, duration, spans, tokens, cost, errors.
+
+    Piped or redirected, the table is tab-separated with whole trace ids (``--json`` for all
+    fields)."""
+    from rich.text import Text
+
+    from ..output import Col, print_table
 
     rows = _store(db).list_traces(limit=limit)
     if as_json:
@@ -61,17 +65,16 @@ def list_cmd(limit: int = typer.Option(20, "--limit", "-n"), db: Optional[str] =
     if not rows:
         typer.echo("no traces yet")
         return
-    t = Table()
-    for col in ("trace", "root", "started", "duration", "spans", "tokens in/out", "cost",
-                "errors", "escalations"):
-        t.add_column(col)
+    cols = [Col("trace", key=True), Col("root"), Col("started"), Col("duration"), Col("spans"),
+            Col("tokens in/out"), Col("cost"), Col("errors"), Col("escalations")]
+    table = []
     for r in rows:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["start_ns"] / 1e9))
-        err = f"[bold red]{r['errors']}[/]" if r["errors"] else "0"
-        t.add_row(r["trace_id"][:12], r["root"] or "?", started, _ms(r["duration_ms"]),
-                  str(r["spans"]), f"{r['input_tokens']}/{r['output_tokens']}",
-                  _usd(r["cost_usd"]), err, str(r["escalations"] or 0))
-    Console().print(t)
+        err = Text(str(r["errors"]), style="bold red") if r["errors"] else "0"
+        table.append([r["trace_id"], r["root"] or "?", started, _ms(r["duration_ms"]),
+                      str(r["spans"]), f"{r['input_tokens']}/{r['output_tokens']}",
+                      _usd(r["cost_usd"]), err, str(r["escalations"] or 0)])
+    print_table(cols, table)
 
 
 def _label(s: dict[str, Any]) -> str:
@@ -103,10 +106,10 @@ def show_cmd(trace_id: str = typer.Argument("last", help="a trace id, a unique p
              db: Optional[str] = DB,
              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """One trace as an indented tree: latency, tokens, cost, confidence, status per span."""
-    from rich.console import Console
     from rich.tree import Tree
 
     from ..errors import ConfigError
+    from ..output import console
     from ..tracing import views
 
     spans = _store(db).trace(trace_id)
@@ -118,7 +121,7 @@ def show_cmd(trace_id: str = typer.Argument("last", help="a trace id, a unique p
         typer.echo(json.dumps({"summary": summary, "spans": views.to_json(roots)}, indent=2,
                               default=str))
         return
-    con = Console()
+    con = console()
     head = Tree(f"trace [bold]{summary['trace_id']}[/]  {_ms(summary['duration_ms'])}  "
                 f"{summary['spans']} spans  tokens {summary['input_tokens']}/"
                 f"{summary['output_tokens']}  cost {_usd(summary['cost_usd'])}"
@@ -143,9 +146,9 @@ def stats_cmd(by: str = typer.Option("agent", "--by",
               db: Optional[str] = DB,
               as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """p50/p95 latency, tokens, cost, error and escalation rate per agent (or model, ...)."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
+    from ..output import Col, print_table
     from ..tracing import views
 
     since = time.time_ns() - int(since_hours * 3600e9) if since_hours else None
@@ -156,15 +159,13 @@ def stats_cmd(by: str = typer.Option("agent", "--by",
     if not rows:
         typer.echo(f"no {by} spans yet")
         return
-    t = Table(title=f"by {by}")
-    for col in (by, "calls", "p50", "p95", "tokens in/out", "cost", "errors", "escalations"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(str(r[by]), str(r["calls"]), _ms(r["p50_ms"]), _ms(r["p95_ms"]),
-                  f"{r['input_tokens']}/{r['output_tokens']}", _usd(r["cost_usd"]),
-                  (f"[bold red]{_pct(r['error_rate'])}[/]" if r["error_rate"]
-                   else _pct(r["error_rate"])), _pct(r["escalation_rate"]))
-    Console().print(t)
+    cols = [Col(by, key=True)] + [Col(c) for c in ("calls", "p50", "p95", "tokens in/out", "cost",
+                                                   "errors", "escalations")]
+    print_table(cols, [[str(r[by]), str(r["calls"]), _ms(r["p50_ms"]), _ms(r["p95_ms"]),
+                        f"{r['input_tokens']}/{r['output_tokens']}", _usd(r["cost_usd"]),
+                        (Text(_pct(r["error_rate"]), style="bold red") if r["error_rate"]
+                         else _pct(r["error_rate"])), _pct(r["escalation_rate"])]
+                       for r in rows], title=f"by {by}")
 
 
 def ui_cmd(host: str = typer.Option("127.0.0.1", "--host"),

@@ -27,18 +27,17 @@ def _fmt(v: Any) -> str:
 
 def print_report(report: SuiteReport, console: Any = None, *, show_errors: int = 10,
                  show_failures: int = 5) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The scores table (tab-separated when not on a terminal: `slmflow.output`), the row
+    counts, then the first errored and failed rows."""
+    from ..output import Col, print_table
+    from ..output import console as cli_console
 
-    con = console or Console()
+    con = console or cli_console()
     s = report.summary
     lat = report.latency()
-    t = Table(title=f"eval {report.name}  ({report.target})", title_justify="left")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in report.scores.items():
-        t.add_row(k, _fmt(v))
-    con.print(t)
+    print_table([Col("metric", key=True), Col("value", justify="right")],
+                [[k, _fmt(v)] for k, v in report.scores.items()],
+                title=f"eval {report.name}  ({report.target})", con=con)
     con.print(f"rows {s['total']}: [green]{s['passed']} passed[/], [yellow]{s['failed']} "
               f"failed[/], [red]{s['errored']} errored[/]   "
               f"{report.duration_s:.1f}s, {report.cases_per_s:.2f} cases/s at concurrency "

@@ -60,6 +60,19 @@ def test_grounding_check(monkeypatch):
     assert "not grounded" in support_steps.grounding_check(state)
 
 
+def test_the_referral_passes_only_for_tickets_no_policy_covers():
+    state = {"text": "Do you sell gift wrapping?", "category": "other", "passages": [],
+             "draft": support_steps.REFERRAL}
+    assert support_steps.grounding_check(state) is None
+    state["category"] = "refund"
+    assert "refers a refund ticket to the team" in support_steps.grounding_check(state)
+
+
+def _draft(text):
+    """The reasoner's output: its chain of thought, then the reply (only the reply is answered)."""
+    return {"policy": "damaged-items#0", "record": "A-1042 delivered", "draft": text}
+
+
 def _fake(wf, extract_answers, draft):
     calls = {"n": 0}
 
@@ -70,8 +83,9 @@ def _fake(wf, extract_answers, draft):
     swaps = {
         "router": FunctionModel(lambda m, s: {"category": "refund"}, name="fake-router"),
         "extract": FunctionModel(extract, name="fake-extract"),
-        "reason": FunctionModel(lambda m, s: draft, name="fake-reason"),
-        "verify": FunctionModel(lambda m, s: {"approved": True}, name="fake-verify"),
+        "reason": FunctionModel(lambda m, s: _draft(draft), name="fake-reason"),
+        "verify": FunctionModel(lambda m, s: {"reason": "ok", "approved": True},
+                                name="fake-verify"),
     }
     for step, m in swaps.items():
         wf = wf.with_agent(step, wf.agents[step].with_model(m).with_fallback(m))
@@ -110,7 +124,7 @@ def test_ungrounded_draft_is_rejected_without_a_same_model_rerun():
 def test_ungrounded_draft_escalates_to_a_different_fallback():
     wf = _fake(load_workflow(SPEC), [{"order_id": "A-1042", "account_id": None, "urgent": True}],
                "I am a helpful assistant.")
-    bigger = FunctionModel(lambda m, s: "Order A-1042: damaged items are refunded in full.",
+    bigger = FunctionModel(lambda m, s: _draft("Order A-1042: damaged items are refunded in full."),
                            name="fake-bigger")
     wf = wf.with_agent("reason", wf.agents["reason"].with_fallback(bigger))
     r = wf.run_sync(TICKETS[0])
@@ -148,10 +162,10 @@ def _check_invariants(r: RunResult) -> None:
         assert r.detail
     agent_rows = [s for s in r.steps if s.kind == "agent" and s.status != "failed"]
     assert agent_rows
-    tuned = {"router": "smollm2-135m+adapters/router", "extract": "smollm2-135m+adapters/extractor"}
+    tuned = {"router": "smollm2-135m+adapters/router", "extract": "smollm2-135m+adapters/extractor",
+             "reason": "smollm2-135m+adapters/reasoner", "verify": "smollm2-135m+adapters/verifier"}
     for s in agent_rows:
-        # the router and extractor serve the example's shipped adapters; escalations and the
-        # other agents run the base model
+        # every agent serves the example's shipped adapter; escalations run the base model
         assert s.model in ("smollm2-135m", tuned.get(s.step, "smollm2-135m"))
         assert s.usage.input_tokens > 0 and s.usage.output_tokens > 0
         assert s.confidence is not None and 0 < s.confidence <= 1

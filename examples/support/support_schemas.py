@@ -108,3 +108,19 @@ class AnswerInput(BaseModel):
 class Answer(BaseModel):
     reply: str
     sources: list[str]
+
+
+class SingleInput(BaseModel):
+    """The single-prompt baseline's input (workflow_single.yaml): the ticket and its passages."""
+
+    text: str
+    passages: list[Passage]
+
+
+class SingleAnswer(BaseModel):
+    """The single-prompt baseline's output: the whole job in one constrained call."""
+
+    category: Category
+    order_id: Optional[str] = Field(None, max_length=12)
+    account_id: Optional[str] = Field(None, max_length=12)
+    draft: str = Field(min_length=1, max_length=600)

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from support_schemas import Answer, AnswerInput, Passage, RetrievalInput, Retrieved
+from support_schemas import Answer, AnswerInput, Passage, RetrievalInput, Retrieved, Ticket
 
 KB = Path(__file__).parent / "kb"
 _STOP = set("a an the and or of to in on for is are was were be it its this that with you your "
@@ -116,6 +116,13 @@ def retrieve(q: RetrievalInput) -> Retrieved:
 
 REFERRAL = ("I'm sorry, our support policy does not cover this question, so I cannot answer it "
             "here. I have passed your message to our team.")
+
+
+def retrieve_for_ticket(t: Ticket) -> Retrieved:
+    """Retrieval for the single-prompt baseline (workflow_single.yaml): no router runs before it,
+    so the query is the ticket alone."""
+    passages = search(t.text, k=2) or search("refund shipping account billing", k=1)
+    return Retrieved(passages=passages)
 
 
 def grounding_check(state: Mapping[str, Any]) -> str | None:

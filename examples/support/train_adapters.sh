@@ -31,7 +31,7 @@ BF16=$(grep -qw avx512_bf16 /proc/cpuinfo && echo --bf16 || echo --no-bf16)
 
 if [ -z "${SKIP_DATA:-}" ]; then  # SKIP_DATA=1: train on the committed files as they are
   "$PY" $EX/data/make_training_data.py
-  N_TRAIN=30 N_EVAL=4 MAX_VERIFIER_TRAIN=400 "$PY" $EX/data/make_pipeline_data.py
+  N_TRAIN=30 N_EVAL=4 MAX_VERIFIER_TRAIN=240 "$PY" $EX/data/make_pipeline_data.py
 fi
 
 train() {  # agent data-prefix epochs [max-len] [lr]

@@ -122,6 +122,10 @@ class DraftIn(BaseModel):
     order_id: str = Field(pattern=r"^A-\d+$")
 
 
+class Out(BaseModel):
+    answer: str
+
+
 class Verdict(BaseModel):
     approved: bool
 
@@ -130,9 +134,12 @@ def test_agent_and_handoff_repair_events():
     answers = iter([{"order_id": "1042"}, {"order_id": "A-1042"}])
     extractor = Agent("extractor", FunctionModel(lambda m, s: next(answers)), input_type=Ticket,
                       output_type=Fields)
-    wf = Workflow("w", [Step("extract", agent=extractor),
-                        Step("draft", fn=lambda d: f"about {d.order_id}", input_type=DraftIn,
-                             output_key="answer")], input_type=Ticket, output="answer")
+
+    def draft(d: DraftIn) -> Out:
+        return Out(answer=f"about {d.order_id}")
+
+    wf = Workflow("w", [Step("extract", agent=extractor), Step("draft", fn=draft)],
+                  input_type=Ticket, output="answer")
     with Collect() as c:
         r = wf.run_sync("order A-1042 broke")
     assert r.status == "ok"
@@ -200,8 +207,9 @@ wf = Workflow("w", [Step("write", agent=Agent("writer", FunctionModel(lambda m, 
                          verifies="write", check=lambda s: "too short")])
 rr = wf.run_sync("x")
 threads = [t.name for t in threading.enumerate()]
-if "slmflow.store.writer" in sys.modules:
-    sys.modules["slmflow.store.writer"].get_writer().flush()
+writer = getattr(sys.modules.get("slmflow.store.writer"), "_WRITER", None)
+if writer is not None:  # the process-wide writer, if anything opened it
+    writer.flush()
 print(json.dumps({{"call": res.call_id, "run": rr.run_id, "status": rr.status,
                   "draft": rr.steps[0].agent_result.call_id, "threads": threads,
                   "store": sorted(m for m in sys.modules if m.startswith("slmflow.store"))}}))
@@ -262,6 +270,32 @@ def test_asking_for_the_call_log_logs_the_call(tmp_path, how):
         log.close()
 
 
+def test_slmflow_run_logs_its_agent_calls(smollm, slmflow_home, tmp_path):
+    """The CLI turns the call log on (`slmflow.cli.main`): `slmflow run` on the embedded model,
+    in a child process, lands its agent call in the call log as it did before the events."""
+    from slmflow.store import open_call_log
+
+    (tmp_path / "one.yaml").write_text(
+        "name: one\nmodels: {default: smollm2-135m}\n"
+        "agents:\n  echo: {model: default, instructions: Answer in one word., max_tokens: 8}\n"
+        "steps:\n  - {name: echo, agent: echo}\n", encoding="utf-8")
+    calls = tmp_path / "calls.db"
+    e = {k: v for k, v in os.environ.items() if k not in ("SLMFLOW_CALLLOG", "SLMFLOW_CONFIG")}
+    e.update(SLMFLOW_HOME=str(slmflow_home), SLMFLOW_CALLS_URL=f"sqlite:///{calls}",
+             SLMFLOW_TRACING="off", PYTHONPATH=str(SRC))
+    p = subprocess.run([sys.executable, "-m", "slmflow", "run", "one.yaml", "-i", "hello",
+                        "--json"], cwd=tmp_path, env=e, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    log = open_call_log(f"sqlite:///{calls}")
+    try:
+        (call,) = log.query(kind="agent", limit=None)
+        assert (call.agent, call.workflow, call.meta["step"]) == ("echo", "one", "echo")
+        assert call.model.startswith("smollm2-135m") and call.run_id
+    finally:
+        log.close()
+
+
 # ---- the core imports nothing above it ----------------------------------------------------------
 
 FORBIDDEN = ("slmflow.store", "slmflow.loop", "slmflow.gateway", "slmflow.cli")
@@ -300,8 +334,8 @@ def upward_imports(source: str, module: str) -> list[str]:
                 names = [node.args[0].value]
         for n in names:
             if any(n == f or n.startswith(f + ".") for f in FORBIDDEN):
-                found.append(f"line {node.lineno}: {n}")
-    return found
+                found.append((node.lineno, n))
+    return [f"line {line}: {n}" for line, n in sorted(found)]
 
 
 def test_the_scanner_finds_upward_imports():

@@ -361,7 +361,7 @@ def _canon(v: Any) -> str:
         return repr(v)
 
 
-# ---- the listener: from the core's events to records ----------------------------------------------
+# ---- the listener: from the core's events to records ---------------------------------------
 
 def calllog_enabled() -> bool:
     """Agent calls may be logged unless ``SLMFLOW_CALLLOG`` is off/0/false/no."""

@@ -90,7 +90,8 @@ _GATEWAY_API = {"Gateway": "gateway", "GatewayConfig": "gateway", "Guarded": "gu
                 "detect_pii": "guardrails", "redact_pii": "guardrails",
                 "toxicity": "guardrails", "injection": "guardrails",
                 "open_call_log": "store", "CallRecord": "store", "CallLogging": "store",
-                "record_agent_result": "store"}
+                "record_agent_result": "store",
+                "enable_logging": "store"}
 __all__ += list(_GATEWAY_API)
 _getattr_before_gateway = __getattr__
 
@@ -108,3 +109,11 @@ if __import__("os").environ.get("SLMFLOW_CONFIG"):
     from .scale.config import apply_config as _apply_config
 
     _apply_config()
+
+# ---- the call log where the environment asks for it (a deployment file, SLMFLOW_CALLLOG=on);
+# otherwise only the CLI, the gateway or `slmflow.enable_logging()` turn it on (slmflow.hooks) ---
+if __import__("os").environ.get("SLMFLOW_CONFIG") or __import__("os").environ.get(
+        "SLMFLOW_CALLLOG", "").strip().lower() in ("on", "1", "true", "yes"):
+    from .store.writer import enable_logging as _enable_logging
+
+    _enable_logging()

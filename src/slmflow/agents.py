@@ -21,8 +21,12 @@ Escalation is decided here, per call, and recorded on the `AgentResult`:
 
 With no fallback configured an invalid output raises its typed error (never a half object), and a
 low confidence is recorded (``low_confidence=True``) but cannot be escalated. Every attempt, the
-failed ones included, is kept in ``AgentResult.attempts``: a later issue turns escalations into
+failed ones included, is kept in ``AgentResult.attempts``: the call log turns escalations into
 training examples for the agent that escalated.
+
+Why an agent does not write the call log itself: it emits ``agent_called`` (`slmflow.hooks`) and
+the store, when logging is on (the CLI, the gateway, ``slmflow.enable_logging()``), listens. An
+agent run in a notebook or a test writes nothing to disk unless asked.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
-from . import tracing
+from . import hooks, tracing
 from .errors import (ConfigError, HandoffError, ModelError, ServerError, SlmflowError,
                      StructuredOutputError)
 from .models.base import Model, run_sync
@@ -365,9 +369,8 @@ class Agent:
                 escalation_reason=esc_reason, low_confidence=low, repaired=r.repaired,
                 text=r.text, attempts=tuple(attempts), tool_results=tools_done,
                 call_id=uuid.uuid4().hex)
-            from .store.writer import log_agent_call
-
-            log_agent_call(self, result, inp)  # queued; never raises
+            # the call log (and anyone else) listens; nobody listening costs nothing
+            hooks.emit("agent_called", agent=self, result=result, input=inp)
             tracing.set_content(sp, {attrs.INPUT: inp, attrs.OUTPUT: value})
             tracing.set_attributes(sp, {
                 attrs.CALL_ID: result.call_id,

@@ -34,6 +34,11 @@ for _area in (_models, _workflow, _index, _traces, _evals, _finetune, _serve, _l
 
 
 def main() -> None:
+    # The CLI's agent calls land in the call log (`slmflow run`, `demo`, `eval`, `loop`, `serve`):
+    # the agents only emit events (slmflow.hooks); a library user turns it on with one line.
+    from ..store.writer import enable_logging
+
+    enable_logging()
     try:
         app(standalone_mode=False)
     except SlmflowError as e:

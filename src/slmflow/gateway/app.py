@@ -53,8 +53,8 @@ from ..guardrails import (GuardPolicy, Guarded, GuardrailViolation, check_text,
                           collect_decisions, redact_pii)
 from ..models.base import Model
 from ..store.calllog import CallLog, CallRecord, Example, open_call_log
-from ..store.writer import (CallLogWriter, _cost, _value, agent_meta, logging_context,
-                            note_agent)
+from ..store.writer import (CallLogWriter, _cost, _value, agent_meta, enable_logging,
+                            logging_context, note_agent)
 from ..types import Message, Settings, Usage
 from .auth import (Authenticator, KeyInfo, RateLimiter, Reservation, TokenBudget,
                    estimate_tokens)
@@ -350,6 +350,9 @@ class Gateway:
         self.call_log = log_
         # durable: requests await the commit of their records, so no lingering for a batch
         self.writer = CallLogWriter(log_, max_wait_s=0.0 if cfg.call_log_durable else 0.05)
+        # a gateway process logs its agent calls, as it always did (the agents only emit events:
+        # slmflow.hooks); a request's own calls go to self.writer through its logging context
+        enable_logging()
         self.metrics = Metrics()
         self.auth = Authenticator(log_, cfg.auth.keys) if cfg.auth.enabled else None
         self.limiter = RateLimiter(log_)

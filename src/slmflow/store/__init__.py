@@ -6,16 +6,22 @@ embedded SQLite by default and PostgreSQL at scale, one schema, migrations appli
     log = open_call_log("postgresql://u@127.0.0.1:5432/slmflow")
     log.append([CallRecord(...)]); log.query(agent="router", since="24h")
     log.add_feedback(call_id, signal="down", label="wrong_category", correction={...})
+
+Agent calls reach it through the core's events (`slmflow.hooks`), not through the agent:
+``slmflow.enable_logging()`` (the CLI and the gateway call it) logs every call of the process;
+see `writer` for who else asks.
 """
 
 from __future__ import annotations
 
 from .calllog import (AgentInfo, ApiKey, CallLog, CallRecord, Example, Feedback, PostgresCallLog,
                       SQLiteCallLog, StoreError, default_url, open_call_log, parse_since)
-from .writer import (CallLogging, CallLogWriter, LogContext, calllog_enabled, get_writer,
-                     log_agent_call, logging_context, record_agent_result, set_writer)
+from .writer import (CallLogging, CallLogWriter, LogContext, calllog_enabled, disable_logging,
+                     enable_logging, get_writer, log_agent_call, logging_context, logging_enabled,
+                     record_agent_result, set_writer)
 
 __all__ = ["AgentInfo", "ApiKey", "CallLog", "CallLogging", "CallLogWriter", "CallRecord",
            "Example", "Feedback", "LogContext", "PostgresCallLog", "SQLiteCallLog", "StoreError",
-           "calllog_enabled", "default_url", "get_writer", "log_agent_call", "logging_context",
-           "open_call_log", "parse_since", "record_agent_result", "set_writer"]
+           "calllog_enabled", "default_url", "disable_logging", "enable_logging", "get_writer",
+           "log_agent_call", "logging_context", "logging_enabled", "open_call_log", "parse_since",
+           "record_agent_result", "set_writer"]

@@ -1,5 +1,5 @@
 """Getting records into the call log without making a request wait: the background writer, and
-the hooks agents and models use.
+the listener on the core's events.
 
 Why a background writer (`CallLogWriter`): a request must not wait for a disk or network write,
 and under load many small transactions are slower than one batch. Records go into an unbounded
@@ -15,29 +15,40 @@ while a batch is being written form the next batch, so the wait costs one transa
 every concurrent request, not one each (bench/gateway.py measures it; the writer then runs with
 ``max_wait_s=0``: it writes what is queued at once instead of lingering for a fuller batch).
 
-Why a context (`logging_context`) and not an argument: every agent call is logged from one place,
-`Agent.run`; who called it (a workflow run, a gateway request with its API key and redaction) is
-known only higher up, so the caller opens a context and the agent reads it. ``SLMFLOW_CALLLOG=off``
-turns agent call logging off for a process.
+Why a listener and not a call from the agent: the core (agents, workflows) sits below the store
+and imports nothing of it (docs/architecture.md); it emits events (`slmflow.hooks`:
+``agent_called``, ``call_flagged``) and this module subscribes to them when it is imported. The
+listener writes only where asked, so ``import slmflow; agent.run_sync(...)`` touches no disk:
+
+* in a `logging_context` that names a ``writer`` (the gateway's, a test's) or says
+  ``enabled=True``;
+* everywhere, once `enable_logging()` was called: the CLI (``slmflow run``, ``demo``, ``eval``,
+  ``loop``), the gateway, a user's one line ``slmflow.enable_logging()``, and any process started
+  with ``SLMFLOW_CALLLOG=on`` or ``SLMFLOW_CONFIG`` (``import slmflow`` turns it on then).
+
+``enabled=False`` in the context (eval traffic, a nested call logged by its caller) and
+``SLMFLOW_CALLLOG=off`` (a whole process, even the CLI) keep calls out. Who called (a workflow run
+and step, a gateway request with its API key and redaction) travels in the core's context
+(`slmflow.hooks.logging_context`, re-exported here), which every event carries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
-import contextvars
 import json
 import logging
 import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
+from .. import hooks
 from ..errors import SlmflowError
+from ..hooks import LogContext, current_context, logging_context
 from ..models.base import WrapperModel
 from ..types import MessageLike, Response, Settings, ToolSpec, as_messages
 from .calllog import (AgentInfo, CallLog, CallRecord, Example, Feedback, _json_default,
@@ -45,7 +56,8 @@ from .calllog import (AgentInfo, CallLog, CallRecord, Example, Feedback, _json_d
 
 __all__ = ["CallLogWriter", "get_writer", "set_writer", "record_agent_result", "CallLogging",
            "logging_context", "LogContext", "log_agent_call", "calllog_enabled",
-           "current_context", "submit_feedback", "agent_meta", "note_agent"]
+           "current_context", "submit_feedback", "agent_meta", "note_agent", "enable_logging",
+           "disable_logging", "logging_enabled"]
 
 log = logging.getLogger("slmflow.store")
 
@@ -349,56 +361,24 @@ def _canon(v: Any) -> str:
         return repr(v)
 
 
-# ---- who is calling: the logging context ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LogContext:
-    """What an agent call is part of; set by the workflow runner and the gateway.
-
-    writer: where records go (the gateway has its own; None = the process-wide one on the default
-    call log). enabled: False turns agent logging off inside the context (a nested call that is
-    logged by its caller instead)."""
-
-    run_id: str | None = None
-    workflow: str | None = None
-    step: str | None = None
-    key: str | None = None
-    trace_id: str | None = None  # when tracing is off, the caller's request id stands in
-    writer: CallLogWriter | None = None
-    redact: Callable[[Any], Any] | None = None
-    enabled: bool | None = None
-
-
-_CTX: contextvars.ContextVar[LogContext] = contextvars.ContextVar("slmflow_calllog",
-                                                                  default=LogContext())
-
-
-def current_context() -> LogContext:
-    return _CTX.get()
-
-
-@contextlib.contextmanager
-def logging_context(**changes: Any) -> Iterator[LogContext]:
-    """Run the body with these context fields changed (the others inherited)."""
-    ctx = replace(_CTX.get(), **changes)
-    token = _CTX.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _CTX.reset(token)
-
+# ---- the listener: from the core's events to records ---------------------------------------
 
 def calllog_enabled() -> bool:
-    """Agent calls are logged unless ``SLMFLOW_CALLLOG`` is off/0/false."""
+    """Agent calls may be logged unless ``SLMFLOW_CALLLOG`` is off/0/false/no."""
     return os.environ.get("SLMFLOW_CALLLOG", "on").strip().lower() not in ("off", "0", "false",
                                                                            "no")
+
+
+def calllog_requested() -> bool:
+    """``SLMFLOW_CALLLOG`` says on/1/true/yes: log every call in this process."""
+    return os.environ.get("SLMFLOW_CALLLOG", "").strip().lower() in ("on", "1", "true", "yes")
 
 
 def log_agent_call(agent: Any, result: Any, input: Any) -> str | None:
     """Log one agent call under the current context; returns the call id (None when logging is
     off). Never raises: a broken call log must not break the request it describes (the writer
     retries, and spills to a file at exit)."""
-    ctx = _CTX.get()
+    ctx = current_context()
     if ctx.enabled is False or (ctx.enabled is None and ctx.writer is None
                                 and not calllog_enabled()):
         return None
@@ -434,7 +414,7 @@ def note_agent(writer: CallLogWriter, agent: Any) -> None:
 
 def submit_feedback(fb: Feedback, writer: CallLogWriter | None = None) -> None:
     """Queue a feedback record behind the call it is about (same writer, so same order)."""
-    ctx = _CTX.get()
+    ctx = current_context()
     if ctx.enabled is False or (ctx.enabled is None and ctx.writer is None and writer is None
                                 and not calllog_enabled()):
         return
@@ -442,6 +422,67 @@ def submit_feedback(fb: Feedback, writer: CallLogWriter | None = None) -> None:
         (writer or ctx.writer or get_writer()).submit(fb)
     except Exception as e:  # noqa: BLE001
         log.warning("could not log feedback: %s", e)
+
+
+_ENABLED = False  # enable_logging() was called: every call goes to the process-wide writer
+
+
+def enable_logging(call_log: CallLog | str | None = None) -> None:
+    """Log every agent call (and the runner's flags) of this process to the call log from now
+    on. Idempotent. ``call_log``: where (a URL, a path or a `CallLog`); by default
+    ``$SLMFLOW_CALLS_URL`` or ``$SLMFLOW_HOME/calls.db``, opened at the first call, not now.
+    ``SLMFLOW_CALLLOG=off`` still wins (a process that must not log)."""
+    global _ENABLED
+    _listen()
+    if call_log is not None:
+        old = set_writer(CallLogWriter(call_log))
+        atexit.register(_close_current)
+        if old is not None:
+            old.close()
+    _ENABLED = True
+
+
+def disable_logging() -> None:
+    """Undo `enable_logging` (contexts that name a writer are still logged)."""
+    global _ENABLED
+    _ENABLED = False
+
+
+def logging_enabled() -> bool:
+    """Whether a call outside any logging context is logged now."""
+    return (_ENABLED or calllog_requested()) and calllog_enabled()
+
+
+def _close_current() -> None:
+    w = _WRITER
+    if w is not None:
+        w.close()
+
+
+def _wanted(ctx: LogContext) -> bool:
+    if ctx.enabled is False:
+        return False
+    return ctx.enabled is True or ctx.writer is not None or logging_enabled()
+
+
+def _on_agent_called(agent: Any, result: Any, input: Any, context: LogContext,
+                     **_: Any) -> None:
+    if _wanted(context):
+        log_agent_call(agent, result, input)
+
+
+def _on_call_flagged(call_id: str, by: str, label: str, context: LogContext,
+                     signal: str = "down", **_: Any) -> None:
+    if _wanted(context):
+        submit_feedback(Feedback(call_id=call_id, signal=signal, label=label, by=by))
+
+
+def _listen() -> None:
+    hooks.subscribe("agent_called", _on_agent_called)
+    hooks.subscribe("call_flagged", _on_call_flagged)
+
+
+_listen()  # importing the store plugs it in; it writes only where asked (module doc)
 
 
 def _agent_schema(agent: Any) -> tuple[str, dict[str, Any]] | None:

@@ -30,6 +30,12 @@ Verifier steps (``Step.verifies``): a rejection re-runs the verified agent on it
 (recorded as an escalation on its `StepRecord`) and the verifier runs once more; a second rejection,
 or no fallback to escalate to, ends the run with ``status="rejected"``: the draft is kept on the
 result but flagged, never passed off as a verified answer.
+
+The runner records nothing itself beyond the `RunResult` and spans: it emits events
+(`slmflow.hooks`: ``run_finished``, ``verifier_rejected``, ``handoff_repaired``, and
+``call_flagged`` for the call a rejection or a broken handoff is about) under the run's
+`logging_context` (run id, workflow, step), and the call log listens where logging is on. So a
+workflow imports nothing of the store, the loop or the gateway (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -42,10 +48,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import tracing
+from .. import hooks, tracing
 from ..agents import AgentResult, render_value
-from ..store.writer import current_context, logging_context, submit_feedback
 from ..errors import HandoffError, SlmflowError
+from ..hooks import current_context, logging_context
 from ..tools import ExitRaised, ToolResult, contain_exits
 from ..tracing import attrs
 from ..types import Usage
@@ -433,6 +439,8 @@ class _Run:
                     tried.append(f"{mode[:-2]}: still invalid: {'; '.join(errors[:3])}")
                     continue
                 self.handoffs.append(HandoffRecord(owner.name, s.name, mode, errors))
+                hooks.emit("handoff_repaired", source=owner.name, target=s.name, status=mode,
+                           errors=list(errors))
                 return obj, mode
         else:
             tried.append("no regeneration possible: "
@@ -478,8 +486,11 @@ class _Run:
             rec.status, rec.detail = "approved", rec.detail or "approved"
             return
         rec.status, rec.detail = "rejected", reason
-        if trec.agent_result is not None and trec.agent_result.call_id:
-            _flag(trec.agent_result.call_id, f"verifier:{s.name}", f"verifier_rejected: {reason}")
+        call_id = trec.agent_result.call_id if trec.agent_result is not None else None
+        hooks.emit("verifier_rejected", step=s.name, target=target.name, reason=reason,
+                   call_id=call_id)
+        if call_id:
+            _flag(call_id, f"verifier:{s.name}", f"verifier_rejected: {reason}")
         agent = target.agent
         if s.name in self.reverified or not agent.can_escalate:  # type: ignore[union-attr]
             why = ("" if s.name in self.reverified else
@@ -529,10 +540,9 @@ def contract_type(owner: Step, consumer: Any) -> Any:
 
 def _flag(call_id: str, by: str, label: str) -> None:
     """A negative signal on an agent's call, from inside the run (a verifier's rejection, an
-    output that broke a handoff): the improvement loop's flagging job reads it."""
-    from ..store.calllog import Feedback
-
-    submit_feedback(Feedback(call_id=call_id, signal="down", label=label[:500], by=by))
+    output that broke a handoff): the call log stores it as feedback, the improvement loop's
+    flagging job reads it."""
+    hooks.emit("call_flagged", call_id=call_id, by=by, label=label[:500], signal="down")
 
 
 async def run_workflow(wf: Workflow, value: Any) -> RunResult:
@@ -572,5 +582,7 @@ async def run_workflow(wf: Workflow, value: Any) -> RunResult:
         tracing.set_attributes(sp, {attrs.WORKFLOW_STATUS: status, attrs.ESCALATED: bool(esc),
                                     attrs.WORKFLOW_DETAIL: detail[:2000] or None})
         tracing.set_content(sp, {attrs.OUTPUT: answer})
-    return RunResult(wf.name, status, answer, run.state, run.steps, run.handoffs, error,
-                     time.perf_counter() - t0, detail, run_id)
+        result = RunResult(wf.name, status, answer, run.state, run.steps, run.handoffs, error,
+                           time.perf_counter() - t0, detail, run_id)
+        hooks.emit("run_finished", result=result)  # under the run's context and span
+    return result

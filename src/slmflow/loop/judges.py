@@ -85,7 +85,7 @@ def build_judge(name: str, log: CallLog, *, model: Any = None) -> Any:
                           where=f"loop retrain --judge {name}")
     if info.evaluator == "judge":
         spec["name"] = name
-    return create({"name": info.evaluator, **spec, "learned": False})
+    return create(info.evaluator, **{**spec, "learned": False})
 
 
 def _variant(ev: Any, rubric: dict[str, Any] | None, model: Any = None) -> Any:

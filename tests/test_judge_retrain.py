@@ -176,6 +176,8 @@ def test_bad_judge_decisions_say_what_and_where(tmp_path):
     assert "loop retrain --judge tone" in e.value.where and str(tmp_path) in e.value.where
     with pytest.raises(ConfigError, match="must exceed min_holdout"):
         retrain_judge("tone", log, min_decisions=2, min_holdout=2, say=lambda s: None)
+    with pytest.raises(ConfigError, match="ran with a model object.*--judge-model"):
+        retrain_judge("tone", log, min_decisions=2, min_holdout=1, say=lambda s: None)
     log.close()
 
 
@@ -205,6 +207,17 @@ def test_cli_review_records_a_judge_verdict(tmp_path):
     assert [(x.item_id, x.label, x.reviewer) for x in d] == [(items[judged].id, "fail", "rita")]
     assert ReviewQueue(log).get(items[judged].id).verdict == "reject"
     log.close()
+    # retrain --judge: exactly one of --agent / --judge; an unknown judge; a judge that ran on a
+    # model object the log cannot rebuild
+    neither = run(app, ["loop", "retrain", "--calls", url])
+    assert neither.exit_code != 0 and "--judge NAME" in str(neither.exception)
+    unknown = run(app, ["loop", "retrain", "--judge", "nope", "--calls", url])
+    assert "unknown judge 'nope'; judges in the call log: tone" in str(unknown.exception)
+    few = run(app, ["loop", "retrain", "--judge", "tone", "--calls", url])
+    assert "judge tone has 1 reviewed verdict(s)" in str(few.exception)
+    zero = run(app, ["loop", "retrain", "--judge", "tone", "--min-decisions", "1",
+                     "--min-holdout", "0", "--calls", url])
+    assert "must exceed min_holdout" in str(zero.exception)
 
 
 # ---- the review UI --------------------------------------------------------------------------

@@ -178,12 +178,6 @@ def retrain_judge(name: str, log: CallLog, *, evaluator: Any = None, model: Any 
     if min_holdout < 1 or min_decisions < min_holdout + 1:
         raise ConfigError(f"min_decisions ({min_decisions}) must exceed min_holdout "
                           f"({min_holdout}), which must be at least 1", where=where)
-    ev = evaluator if evaluator is not None else build_judge(name, log, model=model)
-    if getattr(ev, "kind", None) != "judge" or not hasattr(ev, "judge"):
-        raise ConfigError(f"{ev!r} is not a judge evaluator", where=where)
-    if list(ev.judge.labels) != list(info.labels):
-        raise ConfigError(f"the evaluator's labels {list(ev.judge.labels)} differ from the "
-                          f"logged judge's {info.labels}", where=where)
     decs = reviews.decisions(name)
     calls = log.get_many(d.call_id for d in decs)
     decs = [d for d in decs if d.call_id in calls]
@@ -194,6 +188,12 @@ def retrain_judge(name: str, log: CallLog, *, evaluator: Any = None, model: Any 
                         "rest to learn from): mark more verdicts right or wrong in `slmflow ui` "
                         "or `slmflow loop review ITEM --judge-verdict right|wrong`",
                         where=f"{where} ({log.url_safe})", decisions=len(decs))
+    ev = evaluator if evaluator is not None else build_judge(name, log, model=model)
+    if getattr(ev, "kind", None) != "judge" or not hasattr(ev, "judge"):
+        raise ConfigError(f"{ev!r} is not a judge evaluator", where=where)
+    if list(ev.judge.labels) != list(info.labels):
+        raise ConfigError(f"the evaluator's labels {list(ev.judge.labels)} differ from the "
+                          f"logged judge's {info.labels}", where=where)
     rank = lambda d: hashlib.sha256(d.call_id.encode()).hexdigest()  # noqa: E731
     held = [d for d in decs if is_held_out(d.call_id, holdout)]
     if len(held) < min_holdout:  # top up in hash order: the choice stays stable

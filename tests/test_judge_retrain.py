@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 
 import httpx
@@ -275,6 +276,33 @@ def test_review_ui_takes_a_judge_verdict(site):
                       json={"verdict": "right", "reviewer": "a"}).status_code == 404
     assert len(jr.decisions()) == 1
     assert ReviewQueue(log).get(item.id).status == "pending"  # the item's own review is apart
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="no chromium (run .ci/install-system-deps.sh)")
+def test_judge_buttons_in_a_real_browser(site):
+    """The item page's "judge wrong, it is: [label]" button in headless Chromium."""
+    pw = pytest.importorskip("playwright.sync_api")
+    base, log, truth = site
+    jr = JudgeReviews(log)
+    item = next(i for i in ReviewQueue(log).items(limit=None)
+                if not truth[i.call_id] and jr.verdicts(i.call_id))
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium") or shutil.which("chromium-browser"),
+            args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page()
+        page.goto(f"{base}/review/{item.id}?reviewer=alice")
+        page.wait_for_selector(".judge .judge-wrong")
+        assert "tone said pass" in page.text_content(".judge")
+        page.select_option(".judge-label", "fail")
+        page.click(".judge-wrong")
+        page.wait_for_selector(".judge-done")
+        assert "judge wrong (fail) by alice" in page.text_content(".judge-done")
+        browser.close()
+    got = [(d.item_id, d.label, d.reviewer) for d in jr.decisions("tone")]
+    assert got == [(item.id, "fail", "alice")]
+    assert ReviewQueue(log).get(item.id).status == "pending"
 
 
 # ---- the promotion gate ---------------------------------------------------------------------

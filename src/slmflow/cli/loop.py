@@ -1,5 +1,8 @@
 """`slmflow loop ...`: the improvement loop from the shell (flag, queue, review, retrain,
-add-to-evals, schedule, status). The review UI itself is `slmflow ui` (/review)."""
+add-to-evals, schedule, status). The review UI itself is `slmflow ui` (/review).
+
+`review --judge-verdict right|wrong` and `retrain --judge NAME` are the judge half of the loop:
+reviewers' decisions on a judge's verdicts retrain the judge (`slmflow.loop.judges`)."""
 
 from __future__ import annotations
 
@@ -159,15 +162,27 @@ def review_cmd(item: str = typer.Argument(..., help="item id (or a unique prefix
                                                      help="the corrected output, as JSON"),
                reviewer: str = typer.Option(..., "--reviewer"),
                note: Optional[str] = typer.Option(None, "--note"),
+               judge_verdict: Optional[str] = typer.Option(
+                   None, "--judge-verdict", help="right | wrong: was the judge's verdict on "
+                   "this item right? (with or without an --accept/--reject/--correct)"),
+               judge: Optional[str] = typer.Option(None, "--judge", help="which judge (when "
+                                                   "several judged the item)"),
+               label: Optional[str] = typer.Option(None, "--label", help="the right label "
+                                                   "(with --judge-verdict wrong, when the "
+                                                   "judge has more than two)"),
                calls: Optional[str] = CALLS) -> None:
-    """Decide one item from the shell (the web UI is `slmflow ui`, /review)."""
+    """Decide one item from the shell (the web UI is `slmflow ui`, /review). With
+    --judge-verdict, also (or only) say whether the judge that flagged it was right."""
     from ..errors import ConfigError
     from ..store.review import ReviewQueue
 
     chosen = [v for v, on in (("accept", accept), ("reject", reject),
                               ("correct", correct is not None)) if on]
-    if len(chosen) != 1:
-        raise ConfigError("give exactly one of --accept, --reject, --correct JSON",
+    if len(chosen) > 1 or (not chosen and judge_verdict is None):
+        raise ConfigError("give exactly one of --accept, --reject, --correct JSON (and/or "
+                          "--judge-verdict right|wrong)", where="loop review")
+    if judge_verdict is None and (judge or label):
+        raise ConfigError("--judge and --label go with --judge-verdict right|wrong",
                           where="loop review")
     corr = None
     if correct is not None:
@@ -182,16 +197,40 @@ def review_cmd(item: str = typer.Argument(..., help="item id (or a unique prefix
         if len(full) != 1:
             raise ConfigError(f"{'no' if not full else 'more than one'} review item matches "
                               f"{item!r}", where="loop review")
-        it = q.review(full[0][0], chosen[0], reviewer=reviewer, correction=corr, note=note)
-        typer.echo(f"{it.id}: {it.verdict} by {it.reviewer}")
+        if judge_verdict is not None:
+            from ..store.judges import JudgeReviews
+
+            d = JudgeReviews(log).decide(full[0][0], judge_verdict, reviewer=reviewer,
+                                         judge=judge, label=label, note=note)
+            typer.echo(f"{d.item_id}: judge {d.judge} {d.verdict} (it said "
+                       f"{d.judge_label or ('pass' if d.judge_passed else 'fail')}; right label "
+                       f"{d.label}) by {d.reviewer}")
+        if chosen:
+            it = q.review(full[0][0], chosen[0], reviewer=reviewer, correction=corr, note=note)
+            typer.echo(f"{it.id}: {it.verdict} by {it.reviewer}")
     finally:
         log.close()
 
 
 @loop_app.command("retrain")
 def retrain_cmd(
-    agent: str = typer.Option(..., "--agent", help="the agent's name in the workflow"),
-    workflow: Path = typer.Option(..., "--workflow", "-w", help="the workflow YAML"),
+    agent: Optional[str] = typer.Option(None, "--agent", help="the agent's name in the "
+                                                              "workflow"),
+    workflow: Optional[Path] = typer.Option(None, "--workflow", "-w", help="the workflow YAML "
+                                                                           "(with --agent)"),
+    judge: Optional[str] = typer.Option(None, "--judge", help="retrain a judge evaluator from "
+                                        "reviewers' right/wrong decisions on its verdicts "
+                                        "(instead of --agent)"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="the judge's model "
+                                              "(default: the one it ran with)"),
+    min_decisions: int = typer.Option(8, "--min-decisions", help="--judge: reviewed verdicts "
+                                      "needed"),
+    min_holdout: int = typer.Option(4, "--min-holdout", help="--judge: held-out decisions for "
+                                    "the kappa gate, at least"),
+    shots: int = typer.Option(4, "--shots", help="--judge: few-shot examples in the rubric"),
+    no_few_shot: bool = typer.Option(False, "--no-few-shot", help="--judge: no few-shot "
+                                     "candidate"),
+    no_lora: bool = typer.Option(False, "--no-lora", help="--judge: no LoRA candidate"),
     data: Optional[Path] = typer.Option(None, "--data", help="the agent's original training "
                                                              "pairs (.jsonl/.csv)"),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="the agent's eval cases"),
@@ -218,22 +257,47 @@ def retrain_cmd(
                                          "and --targets); fewer --epochs are enough"),
     calls: Optional[str] = CALLS,
 ) -> None:
-    """Reviewed calls + original data → a new adapter → the agent's gate → promoted or not."""
+    """Reviewed calls + original data → a new adapter → the agent's gate → promoted or not.
+    With --judge NAME: reviewers' decisions on the judge's verdicts → a few-shot rubric and a
+    LoRA → the one with the higher held-out kappa is promoted if it beats the current judge."""
+    from ..errors import ConfigError
     from ..finetune.agent_train import find_agent
     from ..finetune.data import load_examples
     from ..finetune.trainer import TrainConfig
     from ..loop import retrain_agent
     from ..loop.retrain import suite_score
 
+    if (agent is None) == (judge is None):
+        raise ConfigError("give --agent NAME --workflow YAML, or --judge NAME", where="loop "
+                          "retrain")
+    cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
+                      max_len=max_len, max_steps=max_steps, seed=seed, bf16=bf16,
+                      target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
+    if judge is not None:
+        from ..loop.judges import retrain_judge
+
+        log = _log(calls)
+        try:
+            jr = retrain_judge(judge, log, model=judge_model, holdout=holdout,
+                               min_decisions=min_decisions, min_holdout=min_holdout,
+                               few_shot=not no_few_shot, lora=not no_lora, shots=shots,
+                               config=cfg, threads=threads or None, say=typer.echo)
+        finally:
+            log.close()
+        typer.echo(json.dumps({k: v for k, v in jr.as_dict().items()
+                               if k not in ("train_ids", "held_out_ids")}, indent=2,
+                              default=str))
+        if jr.promoted is None:
+            raise typer.Exit(3)  # candidates written, the current judge keeps judging
+        return
+    if workflow is None:
+        raise ConfigError("--agent needs --workflow YAML", where="loop retrain")
     a = find_agent(workflow, agent)
     scorer = (suite_score([{"name": e, **({"field": field} if field else {})}
                            for e in evaluator]) if evaluator else None)
     kw = dict(input_field=input_field, target_field=target_field, target_key=target_key)
     original = load_examples(data, **kw) if data else []
     cases = load_examples(eval_data, **kw) if eval_data else []
-    cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
-                      max_len=max_len, max_steps=max_steps, seed=seed, bf16=bf16,
-                      target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
     log = _log(calls)
     try:
         res = retrain_agent(a, log, data=original, eval_cases=cases, holdout=holdout,

@@ -7,6 +7,9 @@ Judges (a model decides, under a schema-constrained verdict): ``faithfulness`` a
 user rubric). Classifiers from `slmflow.guardrails`: ``pii``, ``toxicity``.
 
 The ``agreement`` of each judge is the figure bench/evals.py measured (see docs/evals.md).
+Judges load their learned rubric (few-shot examples or a LoRA that `slmflow loop retrain --judge`
+promoted from reviewers' decisions, `slmflow.evals.learned`) when one exists: the measured
+agreement is what the improvement loop raises.
 """
 
 from __future__ import annotations
@@ -295,8 +298,9 @@ class Judge(Evaluator):
                  labels: Sequence[str] = ("pass", "fail"), pass_labels: Sequence[str] = ("pass",),
                  timeout_s: float | None = 120.0, name: str | None = None,
                  include: Sequence[str] = ("input", "context", "expected", "output"),
-                 **kwargs: Any) -> None:
+                 learned: bool | str = True, **kwargs: Any) -> None:
         from .judge import LLMJudge
+        from .learned import apply_learned
 
         if not rubric:
             raise ConfigError("the judge evaluator needs a rubric", where="evals.judge")
@@ -306,11 +310,26 @@ class Judge(Evaluator):
             self.name = name  # type: ignore[misc]
         self.calibration_labels = (tuple(pass_labels),
                                    tuple(x for x in labels if x not in pass_labels))
+        self._spec = {"rubric": rubric, "labels": list(labels), "pass_labels": list(pass_labels),
+                      "timeout_s": timeout_s, "include": list(include), "name": self.name,
+                      "max_tokens": self.judge.max_tokens}
+        # a learned rubric (few-shot examples or a LoRA from reviewers' decisions) when promoted
+        self.learned_version = apply_learned(self.judge, self.name, learned)
+
+    def spec(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this judge (the model as its catalog name, or None
+        when it is a model object), recorded in the call log by the online job."""
+        spec = self.judge.model_spec
+        return {**self._spec, "model": spec if isinstance(spec, str) else None}
 
     def card_info(self) -> dict[str, Any]:
         spec = self.judge.model_spec
         return {"engine": "judge", "model": spec if isinstance(spec, str) else
                 getattr(getattr(spec, "info", None), "identity", type(spec).__name__)}
+
+    def judged(self, output: Any) -> Any:
+        """What the judge is shown as the answer."""
+        return output
 
     async def aevaluate(self, case: Case, output: Any) -> EvalResult:
         return await self.judge.judge(case, output)
@@ -332,13 +351,20 @@ class Faithfulness(Evaluator):
                           ("unfaithful", "ungrounded", "unsupported"))
 
     def __init__(self, model: Any = "smollm2-135m", timeout_s: float | None = 120.0,
-                 field: str | None = None, **kwargs: Any) -> None:
+                 field: str | None = None, learned: bool | str = True, **kwargs: Any) -> None:
         from .judge import LLMJudge
+        from .learned import apply_learned
 
         self.field = field
         self.judge = LLMJudge(self.RUBRIC, model=model, labels=("faithful", "unfaithful"),
                               pass_labels=("faithful",), timeout_s=timeout_s,
                               include=("context", "output"), **kwargs)
+        self._spec = {"timeout_s": timeout_s, "field": field}
+        self.learned_version = apply_learned(self.judge, self.name, learned)
+
+    def spec(self) -> dict[str, Any]:
+        spec = self.judge.model_spec
+        return {**self._spec, "model": spec if isinstance(spec, str) else None}
 
     def card_info(self) -> dict[str, Any]:
         spec = self.judge.model_spec
@@ -349,7 +375,11 @@ class Faithfulness(Evaluator):
         if not context_text(case.context).strip():
             raise ConfigError(f"case {case.id} has no context to check faithfulness against",
                               where="evals.faithfulness")
-        return await self.judge.judge(case, output_value(output, self.field))
+        return await self.judge.judge(case, self.judged(output))
+
+    def judged(self, output: Any) -> Any:
+        """What the judge is shown as the answer (the compared field)."""
+        return output_value(output, self.field)
 
 
 # ---- guardrails classifiers (slmflow.guardrails) -----------------------------------------------

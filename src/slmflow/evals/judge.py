@@ -68,13 +68,17 @@ class LLMJudge:
     labels / pass_labels: the verdict's vocabulary and which labels count as passing.
     include: which parts of the case the judge sees (input, context, expected, output).
     timeout_s: per verdict; a timeout raises `JudgeTimeoutError`.
+    few_shot: worked examples (``{"user": text, "verdict": {...}}``) shown before the case; a
+    learned rubric (`slmflow.evals.learned`) fills them from reviewers' decisions.
+    adapter: a LoRA from the adapter registry applied to ``model`` (a learned judge's).
     """
 
     def __init__(self, rubric: str, *, model: Any = "smollm2-135m",
                  labels: Sequence[str] = ("pass", "fail"), pass_labels: Sequence[str] = ("pass",),
                  timeout_s: float | None = 120.0,
                  include: Sequence[str] = ("input", "context", "expected", "output"),
-                 max_tokens: int = 96, few_shot: Sequence[dict[str, Any]] = ()) -> None:
+                 max_tokens: int = 96, few_shot: Sequence[dict[str, Any]] = (),
+                 adapter: str | None = None) -> None:
         if not rubric.strip():
             raise ConfigError("a judge needs a rubric", where="judge")
         unknown = set(pass_labels) - set(labels)
@@ -92,18 +96,24 @@ class LLMJudge:
         self.include = tuple(include)
         self.max_tokens = max_tokens
         self.few_shot = list(few_shot)
+        self.adapter = adapter  # a registry adapter (``judge.<name>@v2``) on the judge model
         self.schema = verdict_model(self.labels)
 
     @property
     def model(self) -> Any:
         from ..agents import resolve_model
 
-        return resolve_model(self.model_spec, where="judge")
+        return resolve_model(self.model_spec, self.adapter, where="judge")
 
-    def messages(self, case: Case | None, output: Any) -> list[Message]:
-        system = (f"You are a strict evaluator. {self.rubric}\n"
-                  f"Answer with JSON: verdict (one of {', '.join(self.labels)}), score (1 = worst, "
-                  "5 = best), reason (one short sentence).")
+    def system_prompt(self) -> str:
+        """The system message (also the instructions of the judge agent a LoRA is trained as,
+        so training and judging see the same prompt)."""
+        return (f"You are a strict evaluator. {self.rubric}\n"
+                f"Answer with JSON: verdict (one of {', '.join(self.labels)}), score (1 = worst, "
+                "5 = best), reason (one short sentence).")
+
+    def user_text(self, case: Case | None, output: Any) -> str:
+        """The user message: the parts of the case the judge sees, and the answer."""
         parts = []
         for p in self.include:
             if p == "output":
@@ -112,10 +122,13 @@ class LLMJudge:
                 v = getattr(case, p)
                 if v is not None:
                     parts.append(f"{p.upper()}: {_show(v)}")
-        msgs = [Message("system", system)]
+        return "\n".join(parts)
+
+    def messages(self, case: Case | None, output: Any) -> list[Message]:
+        msgs = [Message("system", self.system_prompt())]
         for ex in self.few_shot:
             msgs += [Message("user", ex["user"]), Message("assistant", json.dumps(ex["verdict"]))]
-        return msgs + [Message("user", "\n".join(parts))]
+        return msgs + [Message("user", self.user_text(case, output))]
 
     async def verdict(self, case: Case | None, output: Any) -> BaseModel:
         """The parsed verdict object (raises `JudgeTimeoutError` / `ModelError`)."""

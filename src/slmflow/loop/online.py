@@ -8,6 +8,10 @@ for a failure, ``"up"`` for a pass) with the evaluator's label and explanation; 
 judged by that evaluator is skipped, so the job can run before every flag run without piling up
 duplicates.
 
+A judge-type evaluator (an SLM with a rubric) is also recorded in the ``judges`` table, so the
+review UI can offer "judge right / judge wrong" on the calls it judged and `slmflow loop retrain
+--judge NAME` can rebuild it (`slmflow.store.judges`, `slmflow.loop.judges`).
+
     slmflow loop evaluate --agent reasoner --evaluator toxicity --since 24h
 """
 
@@ -39,6 +43,14 @@ def evaluate_calls(log: CallLog, evaluator: Any, *, agent: str | None = None,
 
     ev = create(evaluator)
     by = f"eval:{ev.name}"
+    if getattr(ev, "kind", None) == "judge" and hasattr(ev, "judge"):
+        # a judge: recorded so reviewers can mark its verdicts right or wrong and a retrain
+        # can rebuild it (`slmflow.store.judges`)
+        from ..store.judges import JudgeInfo, JudgeReviews
+
+        spec = ev.spec() if hasattr(ev, "spec") else {}
+        JudgeReviews(log).register(JudgeInfo(
+            ev.name, type(ev).name, spec, list(ev.judge.labels), list(ev.judge.pass_labels)))
     calls = log.query(since=since, agent=agent, kind="agent", limit=limit)
     rep = OnlineEvalReport(ev.name)
     done = set()

@@ -1,6 +1,6 @@
 """The call-log schema, as a list of versioned migrations applied on open.
 
-Why hand-written SQL and not Alembic: the schema is four tables, it must be identical on SQLite
+Why hand-written SQL and not Alembic: the schema is a handful of tables, it must be identical on SQLite
 and PostgreSQL, and it must be applied by the library itself on open (a user of the embedded store
 never runs a migration tool). Each migration is a version number and its statements; the only
 dialect difference is the auto-increment primary key, written ``{SEQ}`` and filled in per dialect.
@@ -149,6 +149,41 @@ MIGRATIONS.append((4, [
         level DOUBLE PRECISION NOT NULL,
         ts DOUBLE PRECISION NOT NULL
     )""",
+]))
+
+# 5: judges that learn from reviewers (`slmflow.store.judges`). ``judges``: the judge-type
+# evaluators that ran online over the log (`slmflow loop evaluate`), with what rebuilds them (the
+# rubric, labels, model), so a review can name a judge and a retrain can rebuild it. One row per
+# name, upserted. ``judge_reviews``: a reviewer's decision on a judge's verdict about a flagged
+# call ("judge right" / "judge wrong" and the right label), next to the item's own review; one per
+# (item, judge), so two reviewers cannot both decide the same verdict.
+MIGRATIONS.append((5, [
+    """CREATE TABLE judges (
+        name TEXT PRIMARY KEY,
+        evaluator TEXT NOT NULL,
+        spec TEXT,
+        labels TEXT NOT NULL,
+        pass_labels TEXT NOT NULL,
+        updated DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE judge_reviews (
+        seq {SEQ},
+        id TEXT NOT NULL UNIQUE,
+        ts DOUBLE PRECISION NOT NULL,
+        item_id TEXT NOT NULL,
+        call_id TEXT NOT NULL,
+        judge TEXT NOT NULL,
+        judge_label TEXT,
+        judge_passed INTEGER NOT NULL,
+        judge_right INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        passed INTEGER NOT NULL,
+        reviewer TEXT NOT NULL,
+        note TEXT,
+        used_in TEXT,
+        UNIQUE (item_id, judge)
+    )""",
+    "CREATE INDEX judge_reviews_judge ON judge_reviews (judge, ts)",
 ]))
 
 LATEST = MIGRATIONS[-1][0]

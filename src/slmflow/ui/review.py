@@ -14,6 +14,14 @@ Decisions are POSTed as JSON to ``/api/review/<item>``; the answer names the nex
 a reviewer walks the queue without going back to the list. Conflicts (someone else decided first),
 orphaned calls and corrections that do not fit the schema come back as 409 / 410 / 422 with the
 message shown on the page; nothing is recorded twice.
+
+Judges: when a judge-type evaluator judged the call (the online job's ``eval:<judge>`` feedback,
+`slmflow.store.judges`), the page shows its verdict and reason with "judge right" / "judge wrong"
+buttons (and a select of the right label): a reviewer who has read the case can say in one click
+whether the judge that flagged it was right, and those decisions retrain the judge (`slmflow loop
+retrain --judge`). They are POSTed to ``/api/review/<item>/judge`` as ``{judge, verdict: right |
+wrong, label, reviewer, note}`` and answered like the item's decision (400 bad input, 404 no such
+item, 409 someone decided first, 422 the item carries no verdict of that judge).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 from typing import Any
 
 from ..store.calllog import CallLog
+from ..store.judges import JudgeReviews
 from ..store.review import ReviewConflict, ReviewError, ReviewQueue
 
 _CSS = """
@@ -119,6 +128,32 @@ document.addEventListener('keydown', e => {
   else if (e.key === 'k' && d.prev) location.href = '/review/' + d.prev;
   else if (e.key === '?') $('help').hidden = !$('help').hidden;
 });
+const jbox = $('judges');
+function judgeRow(v) {
+  const div = document.createElement('div'); div.className = 'judge'; div.dataset.judge = v.judge;
+  const head = document.createElement('div');
+  head.textContent = v.judge + ' said ' + (v.label || (v.passed ? 'pass' : 'fail')) + (v.reason ? ': ' + v.reason : '');
+  div.appendChild(head);
+  const done = document.createElement('div'); done.className = 'judge-done';
+  if (v.decision) { done.textContent = 'judge ' + v.decision.verdict + ' (' + v.decision.label + ') by ' + v.decision.reviewer; div.appendChild(done); return div; }
+  const sel = document.createElement('select'); sel.className = 'judge-label';
+  for (const l of v.labels) { if (l === v.label) continue; const o = document.createElement('option'); o.value = l; o.textContent = l; sel.appendChild(o); }
+  const right = document.createElement('button'); right.className = 'judge-right'; right.textContent = 'Judge right';
+  const wrong = document.createElement('button'); wrong.className = 'judge-wrong'; wrong.textContent = 'Judge wrong, it is:';
+  const send = async (verdict) => {
+    const reviewer = who.value.trim();
+    if (!reviewer) { msg('enter your name first (it is recorded with the review)', 'err'); who.focus(); return; }
+    const r = await fetch('/api/review/' + d.item.id + '/judge', {method: 'POST', headers: {'Content-Type': 'application/json'},
+      body: JSON.stringify({judge: v.judge, verdict, label: verdict === 'wrong' ? sel.value : null, reviewer, note: $('note').value || null})});
+    const body = await r.json();
+    if (!r.ok) { msg(body.error || ('error ' + r.status), 'err'); return; }
+    msg('judge ' + verdict + ' saved', 'ok'); div.replaceWith(judgeRow(Object.assign({}, v, {decision: body.decision})));
+  };
+  right.onclick = () => send('right'); wrong.onclick = () => send('wrong');
+  div.append(right, wrong, sel); return div;
+}
+for (const v of d.judges || []) jbox.appendChild(judgeRow(v));
+if (!(d.judges || []).length) jbox.textContent = 'no judge verdict on this call';
 if (d.item.status !== 'pending') msg('already ' + (d.item.verdict || d.item.status) + (d.item.reviewer ? ' by ' + d.item.reviewer : ''), 'err');
 """
 
@@ -187,10 +222,11 @@ def item_data(log: CallLog, item_id: str, spans: Any = None) -> dict[str, Any]:
                                                if not k.startswith("gen_ai.operation")}})
         except Exception:
             pass
+    judges = [v.as_dict() for v in JudgeReviews(log).verdicts_for_item(item.id)]
     return {"item": item.as_dict() | {"call": None},
             "call": call.as_dict() if call else {"input": "(deleted)", "output": None},
             "schema": info.output_schema if info else None, "next": nxt, "prev": prev,
-            "context": context}
+            "context": context, "judges": judges}
 
 
 def item_page(log: CallLog, item_id: str, spans: Any = None, *,
@@ -231,7 +267,9 @@ def item_page(log: CallLog, item_id: str, spans: Any = None, *,
         "· j/k next/previous · ? help</p><div id='help' hidden class='keys'>Accept: the output "
         "is right (it becomes a training example as it is). Correct: fix the fields and save "
         "(the corrected output becomes the example). Reject: wrong and not worth fixing (no "
-        "example).</div></div></div>")
+        "example). Judge right / wrong: whether the judge's verdict on this output was right "
+        "(with the right label); these decisions retrain the judge.</div>"
+        "<h3>judge verdicts</h3><div id='judges'></div></div></div>")
     return _page(f"review {it['id'][:10]}", body, d, _ITEM_JS)
 
 
@@ -256,3 +294,24 @@ def decide(log: CallLog, item_id: str, body: dict[str, Any]) -> tuple[int, dict[
         return 400, {"error": e.message}
     pend = q.items(item.agent, "pending", limit=1)
     return 200, {"item": item.as_dict() | {"call": None}, "next": pend[0].id if pend else None}
+
+
+def decide_judge(log: CallLog, item_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST /api/review/<item>/judge: "judge right / judge wrong" on a judge's verdict."""
+    from ..errors import ConfigError
+
+    if not isinstance(body, dict):
+        return 400, {"error": "send a JSON object {judge, verdict: right|wrong, label, "
+                              "reviewer, note}"}
+    try:
+        d = JudgeReviews(log).decide(item_id, str(body.get("verdict")),
+                                     reviewer=body.get("reviewer") or "",
+                                     judge=body.get("judge") or None,
+                                     label=body.get("label") or None, note=body.get("note"))
+    except ReviewConflict as e:
+        return 409, {"error": e.message}
+    except ReviewError as e:
+        return (404 if "no review item" in e.message else 422), {"error": e.message}
+    except ConfigError as e:
+        return 400, {"error": e.message}
+    return 200, {"decision": d.as_dict()}

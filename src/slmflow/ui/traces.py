@@ -250,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         ok, who = self._signed_in(path, "")
         if not ok:
             return None
-        m = re.fullmatch(r"/api/review/([0-9a-f]{8,40})", path)
+        m = re.fullmatch(r"/api/review/([0-9a-f]{8,40})(/judge)?", path)
         if not m or self.calls is None:
             return self._json(404, {"error": "not found"})
         try:
@@ -266,7 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(400, {"error": "the body is not JSON"})
             if who is not None and isinstance(body, dict):
                 body["reviewer"] = who  # the key's name, not what the page says
-            code, out = review.decide(self.calls, m.group(1), body)
+            code, out = (review.decide_judge if m.group(2) else review.decide)(
+                self.calls, m.group(1), body)
             return self._json(code, out)
         except Exception as e:  # noqa: BLE001
             return self._json(500, {"error": f"{type(e).__name__}: {e}"})

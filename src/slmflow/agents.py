@@ -204,7 +204,7 @@ class Agent(Generic[OutT]):
     # put what several agents read here (retrieved passages, the ticket), so they share a
     # token prefix and llama.cpp's prefix cache evaluates it once for the whole chain.
     context: str | None = None
-    output_type: type[OutT] | None = str  # type: ignore[assignment]  # OutT is str here
+    output_type: type[OutT] | None = str  # type: ignore[assignment]  # the default: free text
     tools: tuple[Tool, ...] = ()
     adapter: str | None = None
     fallback: Model | str | None = None

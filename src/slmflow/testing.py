@@ -104,12 +104,12 @@ def _install() -> None:
         cls = getattr(importlib.import_module(module), name)
         if cls not in _originals:
             _originals[cls] = cls.__dict__["generate"]
-            cls.generate = _guard(cls, _originals[cls])  # type: ignore[method-assign]
+            setattr(cls, "generate", _guard(cls, _originals[cls]))
 
 
 def _uninstall() -> None:
     for cls, original in _originals.items():
-        cls.generate = original  # type: ignore[method-assign]
+        setattr(cls, "generate", original)
     _originals.clear()
 
 
@@ -152,7 +152,8 @@ _UNSET: Any = _Unset()
 
 
 def _agent_steps(workflow: Workflow, step: str | None) -> list[str]:
-    agent_steps = [name for name, s in workflow.steps.items() if s.agent is not None]
+    agents = workflow.agents  # step name -> its agent
+    agent_steps = list(agents)
     if step is None:
         if not agent_steps:
             raise ConfigError(f"workflow {workflow.name!r} has no agent steps to override",
@@ -160,7 +161,7 @@ def _agent_steps(workflow: Workflow, step: str | None) -> list[str]:
         return agent_steps
     if step in agent_steps:
         return [step]
-    by_agent = [name for name in agent_steps if workflow.steps[name].agent.name == step]
+    by_agent = [name for name, agent in agents.items() if agent.name == step]
     if by_agent:
         return by_agent
     what = ("a function or tool step, not an agent step" if step in workflow.steps
@@ -186,7 +187,7 @@ def override(workflow: Workflow, step: str | None = None, *, model: Model | str,
                           where="slmflow.testing.override")
     swapped = workflow
     for name in _agent_steps(workflow, step):
-        agent = workflow.steps[name].agent.with_model(model)
+        agent = workflow.agents[name].with_model(model)
         if fallback is not _UNSET:
             agent = agent.with_fallback(fallback)
         swapped = swapped.with_agent(name, agent)

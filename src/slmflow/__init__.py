@@ -1,12 +1,18 @@
 """slmflow: build, fine-tune, evaluate, trace and improve multi-agent workflows of small models.
 
-The curated public API. Heavy backends (llama.cpp, torch, transformers) load only when a model of
-theirs is built, so ``import slmflow`` stays fast.
+The curated public API, in one table. Why a table and ``TYPE_CHECKING`` imports: heavy backends
+(llama.cpp, torch, transformers, FastAPI, the call-log store) load only when a name of theirs is
+first used, so ``import slmflow`` stays fast (tests/test_public_api.py holds it to that); but a
+module ``__getattr__`` alone is invisible to pyright and mypy, which then see every lazy name as
+``Any``. So each lazy name is listed once in `_LAZY` (name -> the module that defines it), imported
+from that same module under ``if TYPE_CHECKING:`` for type checkers, and resolved from the table at
+run time by the one `__getattr__` below. ``__all__`` is a literal list (what type checkers read as
+the exports); the tests check that the three agree.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (BackendUnavailableError, ConfigError, ContextLengthError, GenerationError,
                      HandoffError, ModelError, ModelLoadError, ModelNotFoundError, SchemaError,
@@ -16,25 +22,87 @@ from .models.base import Model, WrapperModel, run_sync
 from .models.function import FunctionModel, ScriptedModel
 from .types import Message, ModelInfo, Response, Settings, ToolCall, ToolSpec, Usage
 
+if TYPE_CHECKING:  # the same names and modules as `_LAZY` (a test compares them)
+    from .agents import Agent, AgentResult
+    from .evals.base import EvalResult, Evaluator
+    from .evals.gate import GateResult, compare
+    from .evals.scenarios import run_scenarios
+    from .evals.suite import SuiteReport, run_suite
+    from .gateway.app import Gateway
+    from .gateway.config import GatewayConfig
+    from .guardrails.detectors import detect_pii, injection, redact_pii, toxicity
+    from .guardrails.guarded import GuardPolicy, Guarded, GuardrailViolation
+    from .models.catalog import list_models
+    from .models.llamacpp import LlamaCppModel
+    from .models.openai import OpenAIModel
+    from .models.transformers import TransformersModel
+    from .retrieval.errors import RetrievalError
+    from .retrieval.index import Index
+    from .retrieval.tool import retrieval_step, retrieval_tool
+    from .retrieval.types import Passage, Passages
+    from .store.calllog import CallRecord, open_call_log
+    from .store.writer import CallLogging, enable_logging, record_agent_result
+    from .tools import Tool, ToolResult, tool
+    from .tracing.decorators import trace
+    from .tracing.model import Traced
+    from .workflow.graph import Branch, Parallel, Step, Workflow
+    from .workflow.runner import RunResult
+    from .workflow.spec import load_workflow
+
 __version__ = "0.1.0"
 
+# name -> the module (relative to this package) that defines it; imported on first use
+_LAZY: dict[str, str] = {
+    # backends: llama.cpp, torch/transformers, an OpenAI-compatible server
+    "LlamaCppModel": ".models.llamacpp", "TransformersModel": ".models.transformers",
+    "OpenAIModel": ".models.openai", "list_models": ".models.catalog",
+    # tracing: @slmflow.trace.agent / .tool / .chain, and the tracing model wrapper
+    "trace": ".tracing.decorators", "Traced": ".tracing.model",
+    # agents, tools, workflows
+    "Agent": ".agents", "AgentResult": ".agents",
+    "tool": ".tools", "Tool": ".tools", "ToolResult": ".tools",
+    "Workflow": ".workflow.graph", "Step": ".workflow.graph", "Parallel": ".workflow.graph",
+    "Branch": ".workflow.graph", "RunResult": ".workflow.runner",
+    "load_workflow": ".workflow.spec",
+    # retrieval: torch/usearch load on first use of an index, not here
+    "Index": ".retrieval.index", "Passage": ".retrieval.types", "Passages": ".retrieval.types",
+    "retrieval_tool": ".retrieval.tool", "retrieval_step": ".retrieval.tool",
+    "RetrievalError": ".retrieval.errors",
+    # evals
+    "run_suite": ".evals.suite", "SuiteReport": ".evals.suite", "compare": ".evals.gate",
+    "GateResult": ".evals.gate", "Evaluator": ".evals.base", "EvalResult": ".evals.base",
+    "run_scenarios": ".evals.scenarios",
+    # gateway (FastAPI), guardrails, the call-log store
+    "Gateway": ".gateway.app", "GatewayConfig": ".gateway.config",
+    "Guarded": ".guardrails.guarded", "GuardPolicy": ".guardrails.guarded",
+    "GuardrailViolation": ".guardrails.guarded", "detect_pii": ".guardrails.detectors",
+    "redact_pii": ".guardrails.detectors", "toxicity": ".guardrails.detectors",
+    "injection": ".guardrails.detectors",
+    "open_call_log": ".store.calllog", "CallRecord": ".store.calllog",
+    "CallLogging": ".store.writer", "record_agent_result": ".store.writer",
+    "enable_logging": ".store.writer",
+}
+
 __all__ = [
+    # imported above
     "Model", "WrapperModel", "FunctionModel", "ScriptedModel", "run_sync", "model",
-    "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models",
     "Message", "ModelInfo", "Response", "Settings", "ToolCall", "ToolSpec", "Usage",
     "SlmflowError", "ConfigError", "SchemaError", "ModelError", "ModelNotFoundError",
     "ModelLoadError", "BackendUnavailableError", "ContextLengthError", "GenerationError",
     "ServerError", "ServerUnreachableError", "ServerResponseError", "StructuredOutputError",
     "ToolError", "HandoffError",
+    # lazy (`_LAZY`)
+    "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models",
     "trace", "Traced",
     "Agent", "AgentResult", "tool", "Tool", "ToolResult",
     "Workflow", "Step", "Parallel", "Branch", "RunResult", "load_workflow",
+    "Index", "Passage", "Passages", "retrieval_tool", "retrieval_step", "RetrievalError",
+    "run_suite", "SuiteReport", "compare", "GateResult", "Evaluator", "EvalResult",
+    "run_scenarios",
+    "Gateway", "GatewayConfig", "Guarded", "GuardPolicy", "GuardrailViolation",
+    "detect_pii", "redact_pii", "toxicity", "injection",
+    "open_call_log", "CallRecord", "CallLogging", "record_agent_result", "enable_logging",
 ]
-
-_WORKFLOW_API = {"Agent": "agents", "AgentResult": "agents", "tool": "tools", "Tool": "tools",
-                 "ToolResult": "tools", "Workflow": "workflow", "Step": "workflow",
-                 "Parallel": "workflow", "Branch": "workflow", "RunResult": "workflow",
-                 "load_workflow": "workflow"}
 
 
 def model(name: str = "smollm2-135m", **kwargs: Any) -> Model:
@@ -45,63 +113,19 @@ def model(name: str = "smollm2-135m", **kwargs: Any) -> Model:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _WORKFLOW_API:  # agents, tools, workflows: imported on first use
-        import importlib
+    """A lazy export: import its module on first use (then it is a plain module global)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slmflow' has no attribute {name!r}")
+    import importlib
 
-        return getattr(importlib.import_module(f".{_WORKFLOW_API[name]}", __name__), name)
-    if name in ("LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models"):
-        from . import models
-
-        return getattr(models, name)
-    if name == "trace":  # @slmflow.trace.agent / .tool / .chain
-        from .tracing.decorators import trace
-
-        return trace
-    if name == "Traced":
-        from .tracing.model import Traced
-
-        return Traced
-    if name in ("Index", "Passage", "Passages", "retrieval_tool", "retrieval_step",
-                "RetrievalError"):  # retrieval: torch/usearch load on first use, not here
-        from . import retrieval
-
-        return getattr(retrieval, name)
-    raise AttributeError(f"module 'slmflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
-# ---- evals (appended by the evals issue): lazy, so `import slmflow` stays light ----------------
-_EVALS_API = ("run_suite", "SuiteReport", "compare", "GateResult", "Evaluator", "EvalResult",
-              "run_scenarios")
-__all__ += list(_EVALS_API)
-_getattr_before_evals = __getattr__
-
-
-def __getattr__(name: str) -> Any:  # noqa: F811
-    if name in _EVALS_API:
-        from . import evals
-
-        return getattr(evals, name)
-    return _getattr_before_evals(name)
-
-
-# ---- gateway, guardrails, call-log store (issue 8/9): imported on first use ----------------------
-_GATEWAY_API = {"Gateway": "gateway", "GatewayConfig": "gateway", "Guarded": "guardrails",
-                "GuardPolicy": "guardrails", "GuardrailViolation": "guardrails",
-                "detect_pii": "guardrails", "redact_pii": "guardrails",
-                "toxicity": "guardrails", "injection": "guardrails",
-                "open_call_log": "store", "CallRecord": "store", "CallLogging": "store",
-                "record_agent_result": "store",
-                "enable_logging": "store"}
-__all__ += list(_GATEWAY_API)
-_getattr_before_gateway = __getattr__
-
-
-def __getattr__(name: str) -> Any:  # noqa: F811 - extends the lazy table above
-    if name in _GATEWAY_API:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_GATEWAY_API[name]}", __name__), name)
-    return _getattr_before_gateway(name)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 # ---- scale-out: one deployment file for every store (slmflow.scale.config, docs/deploy.md) -----

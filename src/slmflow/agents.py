@@ -36,7 +36,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generic, Mapping, overload
+
+from typing_extensions import TypeVar
 
 from . import hooks, tracing
 from .errors import (ConfigError, HandoffError, ModelError, ServerError, SlmflowError,
@@ -47,6 +49,13 @@ from .tracing import attrs
 from .types import Message, ModelInfo, Response, Settings, Usage
 
 __all__ = ["Agent", "AgentResult", "Attempt", "resolve_model", "set_adapter_resolver"]
+
+# The output type of an agent, for type checkers: ``Agent(..., output_type=Route)`` is an
+# ``Agent[Route]`` whose ``run``/``run_sync`` give an ``AgentResult[Route]``. The default is Any
+# (not str), so that a bare ``Agent`` annotation accepts an agent of any output type; an agent
+# declared without ``output_type`` (free text) is an ``Agent[Any]`` to a checker.
+OutT = TypeVar("OutT", default=Any)
+T = TypeVar("T")
 
 # ---- model and adapter resolution --------------------------------------------------------------
 
@@ -120,11 +129,12 @@ class Attempt:
 
 
 @dataclass(frozen=True)
-class AgentResult:
-    """What one run of an agent produced, and how."""
+class AgentResult(Generic[OutT]):
+    """What one run of an agent produced, and how; ``output`` is an instance of the agent's
+    ``output_type`` (a `ToolResult` for an agent with tools and a ``str`` output type)."""
 
     agent: str
-    output: Any
+    output: OutT
     model: ModelInfo
     confidence: float | None = None
     usage: Usage = field(default_factory=Usage)
@@ -171,13 +181,15 @@ def render_value(value: Any) -> str:
 # ---- the agent ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Agent:
+class Agent(Generic[OutT]):
     """One job: a model, instructions, typed input and output, tools, a fallback and a threshold.
 
     prompt: a template for the user message, ``{field}`` for each input field (lists and objects
         are rendered compactly); without one the input's fields are listed ``field: value``.
     input_type: a pydantic model (or None: the input is a plain string, ``{input}``).
-    output_type: a pydantic model (schema-constrained decoding), or ``str`` for free text.
+    output_type: a pydantic model (schema-constrained decoding), or ``str`` for free text. It is
+        also the agent's type parameter: ``Agent(..., output_type=Route)`` is an ``Agent[Route]``
+        and its ``run_sync(...).output`` a ``Route`` to pyright and mypy.
     tools: with tools the model first picks one tool call under the tool-call schema; the tool
         runs (validated, with its timeout) and, if ``output_type`` is a pydantic model, a second
         constrained call turns the tool result into the output; else the `ToolResult` is the output.
@@ -192,7 +204,7 @@ class Agent:
     # put what several agents read here (retrieved passages, the ticket), so they share a
     # token prefix and llama.cpp's prefix cache evaluates it once for the whole chain.
     context: str | None = None
-    output_type: Any = str
+    output_type: type[OutT] | None = str  # type: ignore[assignment]  # the default: free text
     tools: tuple[Tool, ...] = ()
     adapter: str | None = None
     fallback: Model | str | None = None
@@ -252,13 +264,14 @@ class Agent:
         return self.fallback is not None and not self.fallback_repeats_primary
 
     # -- swapping ---------------------------------------------------------------------------
-    def with_model(self, model: Model | str, adapter: str | None = None) -> "Agent":
+    def with_model(self, model: Model | str, adapter: str | None = None) -> Agent[OutT]:
         return replace(self, model=model, adapter=adapter)
 
-    def with_adapter(self, adapter: str | None) -> "Agent":
+    def with_adapter(self, adapter: str | None) -> Agent[OutT]:
         return replace(self, adapter=adapter)
 
-    def with_fallback(self, fallback: Model | str | None, adapter: str | None = None) -> "Agent":
+    def with_fallback(self, fallback: Model | str | None,
+                      adapter: str | None = None) -> Agent[OutT]:
         return replace(self, fallback=fallback, fallback_adapter=adapter)
 
     # -- prompt -----------------------------------------------------------------------------
@@ -305,11 +318,30 @@ class Agent:
         return msgs + [Message("user", user)]
 
     # -- running ----------------------------------------------------------------------------
-    def run_sync(self, input: Any, **kwargs: Any) -> AgentResult:
-        return run_sync(self.run(input, **kwargs))
+    @overload
+    def run_sync(self, input: Any, *, output_type: None = None, use_fallback: bool = False,
+                 reason: str | None = None, note: str | None = None) -> AgentResult[OutT]: ...
+
+    @overload
+    def run_sync(self, input: Any, *, output_type: type[T], use_fallback: bool = False,
+                 reason: str | None = None, note: str | None = None) -> AgentResult[T]: ...
+
+    def run_sync(self, input: Any, *, output_type: Any = None, use_fallback: bool = False,
+                 reason: str | None = None, note: str | None = None) -> AgentResult[Any]:
+        """`run` from synchronous code (a script, a test)."""
+        return run_sync(self.run(input, output_type=output_type, use_fallback=use_fallback,
+                                 reason=reason, note=note))
+
+    @overload
+    async def run(self, input: Any, *, output_type: None = None, use_fallback: bool = False,
+                  reason: str | None = None, note: str | None = None) -> AgentResult[OutT]: ...
+
+    @overload
+    async def run(self, input: Any, *, output_type: type[T], use_fallback: bool = False,
+                  reason: str | None = None, note: str | None = None) -> AgentResult[T]: ...
 
     async def run(self, input: Any, *, output_type: Any = None, use_fallback: bool = False,
-                  reason: str | None = None, note: str | None = None) -> AgentResult:
+                  reason: str | None = None, note: str | None = None) -> AgentResult[Any]:
         """Run the job once (escalating to the fallback model when needed); see the module doc.
 
         output_type: override the agent's own (the workflow's handoff repair passes the consuming

@@ -66,6 +66,7 @@ def run_cmd(
 
         typer.echo(json.dumps({
             "status": result.status, "answer": result.answer, "detail": result.detail,
+            "trace_id": result.trace_id,
             "latency_ms": round(result.latency_s * 1000, 1),
             "model_latency_ms": round(result.model_latency_s * 1000, 1),
             "steps": step_rows(result),

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Mapping, Sequence, get_type_hints
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, get_type_hints
 
 from ..agents import Agent
 from ..errors import ConfigError
 from ..tools import Tool
+
+if TYPE_CHECKING:  # runner.py imports this module
+    from .runner import RunResult
 
 END = "end"
 
@@ -373,13 +376,14 @@ class Workflow:
         return wf
 
     # -- running ----------------------------------------------------------------------------
-    async def run(self, input: Any) -> Any:
+    async def run(self, input: Any) -> RunResult:
         """Run once; always returns a `RunResult` (an answer or an explicit failure)."""
         from .runner import run_workflow
 
         return await run_workflow(self, input)
 
-    def run_sync(self, input: Any) -> Any:
+    def run_sync(self, input: Any) -> RunResult:
+        """`run` from synchronous code."""
         from ..models.base import run_sync
 
         return run_sync(self.run(input))

@@ -78,7 +78,7 @@ def step_table(result: RunResult, title: str | None = None) -> tuple[Any, list[s
 
 
 def print_result(result: RunResult, console: Any = None, *, show_table: bool = True) -> None:
-    """The answer, the reason, the per-step table and its notes. On a terminal the table is
+    """The answer, the reason, the trace id (tracing on), the per-step table and its notes. On a terminal the table is
     rich's; piped or redirected it is tab-separated, every cell whole (`slmflow.output`)."""
     from ..output import console as cli_console
     from ..output import is_plain, print_table
@@ -95,6 +95,8 @@ def print_result(result: RunResult, console: Any = None, *, show_table: bool = T
         console.print("(no answer)")
     if result.detail:
         console.print(f"reason: {result.detail}", style="dim", markup=False, highlight=False)
+    if result.trace_id:  # `slmflow traces show <id>` opens it
+        console.print(f"trace: {result.trace_id}", style="dim", markup=False, highlight=False)
     if show_table:
         if is_plain(console):
             rows, notes = _cells(result)

@@ -118,6 +118,9 @@ class RunResult:
     latency_s: float = 0.0
     detail: str = ""
     run_id: str | None = None  # the call log's run id: feedback on the run attaches to it
+    # the id of the trace this run opened (its ``invoke_workflow`` span's; the span store and
+    # `slmflow traces show` take it); None when tracing is off
+    trace_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -556,6 +559,10 @@ async def run_workflow(wf: Workflow, value: Any) -> RunResult:
             tracing.span("invoke_workflow", wf.name, attributes={
                 attrs.WORKFLOW_NAME: wf.name, attrs.RUN_ID: run_id}) as sp:
         tracing.set_content(sp, {attrs.INPUT: value})
+        # the workflow span's own trace: not `current_trace_id()`, which with tracing off
+        # would give a span of the caller's (their own OpenTelemetry set-up), not this run's
+        own = sp.get_span_context()
+        trace_id = format(own.trace_id, "032x") if own.is_valid else None
         try:
             run.start(value)
             await run.walk()
@@ -583,6 +590,6 @@ async def run_workflow(wf: Workflow, value: Any) -> RunResult:
                                     attrs.WORKFLOW_DETAIL: detail[:2000] or None})
         tracing.set_content(sp, {attrs.OUTPUT: answer})
         result = RunResult(wf.name, status, answer, run.state, run.steps, run.handoffs, error,
-                           time.perf_counter() - t0, detail, run_id)
+                           time.perf_counter() - t0, detail, run_id, trace_id)
         hooks.emit("run_finished", result=result)  # under the run's context and span
     return result

@@ -15,7 +15,7 @@ Modes, each in a fresh process, each after one warm-up ticket, the same tickets 
     default weight format, the reasoner and verifier sharing their context (workflow.yaml).
 (c) ``server``: llama.cpp's own server (``python -m llama_cpp.server``, prompt cache on,
     ``cache: true``) answering the same agent calls through slmflow's OpenAI backend: one server
-    process per served model (base, router adapter, extractor adapter), because one
+    process per served model (base, and one per adapter the workflow ships), because one
     llama_cpp.server with several aliases reloads the model at every alias switch. Same prompts
     as (b), same thread counts.
 
@@ -112,6 +112,9 @@ def _free_port() -> int:
     return port
 
 
+ADAPTED = ("router", "extractor", "reasoner", "verifier")  # the agents with a shipped adapter
+
+
 def start_servers(tmp: Path) -> tuple[list[subprocess.Popen], dict[str, str]]:
     """One llama_cpp.server per served model, prompt cache on; their URLs."""
     import httpx
@@ -121,8 +124,9 @@ def start_servers(tmp: Path) -> tuple[list[subprocess.Popen], dict[str, str]]:
 
     base = resolve("smollm2-135m")
     gguf = str(base.path)
-    served = {"base": None, "router": SUPPORT / "adapters" / "router" / "adapter.gguf",
-              "extractor": SUPPORT / "adapters" / "extractor" / "adapter.gguf"}
+    served: dict[str, Path | None] = {"base": None}
+    for agent in ADAPTED:  # every adapter the workflow serves, one server each
+        served[agent] = SUPPORT / "adapters" / agent / "adapter.gguf"
     procs, urls = [], {}
     for name, lora in served.items():
         port = _free_port()
@@ -161,10 +165,9 @@ def server_workflow(urls: dict[str, str], tmp: Path) -> Path:
             step["branch"]["on"] = step["branch"].pop(True)
     spec["models"] = {"default": f"openai:smollm2-135m@{urls['base']}",
                       "fallback": f"openai:smollm2-135m@{urls['base']}",
-                      "router_srv": f"openai:smollm2-135m@{urls['router']}",
-                      "extractor_srv": f"openai:smollm2-135m@{urls['extractor']}"}
-    spec["agents"]["router"]["model"] = "router_srv"
-    spec["agents"]["extractor"]["model"] = "extractor_srv"
+                      **{f"{a}_srv": f"openai:smollm2-135m@{urls[a]}" for a in ADAPTED}}
+    for a in ADAPTED:
+        spec["agents"][a]["model"] = f"{a}_srv"
     out = SUPPORT / f".bench-server-{os.getpid()}.yaml"
     out.write_text(yaml.safe_dump(spec, sort_keys=False))
     return out

@@ -328,8 +328,11 @@ def _support(category="refund", draft=None, extract=None, approve=True, extract_
     wf = load_workflow(SUPPORT / "workflow.yaml")
     swaps = {"router": FunctionModel(lambda m, s: {"category": category}, name="f-router"),
              "extract": FunctionModel(ex, name="f-extract"),
-             "reason": FunctionModel(lambda m, s: draft, name="f-reason"),
-             "verify": FunctionModel(lambda m, s: {"approved": approve}, name="f-verify")}
+             "reason": FunctionModel(lambda m, s: {"policy": "damaged-items#0",
+                                                   "record": "A-1042 delivered", "draft": draft},
+                                     name="f-reason"),
+             "verify": FunctionModel(lambda m, s: {"reason": "ok" if approve else "wrong_fact",
+                                                   "approved": approve}, name="f-verify")}
     for step, m in swaps.items():
         wf = wf.with_agent(step, wf.agents[step].with_model(m).with_fallback(m))
     if extract_type is not None:

@@ -43,13 +43,16 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/slmflow demo
 
+# The system packages the tests use (headless Chromium, PostgreSQL server binaries) are installed
+# when this runs as root with apt; otherwise those tests skip, and -rs lists every skip and why.
 test: setup
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+	bash .ci/install-system-deps.sh || echo "make test: could not install the system packages; the browser and PostgreSQL tests will skip (listed below)"
+	$(PY) -m pytest -q -rs; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 bench: setup
 	$(PY) bench/models.py
 
-# Retrain the support example's shipped LoRA adapters (router, extractor) on its own data.
+# Retrain the support example's shipped LoRA adapters (router, extractor, reasoner, verifier).
 support-adapters: setup
 	examples/support/train_adapters.sh
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (BackendUnavailableError, ConfigError, ContextLengthError, GenerationError,
                      HandoffError, ModelError, ModelLoadError, ModelNotFoundError, SchemaError,
                      ServerError, ServerResponseError, ServerUnreachableError, SlmflowError,
-                     StructuredOutputError, ToolError)
+                     StorageError, StructuredOutputError, ToolError)
 from .models.base import Model, WrapperModel, run_sync
 from .models.function import FunctionModel, ScriptedModel
 from .types import Message, ModelInfo, Response, Settings, ToolCall, ToolSpec, Usage
@@ -90,7 +90,7 @@ __all__ = [
     "SlmflowError", "ConfigError", "SchemaError", "ModelError", "ModelNotFoundError",
     "ModelLoadError", "BackendUnavailableError", "ContextLengthError", "GenerationError",
     "ServerError", "ServerUnreachableError", "ServerResponseError", "StructuredOutputError",
-    "ToolError", "HandoffError",
+    "ToolError", "HandoffError", "StorageError",
     # lazy (`_LAZY`)
     "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models",
     "trace", "Traced",

@@ -19,12 +19,18 @@ of these classes, and every message names the thing and the place (model name, f
     │   └── ServerResponseError      an HTTP error status, or a body that is not what the API says
     ├── StructuredOutputError        output still invalid against its schema after the repair step
     ├── ToolError                    a tool raised, timed out or got invalid arguments
-    └── HandoffError                 a step's output does not fit the next step's input
+    ├── HandoffError                 a step's output does not fit the next step's input
+    └── StorageError                 a database cannot be opened, migrated, read or written:
+        ├── StoreError               the call log (`slmflow.store`)
+        ├── TraceStoreError          the span store (`slmflow.tracing.store`)
+        └── RegistryStoreError       the adapter registry (`slmflow.finetune.registry_store`)
 
 Each carries ``where`` (what was being done with what) so that logs and CLI can print it alone.
-Areas add their own subclasses beside their code: `StoreError` (call log), `ReviewError`,
-`TraceStoreError` (span store), `RegistryStoreError` (adapter registry), `CheckpointError`,
-`RetrievalError`, `LoopError`. A ``where`` that is a database URL goes through `mask_url`.
+Areas add their own subclasses beside their code: `ReviewError`, `CheckpointError`,
+`RetrievalError`, `LoopError`; the three stores' errors live beside their stores and share one
+parent, `StorageError` (``except StorageError`` catches a database failure whichever store it
+came from; `slmflow.storage` raises it). A ``where`` that is a database URL goes through
+`mask_url`.
 """
 
 from __future__ import annotations
@@ -114,3 +120,9 @@ class ToolError(SlmflowError):
 
 class HandoffError(SlmflowError):
     """A step's output does not validate against the next step's input type."""
+
+
+class StorageError(SlmflowError):
+    """A database failed: cannot be opened, connected to, migrated, read or written. The call
+    log's `StoreError`, the span store's `TraceStoreError` and the adapter registry's
+    `RegistryStoreError` are its subclasses."""

@@ -337,7 +337,7 @@ def schedule_cmd(every: str = typer.Option("24h", help="how often: 30m, 6h, 24h"
                  budget: int = typer.Option(50, "--budget"),
                  calls: Optional[str] = CALLS) -> None:
     """A cron entry for the daily flagging job (or `--run` to loop here)."""
-    from ..store.calllog import _DUR
+    from ..store.records import _DUR
 
     m = _DUR.match(every.strip())
     if not m:

@@ -40,6 +40,10 @@ checksums existed have no ``checksums.json``; their GGUF files still go through
 The interface: `versions`, `card`/`write_card`, `add_version`, `promoted`/`write_promoted`,
 `append_history`/`history`, `local_dir`, `stamp` (cheap; changes when the promoted pointer does)
 and `lock` (one promotion decision at a time per agent, across processes).
+
+The location is read by `slmflow.storage.urls.parse_location` and the PostgreSQL connection is
+`slmflow.storage.pg.PgConnection` (the same reconnecting one as the call log's and the span
+store's); `RegistryStoreError` is a `slmflow.errors.StorageError`.
 """
 
 from __future__ import annotations
@@ -57,8 +61,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import ConfigError, ModelLoadError, SlmflowError, mask_url
-from ..store.pg import PgConnection, is_pg_url
+from ..errors import ConfigError, ModelLoadError, StorageError
+from ..storage.migrations import ADVISORY_LOCKS, create_tables
+from ..storage.pg import PgConnection
+from ..storage.urls import parse_location
 
 __all__ = ["RegistryStore", "FileRegistryStore", "PostgresRegistryStore", "open_registry_store",
            "ENV_ADAPTERS_URL", "RegistryStoreError", "AdapterFileError", "check_agent",
@@ -70,7 +76,7 @@ _AGENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 CHECKSUMS = "checksums.json"
 
 
-class RegistryStoreError(SlmflowError):
+class RegistryStoreError(StorageError):
     """The registry's storage failed (database unreachable, a query refused) or holds something
     it never writes (a truncated card, a pointer to an invalid version, a changed file)."""
 
@@ -353,7 +359,7 @@ CREATE TABLE IF NOT EXISTS adapter_history (
     at DOUBLE PRECISION NOT NULL);
 CREATE INDEX IF NOT EXISTS adapter_history_agent ON adapter_history (agent, id);
 """
-_SCHEMA_LOCK = 727350021
+_SCHEMA_LOCK = ADVISORY_LOCKS["adapters"]
 
 
 def _agent_key(agent: str) -> int:
@@ -379,9 +385,7 @@ class PostgresRegistryStore(RegistryStore):
             cache = subdir("cache") / "adapters" / db
         self.cache = Path(cache)
         with self._tx() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for stmt in filter(str.strip, _PG_SCHEMA.split(";")):
-                cur.execute(stmt)
+            create_tables(cur, _SCHEMA_LOCK, list(filter(str.strip, _PG_SCHEMA.split(";"))))
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -555,12 +559,7 @@ def open_registry_store(location: str | Path | None = None) -> RegistryStore:
         from ..home import subdir
 
         return FileRegistryStore(subdir("adapters"))
-    loc = str(location)
-    if is_pg_url(loc):
-        return PostgresRegistryStore(loc)
-    if loc.startswith("file://"):
-        return FileRegistryStore(loc[len("file://"):])
-    if "://" in loc:
-        raise ConfigError(f"unknown adapter registry location {mask_url(loc)!r}: a folder or "
-                          "postgresql://...", where="adapters")
-    return FileRegistryStore(loc)
+    kind, where = parse_location(location, what="adapter registry", where="adapters")
+    if kind == "postgresql":
+        return PostgresRegistryStore(where)
+    return FileRegistryStore(where)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, mask_url
-from ..store.pg import PG_SCHEMES
+from ..storage.urls import PG_SCHEMES
 
 __all__ = ["ScaleConfig", "load_config", "apply_config", "ENV_CONFIG"]
 

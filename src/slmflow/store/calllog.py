@@ -3,10 +3,17 @@
 Why one small interface with two backends: the improvement loop, the gateway, `slmflow usage` and
 the review UI all read and write the same records, on one laptop (embedded SQLite, no server) or
 on a fleet (PostgreSQL, many gateway processes writing concurrently). `CallLog` is that interface;
-`open_call_log(url)` picks the backend from a URL:
+`open_call_log(url)` picks the backend from a URL (read by `slmflow.storage.urls`, as every
+store's is):
 
     sqlite:///abs/path/calls.db       (default: $SLMFLOW_HOME/calls.db, WAL journal)
     postgresql://user@host:port/db    (psycopg 3)
+
+This module holds the queries and the two backends. The records and their row helpers are in
+`slmflow.store.records`, the API-key methods in `slmflow.store.keys` (a mixin of `CallLog`); the
+SQLite connect, the reconnecting PostgreSQL connection, the dialect helpers and the migration
+runner are `slmflow.storage`'s, shared with the span store and the adapter registry. Every name
+this module exported before the split is still importable from it.
 
 Writing without blocking a request (the background writer) and the hooks agents and models use
 live in `slmflow.store.writer`.
@@ -15,28 +22,34 @@ live in `slmflow.store.writer`.
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 import logging
-import re
 import threading
-import time
-import uuid
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..errors import ConfigError, SlmflowError, mask_url
-from ..types import db_text
-from .pg import PgConnection, is_pg_url
-from .schema import LATEST, MIGRATIONS, statements
+from ..errors import ConfigError, StorageError
+from ..storage.dialect import marks, to_pg, upsert, utc_day
+from ..storage.migrations import ADVISORY_LOCKS, migrate
+from ..storage.pg import PgConnection
+from ..storage.sqlite import connect as sqlite_connect
+from ..storage.urls import parse_url
+from ..storage.urls import url_safe as _url_safe
+from .keys import KeyStore, hash_key
+from .records import (_DUR, AgentInfo, ApiKey, CallRecord, Example, Feedback, _dumps,
+                      _json_default, _loads, _txt, new_id, parse_since)
+from .schema import MIGRATIONS, statements
 
 __all__ = ["CallRecord", "Feedback", "Example", "ApiKey", "CallLog", "SQLiteCallLog",
            "PostgresCallLog", "AgentInfo", "open_call_log", "default_url", "parse_since", "StoreError"]
 
+# the names other modules imported from here before the split (records, keys), still importable
+_REEXPORTED = (_DUR, _json_default, hash_key, new_id)
+
 log = logging.getLogger("slmflow.store")
 
+
+class StoreError(StorageError):
+    """The call-log store failed (cannot open, migrate, read or write)."""
 
 
 def _filters(equal: dict[str, Any], since: Any) -> tuple[str, list[Any]]:
@@ -49,207 +62,6 @@ def _filters(equal: dict[str, Any], since: Any) -> tuple[str, list[Any]]:
         params.append(s)
     return (" WHERE " + " AND ".join(conds)) if conds else "", params
 
-class StoreError(SlmflowError):
-    """The call-log store failed (cannot open, migrate, read or write)."""
-
-
-# ---- records -----------------------------------------------------------------------------------
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def hash_key(key: str) -> str:
-    """How an API key is stored and looked up (`find_key`): its SHA-256, never the key."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _txt(v: Any) -> str | None:
-    """Text safe for both SQLite and PostgreSQL: no lone surrogates, no NUL bytes."""
-    if v is None:
-        return None
-    return db_text(v if isinstance(v, str) else str(v))
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "model_dump"):
-        return o.model_dump(mode="json")
-    if hasattr(o, "__dataclass_fields__"):
-        return asdict(o)
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
-
-
-def _dumps(v: Any) -> str | None:
-    if v is None:
-        return None
-    return json.dumps(v, default=_json_default, ensure_ascii=True)
-
-
-def _loads(s: str | None) -> Any:
-    if s is None:
-        return None
-    try:
-        return json.loads(s)
-    except ValueError:
-        return s
-
-
-@dataclass
-class CallRecord:
-    """One call: ``kind`` is agent | model | gateway | workflow. ``input``/``output`` are any
-    JSON-able values (stored as JSON text)."""
-
-    kind: str = "agent"
-    agent: str | None = None
-    workflow: str | None = None
-    run_id: str | None = None
-    trace_id: str | None = None
-    key_name: str | None = None
-    model: str | None = None
-    adapter: str | None = None
-    input: Any = None
-    output: Any = None
-    latency_s: float | None = None
-    confidence: float | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float | None = None
-    escalated: bool = False
-    escalation_reason: str | None = None
-    cache: str | None = None
-    status: str = "ok"
-    error: str | None = None
-    meta: dict[str, Any] | None = None
-    id: str = field(default_factory=new_id)
-    ts: float = field(default_factory=time.time)
-    seq: int | None = None
-
-    COLUMNS = ("id", "ts", "kind", "agent", "workflow", "run_id", "trace_id", "key_name", "model",
-               "adapter", "input", "output", "latency_s", "confidence", "input_tokens",
-               "output_tokens", "cost_usd", "escalated", "escalation_reason", "cache", "status",
-               "error", "meta")
-
-    def to_row(self) -> tuple:
-        out = []
-        for c in self.COLUMNS:
-            v = getattr(self, c)
-            if c in ("input", "output", "meta"):
-                v = _dumps(v)
-            elif c == "escalated":
-                v = int(bool(v))
-            elif c in ("input_tokens", "output_tokens"):
-                v = int(v or 0)
-            elif isinstance(v, str):
-                v = _txt(v)
-            out.append(v)
-        return tuple(out)
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "CallRecord":
-        d = dict(zip(("seq",) + cls.COLUMNS, row))
-        for c in ("input", "output", "meta"):
-            d[c] = _loads(d[c])
-        d["escalated"] = bool(d["escalated"])
-        return cls(**d)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass
-class Feedback:
-    """A user signal attached to a call or a run: thumbs (up/down), a label, a correction."""
-
-    call_id: str | None = None
-    run_id: str | None = None
-    signal: str | None = None
-    label: str | None = None
-    correction: Any = None
-    by: str | None = None
-    id: str = field(default_factory=new_id)
-    ts: float = field(default_factory=time.time)
-
-    COLUMNS = ("id", "ts", "call_id", "run_id", "signal", "label", "correction", "by")
-
-
-@dataclass
-class Example:
-    """A training example produced by an escalation: the small model's input and the stronger
-    model's accepted output, for fine-tuning the small model."""
-
-    agent: str | None
-    input: Any
-    output: Any
-    source_model: str | None = None
-    target_model: str | None = None
-    reason: str | None = None
-    confidence: float | None = None
-    call_id: str | None = None
-    id: str = field(default_factory=new_id)
-    ts: float = field(default_factory=time.time)
-
-    COLUMNS = ("id", "ts", "call_id", "agent", "source_model", "target_model", "input", "output",
-               "reason", "confidence")
-
-
-@dataclass
-class AgentInfo:
-    """What the review UI needs to know about an agent: its output JSON schema (the correction
-    form is generated from it) and its instructions. Upserted by name, once per process."""
-
-    name: str
-    output_schema: dict[str, Any] | None = None
-    instructions: str | None = None
-    updated: float = field(default_factory=time.time)
-
-    @property
-    def id(self) -> str:
-        return self.name
-
-
-@dataclass
-class ApiKey:
-    name: str
-    key_hash: str
-    prefix: str
-    models: list[str] | None = None
-    rpm: int | None = None
-    tokens_per_day: int | None = None
-    created: float = field(default_factory=time.time)
-    revoked: float | None = None
-
-    COLUMNS = ("name", "key_hash", "prefix", "models", "rpm", "tokens_per_day", "created",
-               "revoked")
-
-
-# ---- time ----------------------------------------------------------------------------------------
-
-_DUR = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-
-
-def parse_since(value: Any) -> float | None:
-    """None, epoch seconds, a datetime, an ISO date/time, or a duration back from now (``30m``,
-    ``24h``, ``7d``) → epoch seconds."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
-    s = str(value).strip()
-    m = _DUR.match(s)
-    if m:
-        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        return time.time() - float(m.group(1)) * mult
-    try:
-        return parse_since(datetime.fromisoformat(s))
-    except ValueError:
-        raise ConfigError(f"cannot read {s!r} as a time: use epoch seconds, an ISO date or a "
-                          "duration such as 24h or 7d", where="since") from None
-
 
 # ---- the interface -------------------------------------------------------------------------------
 
@@ -259,9 +71,10 @@ _GROUPS = {"key": "key_name", "agent": "agent", "model": "model", "workflow": "w
            "kind": "kind", "status": "status", "day": None}
 
 
-class CallLog(abc.ABC):
+class CallLog(KeyStore, abc.ABC):
     """The storage interface. Backends implement the few primitive SQL hooks at the bottom;
-    everything else is shared, so SQLite and PostgreSQL behave the same."""
+    everything else is shared, so SQLite and PostgreSQL behave the same. The API-key methods
+    (`create_key`, `find_key`, `reserve_tokens`, `take_rate`, ...) come from `KeyStore`."""
 
     url: str
     dialect: str
@@ -284,13 +97,11 @@ class CallLog(abc.ABC):
                                       ("feedback", Feedback.COLUMNS, fbs)):
                 if rows:
                     self._many(cur, f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
-                               f"({', '.join('?' * len(cols))}) ON CONFLICT (id) DO NOTHING",
+                               f"({marks(len(cols))}) ON CONFLICT (id) DO NOTHING",
                                rows)
             if infos:
-                self._many(cur, "INSERT INTO agents (name, output_schema, instructions, updated) "
-                           "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                           "output_schema = excluded.output_schema, "
-                           "instructions = excluded.instructions, updated = excluded.updated",
+                self._many(cur, upsert("agents", ("name", "output_schema", "instructions",
+                                              "updated"), ("name",)),
                            [(_txt(i.name), _dumps(i.output_schema), _txt(i.instructions),
                              i.updated) for i in infos.values()])
         return len(calls) + len(exs) + len(fbs) + len(infos)
@@ -323,7 +134,7 @@ class CallLog(abc.ABC):
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             for r in self._all(f"SELECT seq, {', '.join(CallRecord.COLUMNS)} FROM calls WHERE id "
-                               f"IN ({', '.join('?' * len(chunk))})", chunk):
+                               f"IN ({marks(len(chunk))})", chunk):
                 rec = CallRecord.from_row(r)
                 out[rec.id] = rec
         return out
@@ -389,7 +200,7 @@ class CallLog(abc.ABC):
             if b not in _GROUPS:
                 raise ConfigError(f"cannot group by {b!r} (use {', '.join(_GROUPS)})",
                                   where="CallLog.usage")
-            cols.append(_GROUPS[b] or self._day_expr())
+            cols.append(_GROUPS[b] or utc_day("ts", self.dialect))
         where, params = self._where(since, until, None, filters)
         sel = ", ".join(f"{c} AS g{i}" for i, c in enumerate(cols))
         grp = ", ".join(f"g{i}" for i in range(len(cols)))
@@ -409,77 +220,6 @@ class CallLog(abc.ABC):
                      rejected=int(r[n + 6]))
             out.append(d)
         return out
-
-    # -- per-key limits shared by gateway replicas ----------------------------------------------
-    # Why in the database and not in process memory: two gateway replicas on one call log must
-    # enforce one key's budget and rate together. Each check-and-take is one conditional UPDATE in
-    # one transaction (PostgreSQL re-evaluates the WHERE on the locked row; SQLite's BEGIN
-    # IMMEDIATE serialises writers), so concurrent requests on any replica cannot both pass.
-
-    def reserve_tokens(self, key_name: str, tokens: int, limit: int,
-                       now: float | None = None) -> tuple[bool, int, int]:
-        """Add ``tokens`` to the key's counter for the UTC day if the sum stays within ``limit``.
-        Returns (reserved, the counter after (or as it stands when refused), the day number).
-        The day's row is seeded from the tokens already in the call log for that day."""
-        t = time.time() if now is None else now
-        day = int(t // 86400)
-        with self._tx() as cur:
-            self._exec(cur, "SELECT tokens FROM key_budget WHERE key_name = ? AND day = ?",
-                       (key_name, day))
-            if cur.fetchone() is None:
-                self._exec(cur, "INSERT INTO key_budget (key_name, day, tokens) SELECT ?, ?, "
-                           "COALESCE(SUM(input_tokens + output_tokens), 0) FROM calls WHERE "
-                           "key_name = ? AND ts >= ? ON CONFLICT (key_name, day) DO NOTHING",
-                           (key_name, day, key_name, day * 86400.0))
-            n = self._exec(cur, "UPDATE key_budget SET tokens = tokens + ? WHERE key_name = ? "
-                           "AND day = ? AND tokens + ? <= ?",
-                           (int(tokens), key_name, day, int(tokens), int(limit)))
-            self._exec(cur, "SELECT tokens FROM key_budget WHERE key_name = ? AND day = ?",
-                       (key_name, day))
-            used = int(cur.fetchone()[0])
-        return bool(n), used, day
-
-    def settle_tokens(self, key_name: str, day: int, delta: int) -> None:
-        """Correct a reservation by ``delta`` (real usage minus reserved; never below zero)."""
-        if not delta:
-            return
-        g = self._greatest()
-        with self._tx() as cur:
-            self._exec(cur, f"UPDATE key_budget SET tokens = {g}(0, tokens + ?) WHERE "
-                       "key_name = ? AND day = ?", (int(delta), key_name, int(day)))
-
-    def budget_used(self, key_name: str, now: float | None = None) -> int | None:
-        """The key's counter for the UTC day (None before its first reservation that day)."""
-        day = int((time.time() if now is None else now) // 86400)
-        rows = self._all("SELECT tokens FROM key_budget WHERE key_name = ? AND day = ?",
-                         (key_name, day))
-        return int(rows[0][0]) if rows else None
-
-    def take_rate(self, key_name: str, rpm: int, now: float | None = None) -> float:
-        """Take one request from the key's token bucket (``rpm`` per minute, bursts up to
-        ``rpm``): 0.0 if taken, else the seconds until one is available. ``now`` is wall-clock
-        time, shared by the replicas (keep their clocks synchronised, as NTP does)."""
-        t = time.time() if now is None else now
-        rate = rpm / 60.0
-        g, lst = self._greatest(), self._least()
-        level = f"{lst}(?, level + {g}(0, ? - ts) * ?)"
-        with self._tx() as cur:
-            self._exec(cur, "INSERT INTO key_rate (key_name, level, ts) VALUES (?, ?, ?) "
-                       "ON CONFLICT (key_name) DO NOTHING", (key_name, float(rpm), t))
-            n = self._exec(cur, f"UPDATE key_rate SET level = {level} - 1, ts = {g}(ts, ?) "
-                           f"WHERE key_name = ? AND {level} >= 1",
-                           (float(rpm), t, rate, t, key_name, float(rpm), t, rate))
-            if n:
-                return 0.0
-            self._exec(cur, "SELECT level, ts FROM key_rate WHERE key_name = ?", (key_name,))
-            lv, ts = cur.fetchone()
-        have = min(float(rpm), float(lv) + max(0.0, t - float(ts)) * rate)
-        return max(0.001, (1.0 - have) / rate)
-
-    def tokens_since(self, key_name: str, since: float) -> int:
-        r = self._all("SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM calls "
-                      "WHERE key_name = ? AND ts >= ?", (key_name, since))
-        return int(r[0][0])
 
     # -- feedback --------------------------------------------------------------------------------
     def add_feedback(self, call_id: str | None = None, *, run_id: str | None = None,
@@ -507,7 +247,7 @@ class CallLog(abc.ABC):
                       correction=correction, by=_txt(by))
         with self._tx() as cur:
             self._many(cur, f"INSERT INTO feedback ({', '.join(Feedback.COLUMNS)}) VALUES "
-                       f"({', '.join('?' * len(Feedback.COLUMNS))})", [self._feedback_row(fb)])
+                       f"({marks(len(Feedback.COLUMNS))})", [self._feedback_row(fb)])
         return fb
 
     def feedback(self, call_id: str | None = None, *, run_id: str | None = None,
@@ -534,66 +274,24 @@ class CallLog(abc.ABC):
             out.append(Example(**d))
         return out
 
-    # -- API keys (hashes only) ------------------------------------------------------------------
-    def create_key(self, key: ApiKey) -> ApiKey:
-        if self._all("SELECT 1 FROM api_keys WHERE name = ?", (key.name,)):
-            raise ConfigError(f"an API key named {key.name!r} exists already", where="keys")
-        with self._tx() as cur:
-            self._many(cur, f"INSERT INTO api_keys ({', '.join(ApiKey.COLUMNS)}) VALUES "
-                       f"({', '.join('?' * len(ApiKey.COLUMNS))})",
-                       [(key.name, key.key_hash, key.prefix, _dumps(key.models), key.rpm,
-                         key.tokens_per_day, key.created, key.revoked)])
-        return key
-
-    def _key_rows(self, where: str, params: Sequence[Any]) -> list[ApiKey]:
-        out = []
-        for r in self._all(f"SELECT {', '.join(ApiKey.COLUMNS)} FROM api_keys{where} "
-                           "ORDER BY seq", params):
-            d = dict(zip(ApiKey.COLUMNS, r))
-            d["models"] = _loads(d["models"])
-            out.append(ApiKey(**d))
-        return out
-
-    def find_key(self, key_hash: str) -> ApiKey | None:
-        rows = self._key_rows(" WHERE key_hash = ?", (key_hash,))
-        return rows[0] if rows else None
-
-    def list_keys(self) -> list[ApiKey]:
-        return self._key_rows("", ())
-
-    def revoke_key(self, name: str) -> bool:
-        with self._tx() as cur:
-            n = self._exec(cur, "UPDATE api_keys SET revoked = ? WHERE name = ? AND revoked IS "
-                           "NULL", (time.time(), name))
-        return bool(n)
-
     # -- migrations --------------------------------------------------------------------------------
     def schema_version(self) -> int:
         rows = self._all("SELECT MAX(version) FROM schema_version", ())
         return int(rows[0][0] or 0)
 
     def _migrate(self) -> None:
+        # on PostgreSQL two processes opening a fresh database at once: one migrates, the other
+        # waits for its advisory lock
         with self._tx(lock=True) as cur:
-            self._exec(cur, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY "
-                       "KEY, applied DOUBLE PRECISION NOT NULL)", ())
-            self._lock_schema(cur)
-            self._exec(cur, "SELECT MAX(version) FROM schema_version", ())
-            current = int(cur.fetchone()[0] or 0)
-            if current > LATEST:
-                raise StoreError(f"the call log has schema version {current}, newer than this "
-                                 f"slmflow knows ({LATEST}): upgrade slmflow", where=self.url_safe)
-            for version, sql in MIGRATIONS:
-                if version <= current:
-                    continue
-                for stmt in statements(sql, self.dialect):
-                    self._exec(cur, stmt, ())
-                self._exec(cur, "INSERT INTO schema_version (version, applied) VALUES (?, ?)",
-                           (version, time.time()))
+            migrate(cur, self._exec, migrations=[(v, statements(sql, self.dialect))
+                                                 for v, sql in MIGRATIONS],
+                    dialect=self.dialect, what="the call log", where=self.url_safe,
+                    error=StoreError, lock=ADVISORY_LOCKS["calls"])
 
     @property
     def url_safe(self) -> str:
         """The URL without a password, for messages."""
-        return mask_url(self.url)
+        return _url_safe(self.url)
 
     # -- backend hooks -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -608,18 +306,6 @@ class CallLog(abc.ABC):
 
     @abc.abstractmethod
     def _all(self, sql: str, params: Sequence[Any]) -> list[tuple]: ...
-
-    def _lock_schema(self, cur: Any) -> None:
-        pass
-
-    def _day_expr(self) -> str:
-        raise NotImplementedError
-
-    def _greatest(self) -> str:
-        return "GREATEST"
-
-    def _least(self) -> str:
-        return "LEAST"
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -668,12 +354,7 @@ class SQLiteCallLog(CallLog):
         self.path = Path(path).expanduser()
         self.url = f"sqlite:///{self.path}"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(str(self.path), check_same_thread=False,
-                                         isolation_level=None, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._conn = sqlite_connect(self.path, timeout=30, autocommit=True)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open the call log: {e}", where=self.url) from None
         self._lock = threading.RLock()
@@ -695,15 +376,6 @@ class SQLiteCallLog(CallLog):
     def _all(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
-
-    def _day_expr(self) -> str:
-        return "date(ts, 'unixepoch')"
-
-    def _greatest(self) -> str:
-        return "max"  # SQLite's multi-argument max/min are the scalar GREATEST/LEAST
-
-    def _least(self) -> str:
-        return "min"
 
     def close(self) -> None:
         with self._lock:
@@ -746,30 +418,23 @@ class PostgresCallLog(CallLog):
     dialect = "postgresql"
 
     def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
-        self.url = url
         # reopened after the server drops it: the failed statement raises once, the writer
         # retries, the retry lands (tests/test_pg_restart.py)
         self._pg = PgConnection(url, error=StoreError, what="the call log",
                                 connect_timeout=connect_timeout)
+        self.url = self._pg.url
         self._psycopg = self._pg.psycopg
         self._lock = self._pg.lock
         self._connection = self._pg.get
         try:
             self._migrate()
         except self._psycopg.Error as e:
-            raise StoreError(f"cannot migrate the call log: {str(e).strip()}",
-                             where=self.url_safe) from None
+            raise self._pg.fail("cannot migrate the call log", e) from None
 
-    @staticmethod
-    def _q(sql: str) -> str:
-        return sql.replace("?", "%s")
+    _q = staticmethod(to_pg)
 
     def _tx(self, lock: bool = False) -> Any:
         return _PgTx(self)
-
-    def _lock_schema(self, cur: Any) -> None:
-        # Two processes opening a fresh database at once: one migrates, the other waits.
-        cur.execute("SELECT pg_advisory_xact_lock(727350011)")
 
     def _exec(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
         cur.execute(self._q(sql), tuple(params))
@@ -785,10 +450,7 @@ class PostgresCallLog(CallLog):
                     cur.execute(self._q(sql), tuple(params))
                     return cur.fetchall()
             except self._psycopg.Error as e:
-                raise StoreError(f"query failed: {str(e).strip()}", where=self.url_safe) from None
-
-    def _day_expr(self) -> str:
-        return "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+                raise self._pg.fail("query failed", e) from None
 
     def close(self) -> None:
         self._pg.close()
@@ -812,17 +474,7 @@ def open_call_log(url: str | Path | None = None) -> CallLog:
     """Open (creating and migrating as needed) the call log at ``url``; see the module doc."""
     if url is None:
         url = default_url()
-    if isinstance(url, Path):
-        return SQLiteCallLog(url)
-    u = str(url)
-    if u.startswith("sqlite:///"):
-        return SQLiteCallLog(u[len("sqlite:///"):] if u.startswith("sqlite:////")
-                             else u[len("sqlite://"):])
-    if u.startswith("sqlite://"):
-        raise ConfigError("write SQLite URLs as sqlite:///absolute/path.db", where=u)
-    if is_pg_url(u):
-        return PostgresCallLog(u.replace("postgresql+psycopg://", "postgresql://"))
-    if "://" not in u:
-        return SQLiteCallLog(u)
-    raise ConfigError(f"unknown call-log URL {u!r}: use sqlite:///path or postgresql://...",
-                      where="call log")
+    kind, where = parse_url(url, what="call-log", where="call log")
+    if kind == "postgresql":
+        return PostgresCallLog(where)
+    return SQLiteCallLog(where)

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .calllog import CallLog, _dumps, _loads, _txt, new_id
+from .calllog import CallLog
+from .records import _dumps, _loads, _txt, new_id
 from .review import ReviewConflict, ReviewError, ReviewQueue
 
 __all__ = ["JudgeInfo", "JudgeVerdict", "JudgeDecision", "JudgeReviews", "JUDGE_VERDICTS"]

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import ConfigError, SlmflowError
-from .calllog import CallLog, CallRecord, _dumps, _loads, _txt, new_id
+from .calllog import CallLog
+from .records import CallRecord, _dumps, _loads, _txt, new_id
 
 __all__ = ["ReviewItem", "ReviewQueue", "ReviewError", "ReviewConflict", "VERDICTS"]
 

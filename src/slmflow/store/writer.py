@@ -51,8 +51,8 @@ from ..errors import SlmflowError
 from ..hooks import LogContext, current_context, logging_context
 from ..models.base import WrapperModel
 from ..types import MessageLike, Response, Settings, ToolSpec, as_messages
-from .calllog import (AgentInfo, CallLog, CallRecord, Example, Feedback, _json_default,
-                      default_url, open_call_log)
+from .calllog import CallLog, default_url, open_call_log
+from .records import AgentInfo, CallRecord, Example, Feedback, _json_default
 
 __all__ = ["CallLogWriter", "get_writer", "set_writer", "record_agent_result", "CallLogging",
            "logging_context", "LogContext", "log_agent_call", "calllog_enabled",

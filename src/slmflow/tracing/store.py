@@ -30,6 +30,10 @@ the spans as dropped and warns; the traced run goes on); PostgreSQL failures bec
 `TraceStoreError`, naming the URL with its password masked. An unreachable server at start-up
 does not stop tracing: the exporter connects on its first export and again after a lost
 connection.
+
+What is not about spans comes from `slmflow.storage` (the layer below every store): the URL
+parser, the SQLite connect (WAL, read-only mode), the reconnecting PostgreSQL connection, the
+dialect translation and the advisory-lock table creation.
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
-from ..errors import ConfigError, SlmflowError, mask_url
-from ..types import db_text
+from ..errors import ConfigError, StorageError
+from ..storage import dialect, sqlite
+from ..storage.migrations import ADVISORY_LOCKS, create_tables
+from ..storage.pg import PgConnection
+from ..storage.urls import parse_url, url_safe
 from . import attrs as A
 
 __all__ = ["SpanStore", "SQLiteSpanExporter", "PostgresSpanExporter", "open_span_store",
@@ -58,7 +65,7 @@ __all__ = ["SpanStore", "SQLiteSpanExporter", "PostgresSpanExporter", "open_span
 log = logging.getLogger("slmflow.tracing")
 
 
-class TraceStoreError(SlmflowError):
+class TraceStoreError(StorageError):
     """The span store failed: cannot connect, create its table, read or write."""
 
 _SCHEMA = """
@@ -108,11 +115,8 @@ _PG_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS spans_agent_calls ON spans (start_ns) "
     "WHERE operation = 'invoke_agent'",
 ]
-_PG_INSERT = (f"INSERT INTO spans ({', '.join(_COLUMNS)}) "
-              f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) ON CONFLICT (trace_id, span_id) "
-              "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS[2:]))
-_PG_LOCK = 727350017  # advisory lock id: two processes creating the table at once
-_PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+_PG_INSERT = dialect.to_pg(dialect.upsert("spans", _COLUMNS, ("trace_id", "span_id")))
+_PG_LOCK = ADVISORY_LOCKS["spans"]  # two processes creating the table at once
 
 
 def _json(value: Any) -> str:
@@ -147,17 +151,11 @@ def _row(s: ReadableSpan) -> tuple:
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
-    path = Path(path)
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                               timeout=10)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+    """A connection to the SQLite span store at ``path`` (rows as `sqlite3.Row`); writable ones
+    create the table if missing."""
+    conn = sqlite.connect(path, readonly=readonly, timeout=10, row_factory=sqlite3.Row)
+    if not readonly:
         conn.executescript(_SCHEMA)
-    conn.row_factory = sqlite3.Row
     return conn
 
 
@@ -222,92 +220,44 @@ class SQLiteSpanExporter(SpanExporter):
 
 # ---- PostgreSQL --------------------------------------------------------------------------------
 
-def url_safe(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return mask_url(url)
-
-
-def _pg_text(v: Any) -> Any:
-    """PostgreSQL text takes no NUL byte and no lone surrogate (SQLite takes both)."""
-    return db_text(v) if isinstance(v, str) else v
+_pg_text = dialect.text  # PostgreSQL text takes no NUL byte and no lone surrogate (SQLite does)
 
 
 def _pg_sql(sql: str) -> str:
     """A query written for SQLite, for PostgreSQL: ``%s`` placeholders; ``ILIKE`` because SQLite's
     LIKE ignores ASCII case. (The shared queries keep ``%`` and ``?`` out of their literals.)"""
-    return sql.replace("?", "%s").replace(" LIKE ", " ILIKE ")
+    return dialect.to_pg(sql, ilike=True)
 
 
-class _Postgres:
-    """One psycopg 3 connection to a span database, opened on first use, re-opened after a lost
-    one, serialised by a lock (the UI server's threads share it). Creates the table if missing."""
+def _setup(conn: Any) -> None:
+    # the store's queries are small lookups; JIT compiling them costs more than it saves
+    # (27 ms of a 54 ms trace list at 300k spans, measured)
+    conn.execute("SET jit = off")
+    with conn.transaction():
+        create_tables(conn, _PG_LOCK, _PG_SCHEMA)
+
+
+class _Postgres(PgConnection):
+    """The span store's `PgConnection`: opened on first use (an unreachable server at start-up
+    does not stop tracing), rows as dicts, the table created on every new connection; psycopg
+    errors become `TraceStoreError`. `close` only drops the connection: a span store or exporter
+    used again reconnects, as it always has."""
 
     dialect = "postgresql"
 
     def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
-        try:
-            import psycopg
-            from psycopg.rows import dict_row
-        except ImportError:
-            raise ConfigError("a PostgreSQL span store needs psycopg: pip install 'slmflow[store]'",
-                              where=url_safe(url)) from None
-        self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
-        self.url_safe = url_safe(self.url)
+        super().__init__(url, error=TraceStoreError, what="the span store",
+                         connect_timeout=connect_timeout, dict_rows=True, setup=_setup,
+                         connect_failed="cannot connect to the PostgreSQL span store",
+                         setup_failed="cannot create the spans table")
         self.connect_timeout = connect_timeout
-        self._psycopg, self._dict_row = psycopg, dict_row
-        self._conn: Any = None
-        self.lock = threading.RLock()
-
-    def _error(self, what: str, e: Exception) -> TraceStoreError:
-        msg = str(e).strip().replace(self.url, self.url_safe)
-        return TraceStoreError(f"{what}: {msg}", where=self.url_safe)
-
-    def conn(self) -> Any:
-        """The open connection (call with ``lock`` held)."""
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
-        pg = self._psycopg
-        try:
-            conn = pg.connect(self.url, autocommit=True, row_factory=self._dict_row,
-                              connect_timeout=int(max(1, self.connect_timeout)))
-        except pg.Error as e:
-            raise self._error("cannot connect to the PostgreSQL span store", e) from None
-        try:
-            # the store's queries are small lookups; JIT compiling them costs more than it saves
-            # (27 ms of a 54 ms trace list at 300k spans, measured)
-            conn.execute("SET jit = off")
-            with conn.transaction():
-                conn.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
-                for stmt in _PG_SCHEMA:
-                    conn.execute(stmt)
-        except pg.Error as e:
-            conn.close()
-            raise self._error("cannot create the spans table", e) from None
-        self._conn = conn
-        return conn
-
-    def run(self, what: str, fn: Any) -> Any:
-        """``fn(connection)`` under the lock; psycopg errors become `TraceStoreError` and a lost
-        connection is dropped, so the next call opens a new one."""
-        with self.lock:
-            conn = self.conn()
-            try:
-                return fn(conn)
-            except self._psycopg.Error as e:
-                if conn.closed or isinstance(e, self._psycopg.OperationalError):
-                    self.close()
-                raise self._error(what, e) from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return self.run("span store query failed",
-                        lambda c: c.execute(_pg_sql(sql), tuple(params)).fetchall())
+        """Rows (dicts) of a query written for SQLite (see `_pg_sql`)."""
+        return self.fetchall("span store query failed", _pg_sql(sql), params)
 
     def close(self) -> None:
-        with self.lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
+        self.drop()
 
 
 class PostgresSpanExporter(SpanExporter):
@@ -379,20 +329,7 @@ def default_url() -> str:
 
 def _target(url_or_path: str | Path) -> tuple[str, str]:
     """``("sqlite", path)`` or ``("postgresql", url)`` from a URL or a plain path."""
-    if isinstance(url_or_path, Path):
-        return "sqlite", str(url_or_path)
-    u = str(url_or_path).strip()
-    if u.startswith("sqlite:///"):  # sqlite:///abs/path (and sqlite:////abs/path, as written
-        return "sqlite", u[len("sqlite:///"):] if u.startswith("sqlite:////") \
-            else u[len("sqlite://"):]  # by f"sqlite:///{absolute_path}")
-    if u.startswith("sqlite://"):
-        raise ConfigError("write SQLite URLs as sqlite:///absolute/path.db", where=u)
-    if u.startswith(_PG_SCHEMES):
-        return "postgresql", u
-    if "://" not in u:
-        return "sqlite", u
-    raise ConfigError(f"unknown span store URL {url_safe(u)!r}: use sqlite:///path or "
-                      "postgresql://...", where="traces")
+    return parse_url(url_or_path, what="span store", where="traces")
 
 
 def span_exporter(url_or_path: str | Path, *, retention_days: float | None = 14.0,

@@ -10,6 +10,11 @@ embedded SQLite by default and PostgreSQL at scale, one schema, migrations appli
 Agent calls reach it through the core's events (`slmflow.hooks`), not through the agent:
 ``slmflow.enable_logging()`` (the CLI and the gateway call it) logs every call of the process;
 see `writer` for who else asks.
+
+Where things are: `records` (the dataclasses), `calllog` (the interface and its two backends),
+`keys` (API keys, per-key limits), `schema` (migrations), `writer`, `review`, `judges`; what the
+call log shares with the span store and the adapter registry (URLs, connections, dialect,
+`StorageError`) is `slmflow.storage`'s.
 """
 
 from __future__ import annotations

@@ -298,7 +298,7 @@ class _Windows:
     already sent (a PII span across a window's end) blocks the stream. At the end the whole
     answer is checked once more (the decisions `generate` would make) and the rest is sent."""
 
-    def __init__(self, guard: "Guarded", window: int = 160, margin: int = 64) -> None:
+    def __init__(self, guard: "Guarded", window: int = 32, margin: int = 64) -> None:
         self.guard, self.window, self.margin = guard, window, margin
         self.raw = ""
         self.released = 0

@@ -529,12 +529,23 @@ class LlamaCppModel(Model):
     async def _acquire(self):
         """A free context. A caller cancelled while it waits (a timeout, a client that went
         away) does not lose the context the waiting thread takes later: it goes back."""
-        fut = asyncio.get_running_loop().run_in_executor(None, self._free.get)
+        abandoned = threading.Event()
+
+        def take() -> Any:
+            llm = self._free.get()
+            if abandoned.is_set():  # on this thread: works even once the caller's loop is gone
+                self._free.put(llm)
+                return None
+            return llm
+
+        fut = asyncio.get_running_loop().run_in_executor(None, take)
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
-            def give_back(f: Any) -> None:
-                if not f.cancelled() and f.exception() is None:
+            abandoned.set()
+
+            def give_back(f: Any) -> None:  # taken before the flag was set
+                if not f.cancelled() and f.exception() is None and f.result() is not None:
                     self._free.put(f.result())
             fut.add_done_callback(give_back)
             raise
@@ -603,9 +614,16 @@ class LlamaCppModel(Model):
         cancel = threading.Event()
         llm = await self._acquire()
         deltas = _Deltas(llm, settings.stop, lambda d: loop.call_soon_threadsafe(q.put_nowait, d))
+
+        def work() -> Response:
+            try:
+                return self._run_fast(llm, prompt, spec, settings, settings.max_tokens,
+                                      deltas.feed, cancel)
+            finally:  # back to the pool from the worker itself: the consumer's loop may be gone
+                self._free.put(llm)
+
         try:
-            fut = loop.run_in_executor(self._workers[id(llm)], self._run_fast, llm, prompt, spec,
-                                       settings, settings.max_tokens, deltas.feed, cancel)
+            fut = loop.run_in_executor(self._workers[id(llm)], work)
         except BaseException:
             self._free.put(llm)
             raise
@@ -614,7 +632,6 @@ class LlamaCppModel(Model):
             q.put_nowait(None)
             if not f.cancelled():
                 f.exception()  # retrieved: no "never retrieved" warning for a closed stream
-            self._free.put(llm)
 
         fut.add_done_callback(done)
         try:

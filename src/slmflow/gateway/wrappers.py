@@ -9,9 +9,9 @@
 
 They stack: ``Cached(Guarded(Resilient(Escalating(slm, strong))))``. Each streams
 (`Model.stream`) as it generates, except `Escalating`: whether to escalate depends on the
-confidence of the whole answer, so it answers whole (one delta) through `generate`. What each did on a call
-(cache hit, escalation) is written on the `RequestInfo` of the current request, if any, and on
-the current span.
+confidence of the whole answer, so it answers whole (one delta) through `generate`.
+What each did on a call (cache hit, escalation) is written on the `RequestInfo` of the current
+request, if any, and on the current span.
 """
 
 from __future__ import annotations

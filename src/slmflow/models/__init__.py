@@ -7,8 +7,8 @@ from typing import Any
 from .base import Model, ResponseStream, WrapperModel, run_sync
 from .function import FunctionModel, ScriptedModel
 
-__all__ = ["Model", "ResponseStream", "WrapperModel", "FunctionModel", "ScriptedModel", "run_sync", "resolve",
-           "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models"]
+__all__ = ["Model", "ResponseStream", "WrapperModel", "FunctionModel", "ScriptedModel", "run_sync",
+           "resolve", "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models"]
 
 _LAZY = {
     "LlamaCppModel": ".llamacpp",

@@ -330,3 +330,39 @@ def test_openai_backend_streams_from_a_server(gw, smollm):
     assert r.text == smollm.generate_sync(COLOURS, settings=GREEDY).text
     assert r.usage.output_tokens > 0 and r.usage.input_tokens > 0
     assert jr.parsed == json.loads("".join(jparts)) and set(jr.parsed) == {"colour", "n"}
+
+
+# ---- tracing -----------------------------------------------------------------------------------
+
+def test_traced_stream_keeps_its_span_open_until_the_end(tmp_path):
+    from slmflow import tracing
+    from slmflow.tracing.store import SpanStore
+
+    class Spanning(_Pieces):
+        async def _stream(self, messages, *, schema=None, tools=None, settings=None):
+            for p in self.pieces:
+                with tracing.span("step", p.strip()):  # the backend's own work: a child
+                    pass
+                yield p
+            yield await self.generate(messages)
+
+    tracing.configure(db_path=tmp_path / "spans.db", batch=False)
+    try:
+        async def go():
+            ends = []
+            with tracing.span("invoke_agent", "a"):
+                async for d in tracing.Traced(Spanning(["one ", "two"])).stream("hi"):
+                    with tracing.span("consumer", d.strip()):  # between deltas: not a child
+                        pass
+                    ends.append(time.time_ns())
+            return ends
+
+        ends = asyncio.run(go())
+        spans = {s["name"]: s for s in SpanStore(tmp_path / "spans.db").trace("last")}
+    finally:
+        tracing.reset()
+    chat = spans["chat pieces"]
+    assert chat["end_ns"] >= ends[-1]  # ended after the last delta was handed over
+    assert spans["step one"]["parent_id"] == spans["step two"]["parent_id"] == chat["span_id"]
+    assert spans["consumer one"]["parent_id"] == spans["invoke_agent a"]["span_id"]
+    assert chat["attributes"]["gen_ai.usage.output_tokens"] == 2

@@ -366,3 +366,21 @@ def test_traced_stream_keeps_its_span_open_until_the_end(tmp_path):
     assert spans["step one"]["parent_id"] == spans["step two"]["parent_id"] == chat["span_id"]
     assert spans["consumer one"]["parent_id"] == spans["invoke_agent a"]["span_id"]
     assert chat["attributes"]["gen_ai.usage.output_tokens"] == 2
+
+
+def test_a_stream_left_mid_way_gives_the_breaker_trial_back():
+    from slmflow.gateway.wrappers import CircuitBreaker, Resilient
+
+    br = CircuitBreaker(failures=1, reset_s=0.0)
+    br.failure()  # open; with reset_s=0 the next call is the half-open trial
+    m = Resilient(_Pieces(["a ", "b ", "c"]), breaker=br)
+
+    async def leave():
+        s = m.stream("x")
+        async for _ in s:
+            break
+        await s.aclose()
+
+    asyncio.run(leave())
+    parts, r = asyncio.run(_drain(m.stream("x")))  # the next call may be the trial
+    assert "".join(parts) == "a b c" and br.state == "closed"

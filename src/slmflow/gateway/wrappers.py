@@ -359,6 +359,12 @@ class CircuitBreaker:
             if self.count >= self.failures or self.opened_at is not None:
                 self.opened_at = time.monotonic()
 
+    def release(self) -> None:
+        """A call that ended without a verdict (its consumer left) gives its half-open trial
+        back, so that the next call can be the trial."""
+        with self._lock:
+            self._trial = False
+
     def retry_after(self) -> float:
         if self.opened_at is None:
             return 0.0
@@ -429,6 +435,9 @@ class Resilient(WrapperModel):
             raise
         except (ModelError, ServerError):
             self.breaker.failure()
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            self.breaker.release()
             raise
         self.breaker.success()
         yield inner.response

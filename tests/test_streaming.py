@@ -382,3 +382,21 @@ def test_a_stream_left_mid_way_gives_the_breaker_trial_back():
     asyncio.run(leave())
     parts, r = asyncio.run(_drain(m.stream("x")))  # the next call may be the trial
     assert "".join(parts) == "a b c" and br.state == "closed"
+
+
+def test_cached_stream_caches_a_complete_stream_only():
+    from slmflow.gateway.wrappers import Cached
+
+    m = Cached(_Pieces(["a ", "b ", "c"]))
+
+    async def leave():
+        s = m.stream("q1")
+        async for _ in s:
+            break
+        await s.aclose()
+
+    asyncio.run(leave())  # left mid-way: nothing cached
+    parts, _ = asyncio.run(_drain(m.stream("q1")))
+    assert parts == ["a ", "b ", "c"] and m.hits == 0 and m.misses == 2
+    parts, r = asyncio.run(_drain(m.stream("q1")))  # now a hit: the whole text at once
+    assert parts == ["a b c"] and r.text == "a b c" and m.hits == 1

@@ -15,6 +15,14 @@ the gateway's own overhead and the log write is as large a share of it as it can
 alternate between the two so that a change in the machine's load hits both:
 
     .venv/bin/python bench/gateway.py --only-durability [--durability-call-log postgresql://...]
+
+Time to first token, side by side in one run: the embedded SmolLM2-135M in-process, called
+directly (`Model.stream`, time to the first delta) and through a gateway in front of the same
+model object (``stream: true`` over loopback, time to the first content chunk), with the output
+guardrails off and on (they hold text back until a window is checked). Rounds alternate, each
+request has its own prompt (no cache, no shared KV prefix past the chat template):
+
+    .venv/bin/python bench/gateway.py --only-ttft [--requests 20] [--max-tokens 32]
 """
 
 from __future__ import annotations
@@ -159,6 +167,70 @@ def durability(levels: list[int], requests: int, call_log: str | None, tmp: Path
     return out
 
 
+def ttft(requests: int, max_tokens: int, tmp: Path) -> dict:
+    """Time to first token: direct `Model.stream` vs the gateway's SSE (guardrails off / on)."""
+    from slmflow.gateway.app import Gateway
+    from slmflow.gateway.config import GatewayConfig
+    from slmflow.gateway.server import GatewayServer
+    from slmflow.models.catalog import resolve
+    from slmflow.types import Settings
+
+    model = resolve("smollm2-135m").load()
+    servers = {}
+    for mode, guard in (("gateway", False), ("gateway+guardrails", True)):
+        cfg = GatewayConfig.model_validate({
+            "call_log": f"sqlite:///{tmp / f'calls-ttft-{guard}.db'}", "auth": {"enabled": False},
+            "cache": {"enabled": False}, "guardrails": {"enabled": guard}})
+        servers[mode] = GatewayServer(Gateway(cfg, models={"slm": model})).start()
+    settings = Settings(max_tokens=max_tokens)
+
+    async def direct(prompt: str) -> float:
+        t0 = time.perf_counter()
+        async with model.stream(prompt, settings=settings) as s:
+            async for _ in s:
+                first = time.perf_counter() - t0
+                async for _ in s:  # read the rest, as the gateway's client does
+                    pass
+                return first
+        return float("nan")
+
+    def gateway(url: str, prompt: str) -> float:
+        t0 = time.perf_counter()
+        first = float("nan")
+        with httpx.stream("POST", f"{url}/chat/completions", timeout=300, json={
+                "model": "slm", "stream": True, "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": prompt}]}) as r:
+            for line in r.iter_lines():
+                if first != first and line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                        first = time.perf_counter() - t0
+        return first
+
+    times: dict[str, list[float]] = {"direct": [], **{m: [] for m in servers}}
+    try:
+        for i in range(requests + 1):  # the first round warms up
+            round_ = {"direct": asyncio.run(direct(f"Request {i}a: name three colours."))}
+            for j, (mode, srv) in enumerate(servers.items()):
+                round_[mode] = gateway(srv.url, f"Request {i}{'bc'[j]}: name three colours.")
+            if i:
+                for k, v in round_.items():
+                    times[k].append(v)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    out: dict = {}
+    for k, v in times.items():
+        out[k] = {"p50_ms": pct(v, 50) * 1000, "p90_ms": pct(v, 90) * 1000, "n": len(v)}
+    for k in servers:
+        out[k]["ratio_p50"] = out[k]["p50_ms"] / out["direct"]["p50_ms"]
+    for k, row in out.items():
+        ratio = f"  x{row['ratio_p50']:.2f} direct" if "ratio_p50" in row else ""
+        print(f"ttft {k:<20} p50 {row['p50_ms']:8.1f} ms  p90 {row['p90_ms']:8.1f} ms"
+              f"{ratio}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
@@ -169,8 +241,17 @@ def main() -> None:
                     help="only the durable vs queued call-log comparison (no backend)")
     ap.add_argument("--durability-call-log", default=None,
                     help="call log of that comparison (default: a SQLite file each)")
+    ap.add_argument("--only-ttft", action="store_true",
+                    help="only time to first token: in-process Model.stream vs the gateway")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    if args.only_ttft:
+        tmp = Path(tempfile.mkdtemp(prefix="slmflow-bench-ttft-"))
+        os.environ.setdefault("SLMFLOW_HOME", str(tmp / "home"))
+        res = {"ttft": ttft(args.requests, max(args.max_tokens, 16), tmp)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        return
     if args.only_durability:
         tmp = Path(tempfile.mkdtemp(prefix="slmflow-bench-durable-"))
         os.environ.setdefault("SLMFLOW_HOME", str(tmp / "home"))
@@ -278,6 +359,7 @@ def main() -> None:
         print(f"call log: {gateway_requests} requests through the gateway, {logged} records, "
               f"{gateway_requests - logged} lost", flush=True)
         results["durability"] = durability(levels, args.requests, None, tmp)
+        results["ttft"] = ttft(min(args.requests, 20), max(args.max_tokens, 16), tmp)
         for k in [k for k in results if k.startswith("added_")]:
             if k in results:
                 print(f"{k}: {results[k]:.1f}")

@@ -445,3 +445,21 @@ async def generate_validated(attempt: Attempt, spec: OutputSpec | None,
         + "; ".join(errors2[:5]),
         where=where, text=second.text, errors=errors2, first_errors=errors)
 
+
+
+def validate_streamed(spec: OutputSpec | None, response: Response,
+                      where: str = "model") -> Response:
+    """The end of a streamed structured answer: the `Response` with its parsed object (or tool
+    calls), or `StructuredOutputError` as `generate_validated` raises after its repair step (a
+    stream has no repair step: its text was already sent)."""
+    from dataclasses import replace
+
+    if spec is None:
+        return response
+    parsed, calls, answer, errors = spec.parse(response.text)
+    if errors:
+        raise StructuredOutputError(
+            f"streamed output does not validate against {spec.name}: " + "; ".join(errors[:5]),
+            where=where, text=response.text, errors=errors, first_errors=errors)
+    return replace(response, parsed=parsed, tool_calls=calls,
+                   text=answer if answer is not None else response.text)

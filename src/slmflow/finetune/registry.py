@@ -442,3 +442,12 @@ class PromotedAdapterModel(Model):
                        settings: Settings | None = None) -> Response:
         return await self._current().generate(messages, schema=schema, tools=tools,
                                               settings=settings)
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> Any:
+        from ..models.base import pass_through
+
+        async for item in pass_through(self._current().stream(messages, schema=schema,
+                                                              tools=tools, settings=settings)):
+            yield item

@@ -88,40 +88,6 @@ def _param(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
-def _stream(body: dict, include_usage: bool, request: Request):
-    """SSE chunks of an already complete answer: role, content pieces, finish, [DONE]."""
-    base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
-            "model": body["model"]}
-    text = body["choices"][0]["message"]["content"] or ""
-    finish = body["choices"][0]["finish_reason"]
-
-    def sse(obj: Any) -> bytes:
-        return b"data: " + json.dumps(obj, ensure_ascii=True).encode() + b"\n\n"
-
-    async def gen():
-        yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}], "slmflow": body["slmflow"]})
-        pieces, cur = [], ""
-        for ch in text:
-            cur += ch
-            if ch in " \n" and len(cur) >= 4:
-                pieces.append(cur)
-                cur = ""
-        if cur:
-            pieces.append(cur)
-        for i, p in enumerate(pieces):
-            if i % 16 == 15 and await request.is_disconnected():
-                return  # the call is already logged; stop sending
-            yield sse({**base, "choices": [{"index": 0, "delta": {"content": p},
-                                            "finish_reason": None}]})
-        yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-        if include_usage:
-            yield sse({**base, "choices": [], "usage": body["usage"]})
-        yield b"data: [DONE]\n\n"
-
-    return gen()
-
-
 def make_app(gw: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -221,13 +187,16 @@ def make_app(gw: Gateway) -> FastAPI:
         """OpenAI chat completions; ``model`` names a model, an agent (``workflow.agent``) or a
         workflow. ``stream: true`` answers with server-sent events."""
         key = gw.authenticate(request)
+        if req.stream:
+            st = await gw.stream_chat(req, key)
+            inc = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(st.events(inc, request), media_type="text/event-stream",
+                                     headers={"x-slmflow-call-id": st.rec.id,
+                                              "x-slmflow-cache": st.cache or "none",
+                                              "Cache-Control": "no-cache"})
         body, rec = await gw.run_chat(req, key)
         await gw.committed()  # the call is in the log before the client has its answer
         headers = {"x-slmflow-call-id": rec.id, "x-slmflow-cache": rec.cache or "none"}
-        if req.stream:
-            inc = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(body, inc, request), media_type="text/event-stream",
-                                     headers={**headers, "Cache-Control": "no-cache"})
         return JSONResponse(body, headers=headers)
 
     @app.post("/v1/workflows/{name}/runs", response_model=RunResponse,

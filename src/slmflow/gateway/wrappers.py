@@ -7,9 +7,11 @@
                 training example for the small model;
 * `Resilient`   a per-call timeout and a circuit breaker in front of a backend.
 
-They stack: ``Cached(Guarded(Resilient(Escalating(slm, strong))))``. What each did on a call
-(cache hit, escalation) is written on the `RequestInfo` of the current request, if any, and on
-the current span.
+They stack: ``Cached(Guarded(Resilient(Escalating(slm, strong))))``. Each streams
+(`Model.stream`) as it generates, except `Escalating`: whether to escalate depends on the
+confidence of the whole answer, so it answers whole (one delta) through `generate`.
+What each did on a call (cache hit, escalation) is written on the `RequestInfo` of the current
+request, if any, and on the current span.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from .. import tracing
 from ..errors import (ContextLengthError, ModelError, ServerError, ServerUnreachableError,
                       StructuredOutputError)
-from ..models.base import Model, WrapperModel
+from ..models.base import Model, WrapperModel, pass_through
 from ..types import MessageLike, Response, Settings, ToolSpec, as_messages
 
 __all__ = ["RequestInfo", "current_info", "Cached", "Escalating", "Resilient", "CircuitBreaker",
@@ -185,32 +187,70 @@ class Cached(WrapperModel):
             return entries[i][2], vec
         return None, vec
 
-    async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
-                       tools: Sequence[ToolSpec] | None = None,
-                       settings: Settings | None = None) -> Response:
-        if not self._cacheable(settings) or self.ttl_s <= 0:
-            return await self.wrapped.generate(messages, schema=schema, tools=tools,
-                                               settings=settings)
+    async def _lookup(self, messages: Any, schema: Any, tools: Any,
+                      settings: Settings | None) -> tuple[Response | None, tuple]:
+        """A cached answer (marked hit / semantic) or None (marked miss), and the keys to
+        store the new answer under."""
         t0 = time.perf_counter()
         exact, ctx, last = self._keys(messages, schema, tools, settings)
         hit = self._exact.get(exact)
         if hit is not None:
             self.hits += 1
             self._mark("hit")
-            return replace(hit, latency_s=time.perf_counter() - t0, time_to_first_token_s=None)
+            return replace(hit, latency_s=time.perf_counter() - t0,
+                           time_to_first_token_s=None), ()
         vec = None
         if self.embed is not None and last is not None and schema is None and not tools:
             r, vec = await self._semantic_lookup(ctx, last)
             if r is not None:
                 self.semantic_hits += 1
                 self._mark("semantic")
-                return replace(r, latency_s=time.perf_counter() - t0, time_to_first_token_s=None)
+                return replace(r, latency_s=time.perf_counter() - t0,
+                               time_to_first_token_s=None), ()
         self.misses += 1
         self._mark("miss")
+        return None, (exact, ctx, vec)
+
+    async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                       tools: Sequence[ToolSpec] | None = None,
+                       settings: Settings | None = None) -> Response:
+        if not self._cacheable(settings) or self.ttl_s <= 0:
+            return await self.wrapped.generate(messages, schema=schema, tools=tools,
+                                               settings=settings)
+        hit, keys = await self._lookup(messages, schema, tools, settings)
+        if hit is not None:
+            return hit
         r = await self.wrapped.generate(messages, schema=schema, tools=tools, settings=settings)
-        info = current_info()
-        if info is not None and info.escalated:
-            pass  # an escalated answer is the strong model's: cache it like any other
+        self._store(keys, r)
+        return r
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """A hit is sent whole; a miss streams from the wrapped model and is cached once the
+        stream has ended (a stream stopped early, or cut off by the consumer, is not)."""
+        inner = self.wrapped.stream(messages, schema=schema, tools=tools, settings=settings)
+        if not self._cacheable(settings) or self.ttl_s <= 0:
+            async for item in pass_through(inner):
+                yield item
+            return
+        hit, keys = await self._lookup(messages, schema, tools, settings)
+        if hit is not None:
+            await inner.aclose()
+            if hit.text:
+                yield hit.text
+            yield hit
+            return
+        async with inner:
+            async for delta in inner:
+                yield delta
+        r = inner.response
+        if r is not None and r.finish_reason != "cancelled":
+            self._store(keys, r)
+        yield r
+
+    def _store(self, keys: tuple, r: Response) -> None:
+        exact, ctx, vec = keys
         self._exact.put(exact, r, self.ttl_s)
         if vec is not None:
             with self._sem_lock:
@@ -218,7 +258,6 @@ class Cached(WrapperModel):
                 lst.append((time.monotonic() + self.ttl_s, vec, r))
                 if len(lst) > self.max_semantic:
                     del lst[0]
-        return r
 
     def clear(self) -> None:
         self._exact.clear()
@@ -320,6 +359,12 @@ class CircuitBreaker:
             if self.count >= self.failures or self.opened_at is not None:
                 self.opened_at = time.monotonic()
 
+    def release(self) -> None:
+        """A call that ended without a verdict (its consumer left) gives its half-open trial
+        back, so that the next call can be the trial."""
+        with self._lock:
+            self._trial = False
+
     def retry_after(self) -> float:
         if self.opened_at is None:
             return 0.0
@@ -359,3 +404,40 @@ class Resilient(WrapperModel):
             raise
         self.breaker.success()
         return r
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """The timeout bounds the whole stream (each wait for the next delta gets what is left
+        of it); the breaker counts the stream's outcome as it counts a call's."""
+        if not self.breaker.allow():
+            raise CircuitOpenError(
+                f"backend {self.name!r} is failing; retry in {self.breaker.retry_after():.0f} s",
+                where=f"model {self.name}", retry_after=self.breaker.retry_after())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s if self.timeout_s else None
+        try:
+            async with self.wrapped.stream(messages, schema=schema, tools=tools,
+                                           settings=settings) as inner:
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):  # no task: same context
+                            delta = await inner.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    yield delta
+        except TimeoutError:
+            self.breaker.failure()
+            raise BackendTimeoutError(f"backend {self.name!r} did not answer within "
+                                      f"{self.timeout_s:g} s", where=f"model {self.name}") from None
+        except (ContextLengthError, StructuredOutputError):
+            self.breaker.success()
+            raise
+        except (ModelError, ServerError):
+            self.breaker.failure()
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            self.breaker.release()
+            raise
+        self.breaker.success()
+        yield inner.response

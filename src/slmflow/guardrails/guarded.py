@@ -7,6 +7,10 @@ made). Every check produces a `Decision` (stage, check, action, score); each is 
 to a ``guardrail {stage}`` span and collected for the caller (`collect_decisions`), so the gateway
 can put them in the response, the call log and the metrics.
 
+Streams (`Model.stream`): the output checks run on windows of the answer before they are sent
+(`_Windows`), so a stream never sends text the output guardrail blocks; the decisions of the
+whole answer are emitted at its end, as for `generate`.
+
 Actions: ``pass``; ``redact`` (PII replaced by ``[KIND]`` and the call goes on); ``block`` (a
 `GuardrailViolation` is raised, the model is not called for an input block).
 """
@@ -16,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Sequence
 
 from .. import tracing
 from ..errors import SlmflowError
@@ -233,6 +238,32 @@ class Guarded(WrapperModel):
         self._raise_if_blocked("output", dout)
         return r
 
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """The answer is held back in windows and each window is sent only once the whole text
+        up to its end has passed the output checks (see `_Windows`); a structured answer is
+        checked whole (a redacted JSON text must still parse), so it comes as one delta."""
+        if schema is not None or tools:
+            async for item in Model._stream(self, messages, schema=schema, tools=tools,
+                                            settings=settings):
+                yield item
+            return
+        msgs, din = self.check_input(messages)
+        self._emit("input", din)
+        self._raise_if_blocked("input", din)
+        win = _Windows(self)
+        async with self.wrapped.stream(msgs, settings=settings) as inner:
+            async for delta in inner:
+                piece = win.add(delta)
+                if piece:
+                    yield piece
+        r = inner.response
+        rest = win.finish(r.text)
+        if rest:
+            yield rest
+        yield replace(r, text=win.sent)
+
 
 _RANK = {"pass": 0, "redact": 1, "block": 2}
 
@@ -249,3 +280,61 @@ def _merge(decisions: list[Decision]) -> list[Decision]:
         if old is None or (_RANK[d.action], d.score or 0) > (_RANK[old.action], old.score or 0):
             by[d.check] = d
     return list(by.values())
+
+
+_SENTENCE_END = re.compile(r"[.!?;:](?=\s)\s|\n")
+
+
+class _Windows:
+    """The output guardrail of a stream.
+
+    Text arrives in deltas and is held back; a window of it (up to the end of a sentence or a
+    line, or, in a long run without one, up to a space `margin` characters before the newest
+    text) is released only after the *whole* answer up to the window's end has passed the
+    output checks: toxicity scores add up over the answer, so each window is checked with
+    everything before it, and what has been sent is, taken as one text, always an answer the
+    guardrail passes. A check that blocks raises `GuardrailViolation` and nothing of that window
+    is sent. PII is redacted window by window; a redaction that would reach back into text
+    already sent (a PII span across a window's end) blocks the stream. At the end the whole
+    answer is checked once more (the decisions `generate` would make) and the rest is sent."""
+
+    def __init__(self, guard: "Guarded", window: int = 32, margin: int = 64) -> None:
+        self.guard, self.window, self.margin = guard, window, margin
+        self.raw = ""
+        self.released = 0
+        self.sent = ""
+
+    def _check(self, text: str) -> tuple[str, list[Decision]]:
+        g = self.guard
+        return check_text(text, g.output_policy, "output", toxicity_fn=g.toxicity_fn,
+                          injection_fn=g.injection_fn, check_injection=False)
+
+    def _release(self, upto: int, final: bool) -> str:
+        text, decisions = self._check(self.raw[:upto])
+        if not text.startswith(self.sent):
+            decisions = decisions + [Decision("output", "pii", "block", None,
+                                              "a redaction reached into text already streamed")]
+        if final or any(d.action == "block" for d in decisions):
+            self.guard._emit("output", decisions)
+            self.guard._raise_if_blocked("output", decisions)
+        piece, self.sent, self.released = text[len(self.sent):], text, upto
+        return piece
+
+    def add(self, delta: str) -> str:
+        self.raw += delta
+        pending = self.raw[self.released:]
+        ends = [m.end() for m in _SENTENCE_END.finditer(pending)]
+        if ends:
+            return self._release(self.released + ends[-1], final=False)
+        if len(pending) >= self.window + self.margin:
+            cut = pending.rfind(" ", 0, len(pending) - self.margin)
+            if cut > 0:
+                return self._release(self.released + cut + 1, final=False)
+        return ""
+
+    def finish(self, text: str) -> str:
+        """Check the whole answer (`text`, what the wrapped stream's response says); the rest."""
+        if not text.startswith(self.raw[:self.released]):  # cannot happen: deltas add up
+            text = self.raw
+        self.raw = text
+        return self._release(len(text), final=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Model, WrapperModel, run_sync
+from .base import Model, ResponseStream, WrapperModel, run_sync
 from .function import FunctionModel, ScriptedModel
 
-__all__ = ["Model", "WrapperModel", "FunctionModel", "ScriptedModel", "run_sync", "resolve",
-           "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models"]
+__all__ = ["Model", "ResponseStream", "WrapperModel", "FunctionModel", "ScriptedModel", "run_sync",
+           "resolve", "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models"]
 
 _LAZY = {
     "LlamaCppModel": ".llamacpp",

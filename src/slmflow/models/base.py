@@ -5,6 +5,13 @@ smolagents' `Model.generate`), and every cross-cutting feature (cache, guardrail
 tracing) is a `WrapperModel` that is itself a `Model`, so they stack:
 `Cached(Guarded(Fallback([slm, strong])))`. Nothing else on this class is abstract.
 
+Streaming (`Model.stream`): an async iterator of text deltas whose `ResponseStream.response` holds
+the whole `Response` once the iterator is exhausted. A backend that can stream overrides
+`_stream` (an async generator that yields the deltas, then the `Response`); every other backend,
+and every wrapper that only overrides `generate`, gets the default: `generate`, then the whole
+text as one delta. That default keeps a wrapper that has not been taught to stream *correct*
+(a guardrail still sees the whole answer); it never passes the inner stream around it.
+
 Why async at the core: a workflow runs parallel branches and the gateway serves many requests on
 one event loop. Blocking backends (llama.cpp, torch) run their work in a worker thread and hold a
 per-model lock, since one llama.cpp context cannot serve two generations at once. Scripts that
@@ -17,7 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import threading
-from typing import Any, Coroutine, Sequence, TypeVar
+from typing import Any, AsyncIterator, Coroutine, Sequence, TypeVar
 
 from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
 
@@ -47,6 +54,67 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return box["value"]
 
 
+class ResponseStream:
+    """What `Model.stream` returns: ``async for delta in stream`` gives the answer's text in
+    pieces as they are produced; once the loop ends, `response` is the whole `Response` (text,
+    usage, finish reason, confidence, parsed value), the same object `generate` would return
+    (`text` is exactly the concatenation of the deltas). Leaving the loop early, or
+    ``async with model.stream(...) as s``, closes the stream, which stops the generation.
+    ``await stream.collect()`` drains it and returns the response."""
+
+    def __init__(self, source: AsyncIterator[Any], where: str = "model") -> None:
+        self._source = source
+        self._where = where
+        self._parts: list[str] = []
+        self.response: Response | None = None
+
+    @property
+    def text(self) -> str:
+        """The text streamed so far."""
+        return "".join(self._parts)
+
+    def __aiter__(self) -> "ResponseStream":
+        return self
+
+    async def __anext__(self) -> str:
+        if self.response is not None:
+            raise StopAsyncIteration
+        while True:
+            try:
+                item = await self._source.__anext__()
+            except StopAsyncIteration:
+                from ..errors import GenerationError
+
+                raise GenerationError("the stream ended without its final response",
+                                      where=self._where) from None
+            if isinstance(item, Response):
+                self.response = item
+                await self.aclose()
+                raise StopAsyncIteration
+            if item:
+                self._parts.append(item)
+                return item
+
+    async def collect(self) -> Response:
+        """Read the rest of the stream; the whole `Response`."""
+        async for _ in self:
+            pass
+        assert self.response is not None
+        return self.response
+
+    async def aclose(self) -> None:
+        """Stop the stream (the backend stops generating). Safe to call twice."""
+        close = getattr(self._source, "aclose", None)
+        if close is not None:
+            await close()
+
+    async def __aenter__(self) -> "ResponseStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+
 class Model(abc.ABC):
     """A language model. Subclasses implement `generate` and set `info`."""
 
@@ -67,6 +135,30 @@ class Model(abc.ABC):
     def generate_sync(self, messages: Sequence[MessageLike] | str, **kwargs: Any) -> Response:
         """The same call, for scripts without an event loop."""
         return run_sync(self.generate(messages, **kwargs))
+
+    def stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+               tools: Sequence[ToolSpec] | None = None,
+               settings: Settings | None = None) -> ResponseStream:
+        """The same call, streamed: a `ResponseStream` of text deltas, then its `response`.
+
+        With a schema the deltas are the JSON text as it is decoded, validated at the end (the
+        final `Response` carries the parsed object, or the stream raises `StructuredOutputError`).
+        A stream cannot take back text it has sent, so where `generate` would make its one
+        repair attempt a streaming backend raises instead. Backends that cannot stream (and
+        tool calls) yield the whole text once, after `generate`."""
+        info = getattr(self, "info", None)
+        return ResponseStream(self._stream(messages, schema=schema, tools=tools,
+                                           settings=settings),
+                              where=info.identity if info else type(self).__name__)
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """Yield text deltas, then the final `Response`. Default: `generate`, one delta."""
+        r = await self.generate(messages, schema=schema, tools=tools, settings=settings)
+        if r.text:
+            yield r.text
+        yield r
 
     async def aclose(self) -> None:
         """Release resources (weights, connections). Safe to call twice."""
@@ -92,8 +184,32 @@ class WrapperModel(Model):
         return await self.wrapped.generate(messages, schema=schema, tools=tools,
                                            settings=settings)
 
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """The wrapped model's stream, when this wrapper does not change `generate`; a wrapper
+        that does (and does not stream itself) answers through its own `generate`, one delta,
+        so its checks are never bypassed."""
+        if type(self).generate is not WrapperModel.generate:
+            async for item in Model._stream(self, messages, schema=schema, tools=tools,
+                                            settings=settings):
+                yield item
+            return
+        async for item in pass_through(self.wrapped.stream(messages, schema=schema, tools=tools,
+                                                           settings=settings)):
+            yield item
+
     async def aclose(self) -> None:
         await self.wrapped.aclose()
+
+
+async def pass_through(stream: ResponseStream) -> AsyncIterator[Any]:
+    """A `_stream` body that hands on another stream: its deltas, then its response; closing
+    this generator closes that stream."""
+    async with stream:
+        async for delta in stream:
+            yield delta
+        yield stream.response
 
 
 class SettingsOverride(WrapperModel):
@@ -110,3 +226,11 @@ class SettingsOverride(WrapperModel):
         settings = (settings or Settings()).replace(**self.overrides)
         return await self.wrapped.generate(messages, schema=schema, tools=tools,
                                            settings=settings)
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        settings = (settings or Settings()).replace(**self.overrides)
+        async for item in pass_through(self.wrapped.stream(messages, schema=schema, tools=tools,
+                                                           settings=settings)):
+            yield item

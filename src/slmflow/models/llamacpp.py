@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import numpy as np
 
@@ -209,6 +209,68 @@ _BASES: dict[tuple, _SharedBase] = {}
 _BASES_LOCK = threading.Lock()
 
 
+def _complete_utf8(b: bytes) -> str:
+    """`b` decoded, without a multi-byte character whose last bytes are still to come (a
+    character split across tokens is sent whole, with the token that completes it)."""
+    i, n = len(b), 0
+    while i > 0 and n < 3 and (b[i - 1] & 0xC0) == 0x80:
+        i, n = i - 1, n + 1
+    if i > 0 and b[i - 1] >= 0xC0:
+        lead = b[i - 1]
+        need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+        if len(b) - (i - 1) < need:
+            b = b[:i - 1]
+    return b.decode("utf-8", errors="replace")
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Characters at the end of `text` that may be the start of a stop string (not sent yet:
+    the stop string would be cut from the answer)."""
+    best = 0
+    for s in stop:
+        for k in range(min(len(s), len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class _Deltas:
+    """Text deltas of a growing answer, computed on the worker thread from all its tokens
+    (llama.cpp's detokenizer on the whole list, so the pieces add up to exactly the text a
+    whole-answer call decodes). Never sends a stop string or a piece that may begin one."""
+
+    def __init__(self, llm: Any, stop: Sequence[str], send: Any) -> None:
+        self.llm, self.stop, self.send = llm, tuple(s for s in stop if s), send
+        self.tokens: list[int] = []
+        self.sent = 0
+        self._text = ""
+
+    def _visible(self, text: str, final: bool) -> str:
+        hits = [text.index(s) for s in self.stop if s in text]
+        if hits:
+            return text[:min(hits)]
+        return text if final or not self.stop else text[:len(text) - _held_back(text,
+                                                                                    self.stop)]
+
+    def feed(self, out: list[int]) -> None:
+        self.tokens = out
+        text = self._visible(_complete_utf8(self.llm.detokenize(out)), final=False)
+        if len(text) > self.sent:
+            self._text = text
+            piece, self.sent = text[self.sent:], len(text)
+            self.send(piece)
+
+    def final(self, finish: str) -> str:
+        """The whole answer's text; what was sent is always its beginning."""
+        text = self._visible(self.llm.detokenize(self.tokens).decode("utf-8", errors="replace"),
+                             final=True)
+        sent = self._text[:self.sent]
+        if not text.startswith(sent):  # cannot happen with a prefix-stable detokenizer
+            text = sent
+        return text
+
+
 class LlamaCppModel(Model):
     """A GGUF model run in-process by llama.cpp.
 
@@ -359,7 +421,7 @@ class LlamaCppModel(Model):
         return tokens, min(max_tokens, self.n_ctx - len(tokens))
 
     def _run_fast(self, llm, prompt: str, spec: OutputSpec | None, settings: Settings,
-                  max_tokens: int) -> Response:
+                  max_tokens: int, on_tokens: Any = None, cancel: Any = None) -> Response:
         from .llamacpp_engine import lltokenizer, new_matcher
 
         t0 = time.perf_counter()
@@ -375,7 +437,8 @@ class LlamaCppModel(Model):
         try:
             res = sess.run(np.asarray(tokens, dtype=np.int32), matcher=matcher,
                            temperature=settings.temperature, top_p=settings.top_p,
-                           seed=settings.seed, max_tokens=max_tokens, stop=settings.stop)
+                           seed=settings.seed, max_tokens=max_tokens, stop=settings.stop,
+                           on_tokens=on_tokens, cancel=cancel)
         except (GenerationError, SchemaError):
             raise
         except Exception as e:
@@ -463,6 +526,30 @@ class LlamaCppModel(Model):
             raise SchemaError(f"llguidance cannot turn this schema into a grammar: {e}",
                               where=self.info.identity) from None
 
+    async def _acquire(self):
+        """A free context. A caller cancelled while it waits (a timeout, a client that went
+        away) does not lose the context the waiting thread takes later: it goes back."""
+        abandoned = threading.Event()
+
+        def take() -> Any:
+            llm = self._free.get()
+            if abandoned.is_set():  # on this thread: works even once the caller's loop is gone
+                self._free.put(llm)
+                return None
+            return llm
+
+        fut = asyncio.get_running_loop().run_in_executor(None, take)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            abandoned.set()
+
+            def give_back(f: Any) -> None:  # taken before the flag was set
+                if not f.cancelled() and f.exception() is None and f.result() is not None:
+                    self._free.put(f.result())
+            fut.add_done_callback(give_back)
+            raise
+
     async def _run_async(self, prompt: str, spec: OutputSpec | None, settings: Settings,
                          max_tokens: int) -> Response:
         """Wait for a free context, then generate on that context's own worker thread.
@@ -470,7 +557,7 @@ class LlamaCppModel(Model):
         One dedicated thread per context: handing a llama.cpp context from one OS thread to
         another between requests cost 2x throughput here (8 concurrent requests: 77 tok/s through
         a shared thread pool vs 173 tok/s one after another)."""
-        llm = await asyncio.to_thread(self._free.get)
+        llm = await self._acquire()
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._workers[id(llm)], self._run, llm, prompt,
@@ -499,6 +586,72 @@ class LlamaCppModel(Model):
             return await self._run_async(prompt, s, settings, max_tokens)
 
         return await generate_validated(attempt, spec, where=self.info.identity)
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """Token streaming: the engine's loop runs on the context's worker thread and hands
+        each decoded piece to this generator through an asyncio queue. Closing the generator
+        (the consumer left) sets a cancel flag the loop checks before every token; the context
+        goes back to the pool once the worker has let go of it. Tool calls and the legacy
+        engine answer whole (the default)."""
+        if tools or self.engine != "fast":
+            async for item in super()._stream(messages, schema=schema, tools=tools,
+                                              settings=settings):
+                yield item
+            return
+        settings = settings or Settings()
+        spec = OutputSpec.build(schema, None, settings.tool_choice)
+        msgs = as_messages(messages)
+        if not self._llamas:
+            await asyncio.to_thread(self.load)
+        if spec is not None:
+            await asyncio.to_thread(self._grammar, spec.schema_text)
+        hinted = spec is not None and settings.schema_hint
+        prompt = self.prompt_text(spec.with_instruction(msgs) if hinted else msgs)
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        llm = await self._acquire()
+        deltas = _Deltas(llm, settings.stop, lambda d: loop.call_soon_threadsafe(q.put_nowait, d))
+
+        def work() -> Response:
+            try:
+                return self._run_fast(llm, prompt, spec, settings, settings.max_tokens,
+                                      deltas.feed, cancel)
+            finally:  # back to the pool from the worker itself: the consumer's loop may be gone
+                self._free.put(llm)
+
+        try:
+            fut = loop.run_in_executor(self._workers[id(llm)], work)
+        except BaseException:
+            self._free.put(llm)
+            raise
+
+        def done(f: Any) -> None:  # after every delta: they were queued first, in order
+            q.put_nowait(None)
+            if not f.cancelled():
+                f.exception()  # retrieved: no "never retrieved" warning for a closed stream
+
+        fut.add_done_callback(done)
+        try:
+            while True:
+                d = await q.get()
+                if d is None:
+                    break
+                yield d
+            r = fut.result()
+            text = deltas.final(r.finish_reason)
+            if len(text) > deltas.sent:
+                yield text[deltas.sent:]
+            from dataclasses import replace
+
+            from ..structured import validate_streamed
+
+            yield validate_streamed(spec, replace(r, text=text), where=self.info.identity)
+        finally:
+            if not fut.done():
+                cancel.set()
 
     def _release_base(self) -> None:
         base, self._base = self._base, None

@@ -46,7 +46,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -436,7 +436,12 @@ class LlamaSession:
     # -- the loop --------------------------------------------------------------------------
     def run(self, prompt: np.ndarray, *, matcher: Any = None, temperature: float = 0.0,
             top_p: float = 1.0, seed: int | None = 0, max_tokens: int = 256,
-            stop: Sequence[str] = (), eog: Any = None) -> LoopResult:
+            stop: Sequence[str] = (), eog: Any = None,
+            on_tokens: Callable[[list[int]], None] | None = None,
+            cancel: threading.Event | None = None) -> LoopResult:
+        """Generate after `prompt`. on_tokens(out) is called (on this thread) each time tokens
+        are added to the answer (streaming); with `cancel` set the loop stops before the next
+        token, finish ``"cancelled"`` (a client that went away)."""
         t0 = time.perf_counter()
         logits, reused = self.prefill(prompt)
         t_prefill = time.perf_counter() - t0
@@ -451,6 +456,9 @@ class LlamaSession:
         bitmask = None
         is_eog = eog or (lambda t: self._lc.llama_vocab_is_eog(self.vocab, t))
         while len(out) < max_tokens:
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
             if matcher is not None:
                 if matcher.is_stopped():
                     finish = "stop"
@@ -463,6 +471,8 @@ class LlamaSession:
                     lps.append(_logprob(logits, ff[0]))
                     out.extend(ff)
                     forced += len(ff)
+                    if on_tokens is not None:
+                        on_tokens(out)
                     ttft = ttft if ttft is not None else time.perf_counter() - t0
                     if matcher.is_stopped() or len(out) >= max_tokens:
                         # the remaining forced tokens' confidence needs their rows
@@ -493,6 +503,8 @@ class LlamaSession:
                 break
             lps.append(lp)
             out.append(tok)
+            if on_tokens is not None:
+                on_tokens(out)
             if matcher is not None:
                 if not matcher.consume_token(tok):
                     raise _grammar_error(matcher)

@@ -14,14 +14,18 @@ tries the first and, if the server rejects the request shape (400/422, or a 500 
 second for that server.
 
 Confidence comes from ``logprobs`` when the server returns them, else it is ``None``.
+
+`Model.stream` sends ``stream: true`` and turns the server's SSE chunks into deltas as they
+arrive (usage from the last chunk, ``stream_options.include_usage``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from ..errors import (ContextLengthError, ServerResponseError, ServerUnreachableError)
 from ..structured import OutputSpec, attempt_budget, generate_validated
@@ -73,6 +77,50 @@ class OpenAIModel(Model):
                 "json_schema": {"name": spec.name[:64] or "output", "schema": spec.json_schema,
                                 "strict": True}}
 
+    def _raise_for(self, status: int, body: str) -> None:
+        low = body.lower()
+        if "context" in low and ("length" in low or "window" in low or "exceed" in low):
+            raise ContextLengthError(f"the server says the prompt is too long: {body[:300]}",
+                                     where=self.where)
+        raise ServerResponseError(f"HTTP {status}: {body[:500]}", where=self.where,
+                                  status=status, body=body)
+
+    async def _open_stream(self, payload: dict[str, Any]) -> Any:
+        """The streamed response (status checked, retried as `_post` retries)."""
+        import httpx
+
+        client = self._client()
+        delay = 0.5
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = await client.send(client.build_request("POST", "/chat/completions",
+                                                           json=payload), stream=True)
+            except httpx.TimeoutException as e:
+                raise ServerUnreachableError(
+                    f"no answer within {self.timeout_s}s ({type(e).__name__})",
+                    where=self.where) from None
+            except httpx.HTTPError as e:
+                raise ServerUnreachableError(f"cannot reach the server: {e}",
+                                             where=self.where) from None
+            if r.status_code in _RETRY_STATUS and attempt < self.max_retries:
+                await r.aclose()
+                retry_after = r.headers.get("retry-after")
+                try:
+                    wait = float(retry_after) if retry_after else delay
+                except ValueError:
+                    wait = delay
+                await asyncio.sleep(min(wait, 30.0))
+                delay *= 2
+                continue
+            break
+        if r.status_code >= 400:
+            try:
+                body = (await r.aread()).decode("utf-8", errors="replace")
+            finally:
+                await r.aclose()
+            self._raise_for(r.status_code, body)
+        return r
+
     async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
@@ -100,12 +148,7 @@ class OpenAIModel(Model):
             break
         body = r.text
         if r.status_code >= 400:
-            low = body.lower()
-            if "context" in low and ("length" in low or "window" in low or "exceed" in low):
-                raise ContextLengthError(f"the server says the prompt is too long: {body[:300]}",
-                                         where=self.where)
-            raise ServerResponseError(f"HTTP {r.status_code}: {body[:500]}", where=self.where,
-                                      status=r.status_code, body=body)
+            self._raise_for(r.status_code, body)
         try:
             data = r.json()
             data["choices"][0]["message"]
@@ -123,19 +166,7 @@ class OpenAIModel(Model):
         msgs = as_messages(messages)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
-            hinted = s is not None and settings.schema_hint
-            sent = s.with_instruction(msgs) if hinted else msgs
-            payload: dict[str, Any] = {
-                "model": self.model, "messages": [m.to_openai() for m in sent],
-                "max_tokens": attempt_budget(s, settings.max_tokens, repair),
-                "temperature": settings.temperature, "top_p": settings.top_p}
-            if settings.seed is not None:
-                payload["seed"] = settings.seed
-            if settings.stop:
-                payload["stop"] = list(settings.stop)
-            if self.logprobs:
-                payload["logprobs"] = True
-                payload["top_logprobs"] = 1  # llama.cpp's server returns none without it
+            payload = self._payload(msgs, s, settings, repair)
             t0 = time.perf_counter()
             if s is not None:
                 style = "json_schema" if self.schema_style in ("auto", "json_schema") \
@@ -156,6 +187,114 @@ class OpenAIModel(Model):
             return self._to_response(data, time.perf_counter() - t0)
 
         return await generate_validated(attempt, spec, where=self.where)
+
+    def _payload(self, msgs: list[Any], s: OutputSpec | None, settings: Settings,
+                 repair: bool) -> dict[str, Any]:
+        hinted = s is not None and settings.schema_hint
+        sent = s.with_instruction(msgs) if hinted else msgs
+        payload: dict[str, Any] = {
+            "model": self.model, "messages": [m.to_openai() for m in sent],
+            "max_tokens": attempt_budget(s, settings.max_tokens, repair),
+            "temperature": settings.temperature, "top_p": settings.top_p}
+        if settings.seed is not None:
+            payload["seed"] = settings.seed
+        if settings.stop:
+            payload["stop"] = list(settings.stop)
+        if self.logprobs:
+            payload["logprobs"] = True
+            payload["top_logprobs"] = 1  # llama.cpp's server returns none without it
+        return payload
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """``stream: true``: the server's SSE chunks become deltas; usage comes from the last
+        chunk (``stream_options.include_usage``), confidence from the chunks' logprobs. Tool
+        calls answer whole (the default)."""
+        if tools:
+            async for item in super()._stream(messages, schema=schema, tools=tools,
+                                              settings=settings):
+                yield item
+            return
+        import httpx
+
+        settings = settings or Settings()
+        spec = OutputSpec.build(schema, None, settings.tool_choice)
+        payload = self._payload(as_messages(messages), spec, settings, False)
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+        t0 = time.perf_counter()
+        if spec is not None:
+            style = "json_schema" if self.schema_style in ("auto", "json_schema") \
+                else "json_object"
+            payload["response_format"] = self._response_format(spec, style)
+            try:
+                r = await self._open_stream(payload)
+            except ServerResponseError as e:
+                rejected = e.status in (400, 422) or "response_format" in (e.body or "")
+                if self.schema_style != "auto" or not rejected:
+                    raise
+                payload["response_format"] = self._response_format(spec, "json_object")
+                r = await self._open_stream(payload)
+                self.schema_style = "json_object"
+        else:
+            r = await self._open_stream(payload)
+        parts: list[str] = []
+        lps: list[float] = []
+        usage: dict[str, Any] = {}
+        finish = "stop"
+        ttft = None
+        try:
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    raise ServerResponseError(f"the server sent a chunk that is not JSON: "
+                                              f"{data[:300]!r}", where=self.where,
+                                              status=r.status_code, body=data) from None
+                if not isinstance(obj, dict):
+                    continue
+                if obj.get("error"):
+                    err = obj["error"]
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    raise ServerResponseError(f"the server failed mid-stream: {msg}"[:500],
+                                              where=self.where, status=r.status_code,
+                                              body=data)
+                usage = obj.get("usage") or usage
+                for c in obj.get("choices") or ():
+                    delta = (c.get("delta") or {}).get("content")
+                    lp = c.get("logprobs")
+                    if isinstance(lp, dict) and lp.get("content"):
+                        lps.extend(float(x["logprob"]) for x in lp["content"] if "logprob" in x)
+                    if c.get("finish_reason"):
+                        finish = c["finish_reason"]
+                    if delta:
+                        ttft = ttft if ttft is not None else time.perf_counter() - t0
+                        parts.append(delta)
+                        yield delta
+        except httpx.TimeoutException as e:
+            raise ServerUnreachableError(f"the stream stalled for {self.timeout_s}s "
+                                         f"({type(e).__name__})", where=self.where) from None
+        except httpx.HTTPError as e:
+            raise ServerUnreachableError(f"the stream broke off: {e}", where=self.where) from None
+        finally:
+            await r.aclose()
+        resp = Response(
+            text="".join(parts),
+            model=ModelInfo(self.info.provider, self.info.name, self.info.adapter),
+            usage=Usage(int(usage.get("prompt_tokens") or 0),
+                        int(usage.get("completion_tokens") or 0)),
+            latency_s=time.perf_counter() - t0, finish_reason=finish,
+            confidence=confidence_from_logprobs(lps or None),
+            token_logprobs=tuple(lps) if lps else None, time_to_first_token_s=ttft)
+        from ..structured import validate_streamed
+
+        yield validate_streamed(spec, resp, where=self.where)
 
     def _to_response(self, data: dict[str, Any], latency: float) -> Response:
         choice = data["choices"][0]

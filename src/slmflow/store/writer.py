@@ -44,7 +44,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from .. import hooks
 from ..errors import SlmflowError
@@ -556,3 +556,39 @@ class CallLogging(WrapperModel):
             confidence=r.confidence, input_tokens=r.usage.input_tokens,
             output_tokens=r.usage.output_tokens, cost_usd=_cost(r.model, r.usage, r.latency_s)))
         return r
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """The wrapped stream, logged as one call once it has ended (the whole answer)."""
+        from .. import tracing
+
+        t0 = time.perf_counter()
+        inp: Any = _messages_json(messages)
+        if self.redact is not None:
+            inp = self.redact(inp)
+        w = self.writer or get_writer()
+        try:
+            async with self.wrapped.stream(messages, schema=schema, tools=tools,
+                                           settings=settings) as inner:
+                async for delta in inner:
+                    yield delta
+        except SlmflowError as e:
+            w.submit(CallRecord(kind="model", agent=self.agent, key_name=self.key,
+                                trace_id=tracing.current_trace_id(),
+                                model=self.wrapped.info.identity, input=inp, status="error",
+                                error=f"{type(e).__name__}: {e.message}"[:1000],
+                                latency_s=time.perf_counter() - t0))
+            raise
+        r = inner.response
+        out: Any = r.text if r.parsed is None else _value(r.parsed)
+        if self.redact is not None:
+            out = self.redact(out)
+        w.submit(CallRecord(
+            kind="model", agent=self.agent, key_name=self.key,
+            trace_id=tracing.current_trace_id(), model=r.model.identity, adapter=r.model.adapter,
+            input=inp, output=out, latency_s=r.latency_s or (time.perf_counter() - t0),
+            confidence=r.confidence, input_tokens=r.usage.input_tokens,
+            output_tokens=r.usage.output_tokens, cost_usd=_cost(r.model, r.usage, r.latency_s),
+            meta={"stream": True}))
+        yield r

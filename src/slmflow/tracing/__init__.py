@@ -30,7 +30,7 @@ from . import attrs, setup
 from .setup import (capture_content, config, configure, force_flush, health, is_enabled, reset,
                     shutdown)
 
-__all__ = ["span", "attrs", "set_attributes", "set_content", "add_event", "current_trace_id", "configure",
+__all__ = ["span", "start_span", "use_span", "end_span", "attrs", "set_attributes", "set_content", "add_event", "current_trace_id", "configure",
            "force_flush", "shutdown", "reset", "health", "is_enabled", "capture_content",
            "config", "handoff", "record_evaluation", "record_escalation", "Traced", "traced",
            "record_model_response", "trace", "PriceTable", "Price", "SpanStore",
@@ -152,6 +152,63 @@ class span:  # noqa: N801 - used as a function: ``with tracing.span(...) as sp``
         except Exception:
             pass
         return False
+
+
+def start_span(operation: str, name: str | None = None, *,
+               attributes: dict[str, Any] | None = None) -> Any:
+    """A started span that is *not* made current, for work that yields between its steps (a
+    stream: between two deltas the consumer's code runs, and a span left attached would adopt
+    its spans and be detached from another context). Make it current around each step with
+    `use_span`; end it with `end_span`. A no-op span when tracing is off."""
+    tracer = setup._state.tracer or setup.get_tracer()
+    if not setup._state.enabled:
+        return _INVALID
+    a = {attrs.OPERATION_NAME: operation, **(attributes or {})}
+    try:
+        return tracer.start_span(f"{operation} {name}" if name else operation,
+                                 attributes=_clean_all(a), record_exception=False,
+                                 set_status_on_exception=False)
+    except Exception:  # tracing must never break a run
+        return _INVALID
+
+
+class use_span:  # noqa: N801 - used as a function
+    """Make ``sp`` (from `start_span`) the current span inside the block, without ending it."""
+
+    __slots__ = ("_sp", "_token")
+
+    def __init__(self, sp: Any) -> None:
+        self._sp, self._token = sp, None
+
+    def __enter__(self) -> Any:
+        if self._sp is not _INVALID:
+            try:
+                self._token = _attach(_set_span_in_context(self._sp))
+            except Exception:
+                self._token = None
+        return self._sp
+
+    def __exit__(self, *exc: Any) -> bool:
+        if self._token is not None:
+            try:
+                _detach(self._token)
+            except Exception:
+                pass
+        return False
+
+
+def end_span(sp: Any, exc: BaseException | None = None) -> None:
+    """End a span from `start_span`, with an error status when ``exc`` is given."""
+    if sp is _INVALID:
+        return
+    try:
+        if exc is not None:
+            sp.record_exception(exc)
+            sp.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            sp.set_attribute(attrs.ERROR_TYPE, type(exc).__name__)
+        sp.end()
+    except Exception:
+        pass
 
 
 def current_trace_id() -> str | None:

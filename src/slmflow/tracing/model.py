@@ -5,14 +5,15 @@ and fallback, so it is a `WrapperModel` that stacks with them (``Traced(Cached(s
 backend, present or future, gets the same span. The span carries the request (provider, model,
 max tokens, temperature), the response (model identity including the adapter, finish reason,
 token usage), slmflow's own ``slmflow.confidence`` and ``slmflow.cost.usd`` (from the price
-table, see `cost`), and, only with ``capture_content`` on, the messages in and out.
+table, see `cost`), and, only with ``capture_content`` on, the messages in and out. A streamed
+call (`Model.stream`) keeps its span open until the stream ends.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from ..models.base import Model, WrapperModel
 from ..types import MessageLike, Response, Settings, ToolSpec, as_messages
@@ -91,6 +92,53 @@ class Traced(WrapperModel):
                 r = replace(r, latency_s=time.perf_counter() - t0)
             record_model_response(sp, r, prices=self.prices)
         return r
+
+    async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
+                      tools: Sequence[ToolSpec] | None = None,
+                      settings: Settings | None = None) -> AsyncIterator[Any]:
+        """The span stays open until the stream ends (or is closed: ``slmflow.stream.closed``);
+        it is the current span only while the wrapped stream works on the next delta."""
+        from . import end_span, start_span, use_span
+
+        info = self.wrapped.info
+        s = settings or Settings()
+        sp = start_span("chat", info.identity, attributes={
+            A.PROVIDER_NAME: info.provider, A.REQUEST_MODEL: info.name,
+            A.ADAPTER: info.adapter, A.MODEL_IDENTITY: info.identity,
+            A.REQUEST_MAX_TOKENS: s.max_tokens, A.REQUEST_TEMPERATURE: s.temperature,
+            A.OUTPUT_TYPE: "json" if (schema is not None or tools) else "text",
+            "slmflow.stream": True})
+        if capture_content():
+            set_attributes(sp, {A.INPUT_MESSAGES: _messages_json(messages)})
+        t0 = time.perf_counter()
+        error: BaseException | None = None
+        with use_span(sp):
+            inner = self.wrapped.stream(messages, schema=schema, tools=tools, settings=settings)
+        try:
+            while True:
+                with use_span(sp):
+                    try:
+                        delta = await inner.__anext__()
+                    except StopAsyncIteration:
+                        break
+                yield delta
+            r = inner.response
+            if not r.latency_s:
+                from dataclasses import replace
+
+                r = replace(r, latency_s=time.perf_counter() - t0)
+            record_model_response(sp, r, prices=self.prices)
+        except GeneratorExit:
+            set_attributes(sp, {"slmflow.stream.closed": True})
+            raise
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            with use_span(sp):
+                await inner.aclose()
+            end_span(sp, error)
+        yield r
 
     def __repr__(self) -> str:
         return f"Traced({self.wrapped!r})"

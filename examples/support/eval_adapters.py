@@ -116,8 +116,32 @@ def verifier_scores(outs: list[dict | None], cases: list) -> dict[str, float]:
     if all("reason" in c.target for c in cases):
         s["reason"] = sum(o is not None and o.get("reason") == c.target["reason"]
                           for o, c in zip(outs, cases)) / n
+    # the pipeline's verify step is the model's verdict AND the deterministic grounding check
+    # (support_steps.grounding_check): a reply passes only when both approve
+    checked = [c.target["approved"] is False and o is not None and o.get("approved") is True
+               and _check_passes(c.input) for o, c in zip(outs, cases)]
+    s["false_accepts_with_check"] = sum(checked) / max(1, len(bad))
+    s["false_rejects_with_check"] = sum(
+        o is None or o.get("approved") is False or not _check_passes(c.input)
+        for o, c in good) / max(1, len(good))
     s["ok_rate"] = sum(o is not None for o in outs) / n
     return s
+
+
+def _check_passes(inp: dict) -> bool:
+    import re
+
+    sys.path.insert(0, str(HERE))
+    from support_steps import ORDER_ID_RE, REFERRAL, grounding_check
+
+    ids = ORDER_ID_RE.findall(inp.get("text", ""))
+    accounts = re.findall(r"\b\d{4,8}\b", inp.get("text", ""))
+    state = {**inp, "order_id": ids[0] if ids else None,
+             "account_id": accounts[0] if accounts else None,
+             # the referral is only right for a ticket routed `other`; the eval rows carry no
+             # route, so a referral is taken as routed `other` (the model judges the rest)
+             "category": "other" if inp.get("draft") == REFERRAL else "refund"}
+    return grounding_check(state) is None
 
 
 def main() -> int:

@@ -125,10 +125,21 @@ def retrieve_for_ticket(t: Ticket) -> Retrieved:
     return Retrieved(passages=passages)
 
 
+ORDER_ID_RE = re.compile(r"\b[A-Z]{1,2}-[0-9]{2,6}\b")
+NUMBER_RE = re.compile(r"\d+(?:[-.:/]\d+)*")
+
+
 def grounding_check(state: Mapping[str, Any]) -> str | None:
-    """Deterministic verifier half: ids in the ticket appear in the draft, and at least 20% of the
-    draft's content words come from the retrieved passages or the looked-up record. Returns the
-    reason for a rejection, or None.
+    """Deterministic verifier half: what a rule can check exactly, so the verifier model only has
+    to judge what rules cannot (a promise in words, an answer to another question). Returns the
+    reason for a rejection, or None. Rejects a draft that
+
+    * is empty, too short, or cut off (does not end a sentence: ``max_tokens`` ran out);
+    * leaves out an order or account id the ticket gave;
+    * names an order id the ticket and the record do not (a wrong id);
+    * states a number (a deadline, an amount, a date, a percentage) that no retrieved passage, the
+      record or the ticket states (a changed fact);
+    * takes fewer than 20% of its content words from the passages or the record (not grounded).
 
     The referral (`REFERRAL`, the reasoner's answer to a ticket no policy covers) passes when the
     ticket was routed ``other``: it states no policy, so there is nothing to ground; on any other
@@ -140,15 +151,25 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
         return f"draft refers a {state.get('category')} ticket to the team instead of answering"
     if len(draft) < 10:
         return "draft is empty or too short"
+    if not draft.endswith((".", "!", "?")):
+        return "draft is cut off (it does not end a sentence)"
+    ticket = state.get("text") or ""
     for key in ("order_id", "account_id"):
         v = state.get(key)
-        if v and v in (state.get("text") or "") and v not in draft:
+        if v and v in ticket and v not in draft:
             return f"draft does not mention {key} {v}"
-    ctx = set()
-    for p in state.get("passages") or []:
-        ctx |= set(tokens(p["text"]))
+    ctx_text = " ".join(p["text"] for p in state.get("passages") or [])
     if isinstance(state.get("lookup"), dict):  # the looked-up record is context too
-        ctx |= set(tokens(" ".join(str(v) for v in state["lookup"].values())))
+        ctx_text += " " + " ".join(str(v) for v in state["lookup"].values())
+    known = ticket + " " + ctx_text
+    for oid in ORDER_ID_RE.findall(draft):
+        if oid not in known:
+            return f"draft names order {oid}, which neither the ticket nor the record has"
+    stated = set(NUMBER_RE.findall(known))
+    for n in NUMBER_RE.findall(draft):
+        if n not in stated:
+            return f"draft states {n!r}, which no passage, record or ticket states"
+    ctx = set(tokens(ctx_text))
     words = set(tokens(draft))
     overlap = len(words & ctx) / max(1, len(words))
     if overlap < 0.2:

@@ -73,9 +73,11 @@ def run_variant(key: str, part: str) -> dict[str, Any]:
     for r in rows:
         ok = r.status != "errored"
         for name, ev in r.evals.items():
-            if name in checks and ev.label != "not_applicable":
+            if ev.score is None:  # not applicable to this scenario
+                continue
+            if name in checks:
                 checks[name].append(ev.score)
-            if name != "scenario.path" and ev.label != "not_applicable" and not ev.ok:
+            if name != "scenario.path" and not ev.ok:
                 ok = False
         no_path_pass += ok
     tokens = _tokens(rows)
@@ -86,7 +88,7 @@ def run_variant(key: str, part: str) -> dict[str, Any]:
             "p50_s": statistics.median(lat) if lat else None, "wall_s": wall,
             "tokens_per_ticket": tokens,
             "failed": {r.id: "; ".join(f"{k}: {e.explanation}" for k, e in r.evals.items()
-                                       if not e.ok and e.label != "not_applicable")[:300]
+                                       if e.score is not None and not e.ok)[:300]
                        for r in rows if r.status != "passed"}}
 
 

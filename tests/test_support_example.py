@@ -60,6 +60,26 @@ def test_grounding_check(monkeypatch):
     assert "not grounded" in support_steps.grounding_check(state)
 
 
+def test_grounding_check_catches_what_a_rule_can(monkeypatch):
+    """The planted faults a rule can see exactly: a cut-off reply, a wrong order id, a changed
+    deadline (the verifier model is left with promises in words and answers to other questions)."""
+    monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
+    passages = [p.model_dump() for p in support_steps.search("broken item refund damaged")]
+    good = ("Order A-1042 was delivered. If an item arrives broken or damaged, reply within 30 "
+            "days of delivery with a photo; we refund it in full, including shipping.")
+    state = {"text": "order A-1042 broke", "order_id": "A-1042", "passages": passages,
+             "category": "refund", "draft": good}
+    assert support_steps.grounding_check(state) is None
+    state["draft"] = good.replace("A-1042", "A-1043")
+    assert "does not mention order_id" in support_steps.grounding_check(state)
+    state["draft"] = good + " Your other order B-19 ships today."
+    assert "names order B-19" in support_steps.grounding_check(state)
+    state["draft"] = good.replace("30 days", "60 days")
+    assert "states '60'" in support_steps.grounding_check(state)
+    state["draft"] = good[:60]
+    assert "cut off" in support_steps.grounding_check(state)
+
+
 def test_the_referral_passes_only_for_tickets_no_policy_covers():
     state = {"text": "Do you sell gift wrapping?", "category": "other", "passages": [],
              "draft": support_steps.REFERRAL}

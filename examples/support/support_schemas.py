@@ -81,6 +81,12 @@ class Draft(BaseModel):
     draft: str = Field(min_length=1, max_length=600)
 
 
+class Reply(BaseModel):
+    """The draft between the reasoner and the verifier (`support_steps.tidy`)."""
+
+    draft: str
+
+
 class VerifyInput(BaseModel):
     text: str
     draft: str = Field(min_length=1)

@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from support_schemas import Answer, AnswerInput, Passage, RetrievalInput, Retrieved, Ticket
+from support_schemas import (Answer, AnswerInput, Passage, Reply, RetrievalInput, Retrieved,
+                             Ticket)
 
 KB = Path(__file__).parent / "kb"
 _STOP = set("a an the and or of to in on for is are was were be it its this that with you your "
@@ -175,6 +176,22 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
     if overlap < 0.2:
         return f"draft is not grounded in the passages (word overlap {overlap:.2f} < 0.20)"
     return None
+
+
+MAX_SENTENCES = 3
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def tidy(d: Reply) -> Reply:
+    """The reply in the format the reasoner was trained on and asked for: at most three sentences
+    (what the record says, then the two policy sentences). A 135M reasoner sometimes does not close
+    its JSON string after them and runs on into the next passage until ``max_tokens``; the
+    sentences after the third are dropped here, before the verifier sees the reply. A reply whose
+    first three sentences are themselves cut off stays as it is (the check rejects it)."""
+    parts = _SENTENCE_END.split(d.draft.strip())
+    if len(parts) <= MAX_SENTENCES:
+        return d
+    return Reply(draft=" ".join(parts[:MAX_SENTENCES]))
 
 
 def compose(a: AnswerInput) -> Answer:

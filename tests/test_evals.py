@@ -343,7 +343,7 @@ def _support(category="refund", draft=None, extract=None, approve=True, extract_
 SCEN = [{"id": "refund", "input": {"text": "My order A-1042 arrived broken, I want a refund"},
          "expect": {"path": ["router", "retrieve", "extract", "order_status", "reason",
                              "verify", "answer"], "not_path": ["account_status"],
-                    "handoffs": ["order_status -> reason", "reason -> verify"],
+                    "handoffs": ["order_status -> reason", "tidy -> verify"],
                     "state": {"category": "refund", "order_id": "A-1042"},
                     "answer_contains": ["A-1042"], "faithful": True}}]
 
@@ -383,8 +383,9 @@ def test_scenario_detects_wrong_path_malformed_handoff_and_unfaithful_answer():
     r, ok = _checks(run_scenarios(_support(extract=bad), strict))
     assert ok["scenario.handoffs"], r.evals["scenario.handoffs"].explanation
     # wrong-but-plausible: passes the pipeline's own verifier, not faithful to the passages
+    # (no number: the pipeline's check rejects numbers no passage states, see test_support_example)
     plausible = ("Order A-1042: broken items are exchanged for store credit once our courier "
-                 "collects them; allow 90 days for the damaged refund.")
+                 "collects them, and a damaged refund needs a signed form.")
     r, ok = _checks(run_scenarios(_support(draft=plausible), SCEN))
     assert ok["scenario.completed"] and ok["scenario.path"]
     assert not ok["scenario.faithfulness"] and r.status == "failed"

@@ -80,6 +80,29 @@ def test_grounding_check_catches_what_a_rule_can(monkeypatch):
     assert "cut off" in support_steps.grounding_check(state)
 
 
+def test_check_ids_fills_only_exact_ids_the_ticket_states_once():
+    I = S.IdsInput
+    assert support_steps.check_ids(I(text="Package for D-5531 showed up smashed")).order_id == \
+        "D-5531"
+    assert support_steps.check_ids(I(text="Got billed twice?? acct 88231")).account_id == "88231"
+    # what the extractor said stays; malformed or ambiguous ids are not guessed
+    assert "order_id" not in support_steps.check_ids(I(text="order B-12", order_id="C-99")
+                                                     ).model_fields_set
+    assert support_steps.check_ids(I(text="My order #1042 arrived broken.")).order_id is None
+    assert support_steps.check_ids(I(text="orders A-10 and B-20 are late")).order_id is None
+
+
+def test_tidy_keeps_three_sentences_and_leaves_a_cut_reply_to_the_check():
+    R = S.Reply
+    three = "Order A-1042 was delivered. Damaged items are refunded. No need to send it back."
+    assert support_steps.tidy(R(draft=three)).draft == three
+    assert support_steps.tidy(R(draft=three + " You can delete your account in Privacy. Del"
+                                )).draft == three
+    cut = "Order A-1042 was delivered. Damaged items are"
+    assert support_steps.tidy(R(draft=cut)).draft == cut
+    assert "cut off" in support_steps.grounding_check({"draft": cut, "text": "", "passages": []})
+
+
 def test_the_referral_passes_only_for_tickets_no_policy_covers():
     state = {"text": "Do you sell gift wrapping?", "category": "other", "passages": [],
              "draft": support_steps.REFERRAL}
@@ -127,8 +150,8 @@ def test_full_graph_on_fakes_extraction_repairs_itself_and_answers():
     assert r.state["sources"][0].startswith("damaged-items")
     rep = [h for h in r.handoffs if h.target == "reason"][0]
     assert rep.status == "validated"
-    assert [s.step for s in r.steps] == ["router", "retrieve", "extract", "route", "order_status",
-                                        "reason", "verify", "answer"]
+    assert [s.step for s in r.steps] == ["router", "retrieve", "extract", "ids", "route",
+                                        "order_status", "reason", "tidy", "verify", "answer"]
     assert [s.repaired for s in r.steps if s.step == "extract"] == [True]
 
 

@@ -38,6 +38,23 @@ class Fields(BaseModel):
     urgent: bool
 
 
+class IdsInput(BaseModel):
+    """The ticket and what the extractor read from it (`support_steps.check_ids`)."""
+
+    text: str
+    order_id: Optional[str] = None
+    account_id: Optional[str] = None
+    urgent: bool = False
+
+
+class IdsFound(BaseModel):
+    """What `support_steps.check_ids` filled in: only the ids it set (the rest keep their value
+    and owner in the workflow's state)."""
+
+    order_id: Optional[str] = None
+    account_id: Optional[str] = None
+
+
 class Passage(BaseModel):
     id: str
     title: str

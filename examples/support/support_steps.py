@@ -15,8 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from support_schemas import (Answer, AnswerInput, Passage, Reply, RetrievalInput, Retrieved,
-                             Ticket)
+from support_schemas import (Answer, AnswerInput, IdsFound, IdsInput, Passage, Reply, RetrievalInput,
+                             Retrieved, Ticket)
 
 KB = Path(__file__).parent / "kb"
 _STOP = set("a an the and or of to in on for is are was were be it its this that with you your "
@@ -176,6 +176,28 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
     if overlap < 0.2:
         return f"draft is not grounded in the passages (word overlap {overlap:.2f} < 0.20)"
     return None
+
+
+_ACCOUNT_IN_TEXT = re.compile(r"\b(?:account|acct|acount)\D{0,12}?(\d{4,8})\b", re.I)
+
+
+def check_ids(x: IdsInput) -> IdsFound:
+    """The extractor's ids checked against the ticket's text: an id in an exact format that the
+    ticket states once and the extractor missed is filled in (an order id like A-1042; digits
+    after the word "account"). The 135M extractor reads ids right on phrasings like its training
+    data (0.98 on held-out templates) but misses some on new ones ("Package for D-5531 showed up
+    smashed"); an id the lookup then never sees costs the whole answer. Everything fuzzy stays the
+    model's (urgency, which of two ids, no id at all); eval_adapters.py scores the extractor alone."""
+    filled: dict[str, str] = {}
+    if x.order_id is None:
+        found = set(ORDER_ID_RE.findall(x.text))
+        if len(found) == 1:
+            filled["order_id"] = found.pop()
+    if x.account_id is None:
+        found = set(_ACCOUNT_IN_TEXT.findall(x.text))
+        if len(found) == 1:
+            filled["account_id"] = found.pop()
+    return IdsFound(**filled)  # only what was filled in is set
 
 
 MAX_SENTENCES = 3

@@ -345,7 +345,11 @@ class _Run:
 
     def merge(self, s: Step, out: Any) -> None:
         if _is_model(type(out)) and s.tool is None:
-            for k, v in out.model_dump().items():
+            # a function step owns the fields it set; a field it left at its default keeps its
+            # value and its owner (a check that fills in one missing id does not take over the
+            # others: a repair still goes back to the agent that wrote them)
+            data = out.model_dump(exclude_unset=True) if s.fn is not None else out.model_dump()
+            for k, v in data.items():
                 self.state[k] = v
                 self.owner[k] = s.name
         else:

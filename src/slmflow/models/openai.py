@@ -25,7 +25,7 @@ import asyncio
 import json
 import os
 import time
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from ..errors import (ContextLengthError, ServerResponseError, ServerUnreachableError)
 from ..structured import OutputSpec, attempt_budget, generate_validated
@@ -158,6 +158,27 @@ class OpenAIModel(Model):
                 where=self.where, status=r.status_code, body=body) from None
         return data
 
+    async def _send(self, payload: dict[str, Any], spec: OutputSpec | None,
+                    send: Callable[[dict[str, Any]], Awaitable[Any]]) -> Any:
+        """Send `payload` (a whole-answer post or a stream opening) with the schema as
+        ``response_format``; in ``auto`` style, a server that rejects ``json_schema`` (400/422,
+        or llama.cpp's server: a 500 whose body names response_format) is asked again with
+        ``json_object`` and remembered as such."""
+        if spec is None:
+            return await send(payload)
+        style = "json_schema" if self.schema_style in ("auto", "json_schema") else "json_object"
+        payload["response_format"] = self._response_format(spec, style)
+        try:
+            return await send(payload)
+        except ServerResponseError as e:
+            rejected = e.status in (400, 422) or "response_format" in (e.body or "")
+            if self.schema_style != "auto" or not rejected:
+                raise
+            payload["response_format"] = self._response_format(spec, "json_object")
+            out = await send(payload)
+            self.schema_style = "json_object"
+            return out
+
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
@@ -168,22 +189,7 @@ class OpenAIModel(Model):
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
             payload = self._payload(msgs, s, settings, repair)
             t0 = time.perf_counter()
-            if s is not None:
-                style = "json_schema" if self.schema_style in ("auto", "json_schema") \
-                    else "json_object"
-                payload["response_format"] = self._response_format(s, style)
-                try:
-                    data = await self._post(payload)
-                except ServerResponseError as e:
-                    # 400/422, or llama.cpp's server: a 500 whose body names response_format
-                    rejected = e.status in (400, 422) or "response_format" in (e.body or "")
-                    if self.schema_style != "auto" or not rejected:
-                        raise
-                    payload["response_format"] = self._response_format(s, "json_object")
-                    data = await self._post(payload)
-                    self.schema_style = "json_object"
-            else:
-                data = await self._post(payload)
+            data = await self._send(payload, s, self._post)
             return self._to_response(data, time.perf_counter() - t0)
 
         return await generate_validated(attempt, spec, where=self.where)
@@ -224,21 +230,7 @@ class OpenAIModel(Model):
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
         t0 = time.perf_counter()
-        if spec is not None:
-            style = "json_schema" if self.schema_style in ("auto", "json_schema") \
-                else "json_object"
-            payload["response_format"] = self._response_format(spec, style)
-            try:
-                r = await self._open_stream(payload)
-            except ServerResponseError as e:
-                rejected = e.status in (400, 422) or "response_format" in (e.body or "")
-                if self.schema_style != "auto" or not rejected:
-                    raise
-                payload["response_format"] = self._response_format(spec, "json_object")
-                r = await self._open_stream(payload)
-                self.schema_style = "json_object"
-        else:
-            r = await self._open_stream(payload)
+        r = await self._send(payload, spec, self._open_stream)
         parts: list[str] = []
         lps: list[float] = []
         usage: dict[str, Any] = {}

@@ -526,11 +526,36 @@ class CallLogging(WrapperModel):
         self.writer = writer
         self.redact = redact
 
+    def _error_record(self, inp: Any, e: SlmflowError, t0: float) -> CallRecord:
+        """The call-log row of a model call that raised."""
+        from .. import tracing
+
+        return CallRecord(kind="model", agent=self.agent, key_name=self.key,
+                          trace_id=tracing.current_trace_id(), model=self.wrapped.info.identity,
+                          input=inp, status="error",
+                          error=f"{type(e).__name__}: {e.message}"[:1000],
+                          latency_s=time.perf_counter() - t0)
+
+    def _record(self, inp: Any, r: Response, t0: float, meta: dict[str, Any] | None = None
+                ) -> CallRecord:
+        """The call-log row of an answered model call (the whole answer, redacted if asked)."""
+        from .. import tracing
+
+        out: Any = r.text if r.parsed is None else _value(r.parsed)
+        if self.redact is not None:
+            out = self.redact(out)
+        extra = {"meta": meta} if meta else {}
+        return CallRecord(
+            kind="model", agent=self.agent, key_name=self.key,
+            trace_id=tracing.current_trace_id(), model=r.model.identity, adapter=r.model.adapter,
+            input=inp, output=out, latency_s=r.latency_s or (time.perf_counter() - t0),
+            confidence=r.confidence, input_tokens=r.usage.input_tokens,
+            output_tokens=r.usage.output_tokens, cost_usd=_cost(r.model, r.usage, r.latency_s),
+            **extra)
+
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
-        from .. import tracing
-
         t0 = time.perf_counter()
         inp: Any = _messages_json(messages)
         if self.redact is not None:
@@ -540,29 +565,15 @@ class CallLogging(WrapperModel):
             r = await self.wrapped.generate(messages, schema=schema, tools=tools,
                                             settings=settings)
         except SlmflowError as e:
-            w.submit(CallRecord(kind="model", agent=self.agent, key_name=self.key,
-                                trace_id=tracing.current_trace_id(),
-                                model=self.wrapped.info.identity, input=inp, status="error",
-                                error=f"{type(e).__name__}: {e.message}"[:1000],
-                                latency_s=time.perf_counter() - t0))
+            w.submit(self._error_record(inp, e, t0))
             raise
-        out: Any = r.text if r.parsed is None else _value(r.parsed)
-        if self.redact is not None:
-            out = self.redact(out)
-        w.submit(CallRecord(
-            kind="model", agent=self.agent, key_name=self.key,
-            trace_id=tracing.current_trace_id(), model=r.model.identity, adapter=r.model.adapter,
-            input=inp, output=out, latency_s=r.latency_s or (time.perf_counter() - t0),
-            confidence=r.confidence, input_tokens=r.usage.input_tokens,
-            output_tokens=r.usage.output_tokens, cost_usd=_cost(r.model, r.usage, r.latency_s)))
+        w.submit(self._record(inp, r, t0))
         return r
 
     async def _stream(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                       tools: Sequence[ToolSpec] | None = None,
                       settings: Settings | None = None) -> AsyncIterator[Any]:
         """The wrapped stream, logged as one call once it has ended (the whole answer)."""
-        from .. import tracing
-
         t0 = time.perf_counter()
         inp: Any = _messages_json(messages)
         if self.redact is not None:
@@ -574,21 +585,8 @@ class CallLogging(WrapperModel):
                 async for delta in inner:
                     yield delta
         except SlmflowError as e:
-            w.submit(CallRecord(kind="model", agent=self.agent, key_name=self.key,
-                                trace_id=tracing.current_trace_id(),
-                                model=self.wrapped.info.identity, input=inp, status="error",
-                                error=f"{type(e).__name__}: {e.message}"[:1000],
-                                latency_s=time.perf_counter() - t0))
+            w.submit(self._error_record(inp, e, t0))
             raise
         r = inner.response
-        out: Any = r.text if r.parsed is None else _value(r.parsed)
-        if self.redact is not None:
-            out = self.redact(out)
-        w.submit(CallRecord(
-            kind="model", agent=self.agent, key_name=self.key,
-            trace_id=tracing.current_trace_id(), model=r.model.identity, adapter=r.model.adapter,
-            input=inp, output=out, latency_s=r.latency_s or (time.perf_counter() - t0),
-            confidence=r.confidence, input_tokens=r.usage.input_tokens,
-            output_tokens=r.usage.output_tokens, cost_usd=_cost(r.model, r.usage, r.latency_s),
-            meta={"stream": True}))
+        w.submit(self._record(inp, r, t0, meta={"stream": True}))
         yield r

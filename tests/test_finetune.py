@@ -411,3 +411,31 @@ def test_registry_bad_location_errors(tmp_path):
         AdapterRegistry("s3://bucket/adapters")
     with pytest.raises(ConfigError, match="invalid agent name"):
         AdapterRegistry(tmp_path).versions("../etc")
+
+
+def test_bf16_is_on_only_where_it_pays(monkeypatch):
+    """The CLI's default: bfloat16 on a GPU or a CPU with AVX-512 BF16 / AMX, float32 elsewhere
+    (emulated bfloat16 made a LoRA run several times slower on an AVX2-only CPU)."""
+    import builtins
+    import io
+
+    import torch
+
+    from slmflow.finetune import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    real_open = builtins.open
+
+    def fake(flags):
+        def _open(path, *a, **k):
+            if str(path) == "/proc/cpuinfo":
+                return io.StringIO(f"flags\t: fpu sse2 avx2 {flags}\n")
+            return real_open(path, *a, **k)
+        return _open
+
+    monkeypatch.setattr(builtins, "open", fake("fma"))
+    assert trainer.bf16_fast() is False
+    monkeypatch.setattr(builtins, "open", fake("avx512f avx512_bf16"))
+    assert trainer.bf16_fast() is True
+    monkeypatch.setattr(builtins, "open", fake("amx_bf16 amx_tile"))
+    assert trainer.bf16_fast() is True

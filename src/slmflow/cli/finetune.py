@@ -37,7 +37,9 @@ def train_agent_cmd(
     batch_size: int = typer.Option(8, "--batch-size"), max_len: int = typer.Option(256),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
-    bf16: bool = typer.Option(True, help="bfloat16 weights (fast on CPUs with AVX-512 BF16)"),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
+                                        help="bfloat16 weights (default: on a GPU or a CPU with "
+                                             "AVX-512 BF16 / AMX, else float32)"),
     threads: int = typer.Option(0, help="torch threads (1 on a busy machine)"),
     promote: bool = typer.Option(True, help="promote through the eval gate"),
     seed: int = typer.Option(0),
@@ -49,7 +51,7 @@ def train_agent_cmd(
     batch; the main process registers, gates and prints (docs/finetune.md)."""
     from ..finetune.agent_train import base_for, find_agent, train_agent
     from ..finetune.data import load_examples
-    from ..finetune.trainer import TrainConfig, is_main_process, main_process_first
+    from ..finetune.trainer import TrainConfig, bf16_fast, is_main_process, main_process_first
 
     agent = find_agent(workflow, name)
     examples = load_examples(data, input_field=input_field, target_field=target_field,
@@ -57,7 +59,8 @@ def train_agent_cmd(
     cases = (load_examples(eval_data, input_field=input_field, target_field=target_field,
                            target_key=target_key) if eval_data else [])
     cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
-                      max_len=max_len, max_steps=max_steps, seed=seed, bf16=bf16,
+                      max_len=max_len, max_steps=max_steps, seed=seed,
+                      bf16=bf16 if bf16 is not None else bf16_fast(),
                       target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
     with main_process_first():  # a first run dequantizes the base once, not once per process
         base_for(agent.model)

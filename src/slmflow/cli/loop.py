@@ -248,7 +248,9 @@ def retrain_cmd(
     batch_size: int = typer.Option(8, "--batch-size"), max_len: int = typer.Option(256),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
-    bf16: bool = typer.Option(True, help="bfloat16 weights (fast on CPUs with AVX-512 BF16)"),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
+                                        help="bfloat16 weights (default: on a GPU or a CPU with "
+                                             "AVX-512 BF16 / AMX, else float32)"),
     threads: int = typer.Option(0, help="torch threads (1 on a busy machine)"),
     tolerance: float = typer.Option(0.0),
     seed: int = typer.Option(0),
@@ -263,7 +265,7 @@ def retrain_cmd(
     from ..errors import ConfigError
     from ..finetune.agent_train import find_agent
     from ..finetune.data import load_examples
-    from ..finetune.trainer import TrainConfig
+    from ..finetune.trainer import TrainConfig, bf16_fast
     from ..loop import retrain_agent
     from ..loop.retrain import suite_score
 
@@ -271,7 +273,8 @@ def retrain_cmd(
         raise ConfigError("give --agent NAME --workflow YAML, or --judge NAME", where="loop "
                           "retrain")
     cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
-                      max_len=max_len, max_steps=max_steps, seed=seed, bf16=bf16,
+                      max_len=max_len, max_steps=max_steps, seed=seed,
+                      bf16=bf16 if bf16 is not None else bf16_fast(),
                       target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
     if judge is not None:
         from ..loop.judges import retrain_judge

@@ -63,6 +63,9 @@ def recorded(tmp_path_factory, slmflow_home):
     server = serve("127.0.0.1", 0, db_path=rep["spans"], calls=log, registry=reg)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
+    # the first request loads the PII engine (Presidio + spaCy): seconds on a slow 2-core CPU,
+    # more than the 5 s the tests' requests allow
+    httpx.get(base + "/api/traces", timeout=180)
     yield {**rep, "base": base, "log": log, "item": item, "call": call, "version": version,
            "registry": reg, "out": out}
     server.shutdown()

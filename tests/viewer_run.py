@@ -39,6 +39,17 @@ def record_run(out: Path, tickets: list[str] = TICKETS) -> dict:
             for t in tickets:
                 r = wf.run_sync(t)
                 results.append({"status": r.status, "run_id": r.run_id, "detail": r.detail})
+            # one ticket zero-shot too: with every agent fine-tuned the tickets above may all end
+            # ok, and the viewer and the review queue need a rejected run with flagged calls
+            from slmflow.agents import set_adapter_resolver
+            from slmflow.finetune.registry import base_model_resolver
+
+            set_adapter_resolver(base_model_resolver)
+            try:
+                r = load_workflow(SPEC).run_sync(TICKETS[1])
+            finally:
+                set_adapter_resolver(None)
+            results.append({"status": r.status, "run_id": r.run_id, "detail": r.detail})
         tracing.force_flush()
     finally:
         tracing.reset()

@@ -63,8 +63,10 @@ def _keys(*specs: tuple) -> dict:
 
 def test_feedback_only_on_the_keys_own_calls_and_by_is_the_key(make):
     s = make(_keys(("alice", {}), ("bob", {}), ("root", {"models": ["admin"]})))
+    # the first answered request may load the PII engine (Presidio + spaCy) for the call log's
+    # redaction: seconds on a slow 2-core CPU when this test runs first, past httpx's 5 s default
     r = httpx.post(f"{s.url}/chat/completions", headers=_h("sk-alice"),
-                   json={"model": "echo", "messages": MSG})
+                   json={"model": "echo", "messages": MSG}, timeout=120)
     call_id = r.json()["slmflow"]["call_id"]
     # bob cannot attach feedback to alice's call, nor read it: the same 404 as an unknown id
     fb = httpx.post(f"{s.url}/feedback", headers=_h("sk-bob"),

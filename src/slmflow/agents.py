@@ -11,7 +11,8 @@ before weights should load. A catalog name (``"smollm2-135m"``, ``"openai:<m>@<u
 on first use through a process-wide cache, so five agents naming the same model share one set of
 weights (one llama.cpp context pool) instead of loading five copies.
 
-Escalation is decided here, per call, and recorded on the `AgentResult`:
+Escalation follows the one policy the gateway uses too (`slmflow.models.fallback`), per call,
+and is recorded on the `AgentResult`:
 
 * the primary model's output does not validate even after the structured-output repair step
   (``reason="invalid_output"``), or it raised a model error (``"model_error"``);
@@ -41,9 +42,9 @@ from typing import Any, Callable, Generic, Mapping, overload
 from typing_extensions import TypeVar
 
 from . import hooks, tracing
-from .errors import (ConfigError, HandoffError, ModelError, ServerError, SlmflowError,
-                     StructuredOutputError)
+from .errors import ConfigError, HandoffError, SlmflowError
 from .models.base import Model, run_sync
+from .models.fallback import FALLBACK_ON, FallbackPolicy
 from .tools import Tool, ToolResult
 from .tracing import attrs
 from .types import Message, ModelInfo, Response, Settings, Usage
@@ -363,37 +364,23 @@ class Agent(Generic[OutT]):
                 attrs.ADAPTER: self.adapter, attrs.REQUEST_MAX_TOKENS: self.max_tokens}) as sp:
             attempts: list[Attempt] = []
             t0 = time.perf_counter()
-            escalated, esc_reason = False, None
-            if use_fallback:
-                escalated, esc_reason = True, reason or "requested"
-                self._record_escalation(sp, esc_reason)
-            role = "fallback" if use_fallback else "primary"
-
-            async def on_fallback(why: str) -> tuple[Response, Any, tuple[ToolResult, ...]]:
-                self._record_escalation(sp, why)
-                try:
-                    return await self._attempt("fallback", msgs, out_type, attempts)
-                except SlmflowError as e2:
-                    e2.details.setdefault("attempts", [a.__dict__ for a in attempts])
-                    raise
-
+            # one escalation policy for agents and the gateway (models/fallback.py); an agent
+            # that cannot escalate (no fallback, or one that would repeat the primary) still
+            # reads its confidence, to record a low one
+            policy = FallbackPolicy(
+                self.confidence_threshold,
+                FALLBACK_ON if (use_fallback or self.can_escalate) else frozenset(),
+                source=self.name, target=_model_name(self.fallback))
             try:
-                r, value, tools_done = await self._attempt(role, msgs, out_type, attempts)
-            except (StructuredOutputError, ModelError, ServerError) as e:
-                if use_fallback or not self.can_escalate:
-                    e.details.setdefault("attempts", [a.__dict__ for a in attempts])
-                    raise
-                escalated = True
-                esc_reason = ("invalid_output" if isinstance(e, StructuredOutputError)
-                              else "model_error") + f": {e.message}"[:300]
-                r, value, tools_done = await on_fallback(esc_reason)
-            low = (r.confidence is not None and r.confidence < self.confidence_threshold)
-            if low and not escalated and self.can_escalate:
-                escalated = True
-                esc_reason = (f"low_confidence: {r.confidence:.3f} < "
-                              f"{self.confidence_threshold:.3f}")
-                r, value, tools_done = await on_fallback(esc_reason)
-                low = (r.confidence is not None and r.confidence < self.confidence_threshold)
+                (r, value, tools_done), esc = await policy.run(
+                    lambda role: self._attempt(role, msgs, out_type, attempts),
+                    response=lambda done: done[0],
+                    force=(reason or "requested") if use_fallback else None, sp=sp)
+            except SlmflowError as e:
+                e.details.setdefault("attempts", [a.__dict__ for a in attempts])
+                raise
+            escalated, esc_reason = esc is not None, (esc.reason if esc else None)
+            low = policy.low(r.confidence)
             usage = sum((a.usage for a in attempts), Usage())
             result = AgentResult(
                 agent=self.name, output=value, model=r.model, confidence=r.confidence,
@@ -411,13 +398,6 @@ class Agent(Generic[OutT]):
                 attrs.USAGE_INPUT_TOKENS: usage.input_tokens,
                 attrs.USAGE_OUTPUT_TOKENS: usage.output_tokens})
             return result
-
-    def _record_escalation(self, sp: Any, reason: str | None) -> None:
-        record = getattr(tracing, "record_escalation", None)
-        if record is not None:
-            record(reason or "", source=self.name, target=_model_name(self.fallback), sp=sp)
-        else:
-            tracing.add_event(sp, attrs.ESCALATION_EVENT, {"reason": reason, "agent": self.name})
 
     async def _attempt(self, role: str, msgs: list[Message], out_type: Any,
                        attempts: list[Attempt]) -> tuple[Response, Any, tuple[ToolResult, ...]]:

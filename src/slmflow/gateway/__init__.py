@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["Gateway", "create_app", "GatewayConfig", "load_config", "serve", "GatewayServer",
-           "Cached", "Escalating", "Resilient", "CircuitBreaker"]
+           "Cached", "Fallback", "Resilient", "CircuitBreaker"]
 
 _LAZY = {"Gateway": ".app", "create_app": ".app", "GatewayConfig": ".config",
          "load_config": ".config", "serve": ".server", "GatewayServer": ".server",
-         "Cached": ".wrappers", "Escalating": ".wrappers", "Resilient": ".wrappers",
+         "Cached": ".wrappers", "Fallback": ".wrappers", "Resilient": ".wrappers",
          "CircuitBreaker": ".wrappers"}
 
 

@@ -8,7 +8,7 @@ A request goes: body-size limit → JSON validation (400 on any error, OpenAI er
 (401) → allowed model (403) → rate limit and token budget (429: both checked and reserved in the
 call-log database, so replicas share them; see auth.py) → the target:
 
-* a model: ``Cached(Guarded(Resilient(Escalating(slm, strong))))``, each layer optional;
+* a model: ``Cached(Guarded(Resilient(Fallback(slm, strong))))``, each layer optional;
 * an agent (``<workflow>.<agent>``) or a workflow: input guardrails, ``agent.run`` /
   ``workflow.run`` under the request timeout, output guardrails.
 
@@ -61,8 +61,8 @@ from .auth import (Authenticator, KeyInfo, RateLimiter, Reservation, TokenBudget
                    estimate_tokens)
 from .config import GatewayConfig
 from .metrics import Metrics
-from .wrappers import (BackendTimeoutError, Cached, CircuitBreaker, CircuitOpenError, Escalating,
-                       RequestInfo, Resilient, set_info)
+from .wrappers import (BackendTimeoutError, Cached, CircuitBreaker, CircuitOpenError, Fallback,
+                       RequestInfo, Resilient, note_cache, note_escalation, set_info)
 
 log = logging.getLogger("slmflow.gateway")
 
@@ -400,16 +400,18 @@ class Gateway:
         return emb.embed
 
     def _on_escalation(self, name: str):
-        def record(messages: Any, weak: Any, strong: Any, reason: str) -> None:
+        def record(messages: Any, esc: Any, strong: Any) -> None:
+            note_escalation(esc)
             msgs = [{"role": m.role, "content": m.content} for m in _as_msgs(messages)]
             inp, out = msgs, strong.text
             if not self.config.guardrails.log_pii:
                 inp, out = _redact(inp), _redact(out)
+            weak = esc.weak
             self.writer.submit(Example(
                 agent=name, input=inp, output=out,
-                source_model=weak.model.identity if weak else self._base[name].info.identity,
-                target_model=strong.model.identity, reason=reason,
-                confidence=weak.confidence if weak else None))
+                source_model=weak.model.identity if weak else esc.source,
+                target_model=strong.model.identity, reason=esc.reason,
+                confidence=esc.confidence))
             self.metrics.inc("escalations", model=name, help="Answers escalated to a "
                              "stronger model.")
         return record
@@ -428,11 +430,11 @@ class Gateway:
                                    timeout_s=cfg.models[mc.escalate_to].timeout_s or
                                    cfg.limits.request_timeout_s,
                                    breaker=self._breaker(mc.escalate_to))
-                m = Escalating(Resilient(base, timeout_s=mc.timeout_s or
-                                         cfg.limits.request_timeout_s,
-                                         breaker=self._breaker(name)),
-                               strong, threshold=mc.confidence_threshold,
-                               on_escalation=self._on_escalation(name))
+                m = Fallback(Resilient(base, timeout_s=mc.timeout_s or
+                                       cfg.limits.request_timeout_s,
+                                       breaker=self._breaker(name)),
+                             strong, threshold=mc.confidence_threshold,
+                             on_escalation=self._on_escalation(name))
             else:
                 m = Resilient(base, timeout_s=mc.timeout_s or cfg.limits.request_timeout_s,
                               breaker=self._breaker(name))
@@ -442,7 +444,7 @@ class Gateway:
             if cfg.cache.enabled and ttl > 0:
                 m = Cached(m, ttl_s=ttl, max_entries=cfg.cache.max_entries,
                            embed=self._embedder() if cfg.cache.semantic else None,
-                           threshold=cfg.cache.threshold)
+                           threshold=cfg.cache.threshold, on_status=note_cache)
                 self.caches[name] = m  # type: ignore[assignment]
             self.targets[name] = Target(name, "model", model=m, base=base,
                                         description=mc.description or mc.model)

@@ -2,7 +2,7 @@
 
 Why a wrapper: a guardrail is the same whether the model behind it is the embedded SLM, a
 fallback chain or a remote server, and it must sit in one place in the stack
-(``Cached(Guarded(Escalating(slm, strong)))``: a cached answer was already checked when it was
+(``Cached(Guarded(Fallback(slm, strong)))``: a cached answer was already checked when it was
 made). Every check produces a `Decision` (stage, check, action, score); each is added as an event
 to a ``guardrail {stage}`` span and collected for the caller (`collect_decisions`), so the gateway
 can put them in the response, the call log and the metrics.

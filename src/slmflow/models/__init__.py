@@ -8,7 +8,8 @@ from .base import Model, ResponseStream, WrapperModel, run_sync
 from .function import FunctionModel, ScriptedModel
 
 __all__ = ["Model", "ResponseStream", "WrapperModel", "FunctionModel", "ScriptedModel", "run_sync",
-           "resolve", "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models"]
+           "resolve", "LlamaCppModel", "TransformersModel", "OpenAIModel", "list_models",
+           "Fallback", "FallbackPolicy", "Cached", "Resilient", "CircuitBreaker"]
 
 _LAZY = {
     "LlamaCppModel": ".llamacpp",
@@ -16,6 +17,12 @@ _LAZY = {
     "OpenAIModel": ".openai",
     "resolve": ".catalog",
     "list_models": ".catalog",
+    # the wrappers that are themselves Models (the gateway stacks them; agents use the policy)
+    "Fallback": ".fallback",
+    "FallbackPolicy": ".fallback",
+    "Cached": ".cached",
+    "Resilient": ".resilient",
+    "CircuitBreaker": ".resilient",
 }
 
 

@@ -27,6 +27,8 @@ Why content is PII-redacted here: spans hold prompts and answers only with conte
 and the call log holds them as the gateway logged them; this page may be shown on a screen or
 shared, so every content string passes `slmflow.guardrails.redact_pii` before it is served, as
 the gateway's call log does by default (``slmflow ui --show-pii`` turns that off).
+
+The pages' CSS and JS are files in ``slmflow/ui/static/`` (`slmflow.ui.page`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any, Mapping
 from ..tracing import attrs as A
 from ..tracing import views
 from ..tracing.store import TRACE_STATUSES, SpanStore
+from .page import json_in_html, page
 
 __all__ = ["list_data", "trace_detail", "span_detail", "agents_data", "call_data",
            "adapter_data", "Context"]
@@ -445,320 +448,8 @@ def adapter_data(ctx: Context, agent: str, version: str) -> dict[str, Any] | Non
             "gate": gate}
 
 
+
 # ---- pages --------------------------------------------------------------------------------------
-
-_CSS = """
-:root{--ok:#1a7f37;--esc:#b8860b;--rej:#8250df;--fail:#cf222e}
-.nav a{margin-right:1em} .nav a.on{font-weight:bold;color:#222}
-.st{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;color:#fff}
-.st-ok{background:var(--ok)}.st-escalated{background:var(--esc)}.st-rejected{background:var(--rej)}
-.st-failed{background:var(--fail)}
-#filters{display:flex;flex-wrap:wrap;gap:.4em 1em;margin:.5em 0 1em;align-items:end}
-#filters label{display:flex;flex-direction:column;font-size:12px;color:#555}
-#filters input,#filters select{font:inherit;padding:2px 4px}
-.scroll{overflow-x:auto}
-tr.trace-row.sel,tr.agent-row.sel,.wf-row.sel{background:#eef4ff;outline:1px solid #9ec5fe}
-td.req{max-width:22em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-td.notes{max-width:16em} .why{color:#555;font-size:12px;white-space:nowrap;overflow:hidden;
-text-overflow:ellipsis;max-width:16em}
-table.v{font-size:13px} table.v td,table.v th{padding:3px 7px}
-.muted{color:#777;font-size:12px} .agents-esc{color:var(--esc);font-weight:bold}
-.pager{margin:1em 0} .pager button{margin-right:1em}
-.tv{display:grid;grid-template-columns:minmax(0,1.2fr) minmax(0,1fr);gap:1em;align-items:start}
-#panel{border:1px solid #ddd;border-radius:4px;padding:.5em 1em;position:sticky;top:.5em;
-max-height:92vh;overflow:auto} #panel h2{font-size:1.1em;margin:.3em 0}
-#panel h3{font-size:.95em;margin:.8em 0 .2em;color:#444}
-#panel table td{vertical-align:top;font-size:13px}
-#panel pre,.rec pre{background:#f6f8fa;padding:6px;white-space:pre-wrap;word-break:break-word;
-margin:.2em 0;font-size:12px}
-.msg{border-left:3px solid #ccc;padding-left:6px;margin:.3em 0}
-.msg.system{border-color:#999}.msg.user{border-color:#0b5ed7}.msg.assistant{border-color:#1a7f37}
-.role{font-size:11px;text-transform:uppercase;color:#666}
-.kv td:first-child{color:#666;white-space:nowrap;padding-right:1em}
-.wf-row{cursor:pointer}
-svg.spark{vertical-align:middle} td.num{text-align:right;font-variant-numeric:tabular-nums;
-white-space:nowrap} h1{overflow-wrap:anywhere}
-.wf-meta{width:30%;overflow:hidden;text-overflow:ellipsis} .wf-name{width:34%}
-.kv td{padding:2px 8px;border-bottom:1px solid #f3f3f3}
-.keys{color:#666;font-size:12px}
-.trends{display:grid;grid-template-columns:auto auto;gap:0 .6em;align-items:center}
-.trends div{display:flex;align-items:center;gap:.3em} .trends .muted{width:2.6em;text-align:right}
-td.links{font-size:12px;white-space:nowrap}
-@media (max-width:760px){body{margin:.6em}.tv{grid-template-columns:1fr}
-#panel{position:static;max-height:none}.wide{display:none}.wf-name{width:45%}
-.wf-meta{display:none}td.req{max-width:14em}}
-"""
-
-_COMMON_JS = r"""
-const $ = id => document.getElementById(id);
-const el = (tag, props, ...kids) => { const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props || {})) { if (k === 'class') e.className = v;
-    else if (k === 'text') e.textContent = v; else if (k.startsWith('on')) e[k] = v; else e.setAttribute(k, v); }
-  for (const k of kids) if (k != null) e.append(k instanceof Node ? k : String(k)); return e; };
-const ms = v => v == null ? '-' : (v >= 1000 ? (v / 1000).toFixed(2) + ' s' : v.toFixed(1) + ' ms');
-const usd = v => v == null ? '-' : '$' + v.toFixed(6);
-const pct = v => v == null ? '-' : (100 * v).toFixed(0) + '%';
-const fix = (v, n) => v == null ? '-' : v.toFixed(n);
-const when = ns => { const t = new Date(ns / 1e6), p = n => String(n).padStart(2, '0');
-  const hms = `${p(t.getHours())}:${p(t.getMinutes())}:${p(t.getSeconds())}`;
-  return t.toDateString() === new Date().toDateString() ? hms : `${t.getFullYear()}-${p(t.getMonth() + 1)}-${p(t.getDate())} ${hms}`; };
-const badge = s => el('span', {class: 'st st-' + s, text: s});
-function fold(text, n) {  // long text folded: the first n characters, the rest on a click
-  n = n || 600; const s = typeof text === 'string' ? text : JSON.stringify(text, null, 2);
-  if (s == null) return el('span', {class: 'muted', text: '(none)'});
-  if (s.length <= n) return el('pre', {text: s});
-  const d = el('details', {}, el('summary', {text: s.slice(0, n) + ' … (' + s.length + ' chars)'}),
-    el('pre', {text: s})); return d; }
-function parse(v) { if (typeof v !== 'string') return v; try { return JSON.parse(v); } catch (e) { return v; } }
-function valueView(v) {  // an object as a table, anything else as (folded) text
-  v = parse(v);
-  if (v && typeof v === 'object' && !Array.isArray(v)) {
-    const t = el('table', {class: 'kv'});
-    for (const [k, x] of Object.entries(v)) t.append(el('tr', {}, el('td', {text: k}),
-      el('td', {}, typeof x === 'string' || typeof x === 'number' || typeof x === 'boolean' || x == null
-        ? String(x) : fold(x, 300))));
-    return t; }
-  return fold(v); }
-"""
-
-_LIST_JS = r"""
-let d = JSON.parse($('data').textContent), sel = -1;
-const F = ['workflow', 'agent', 'status', 'escalated', 'since', 'until', 'min_ms', 'q'];
-function fillFacets() {
-  for (const [id, list] of [['dl-workflow', d.filters.workflows], ['dl-agent', d.filters.agents]]) {
-    const dl = $(id); dl.innerHTML = ''; for (const v of list) dl.append(el('option', {value: v})); } }
-function render() {
-  const tb = $('rows'); tb.innerHTML = ''; sel = -1;
-  if (!d.rows.length) tb.append(el('tr', {}, el('td', {colspan: 9, text: 'no traces match'})));
-  d.rows.forEach((t, i) => {
-    const a = el('a', {href: '/trace/' + t.trace_id, text: t.trace_id.slice(0, 12)});
-    const esc = t.escalated_agents && t.escalated_agents.length
-      ? el('span', {class: 'agents-esc', text: '↑ ' + t.escalated_agents.join(', ')}) : '';
-    const errs = t.errors ? el('span', {class: 'err', text: t.errors + ' error(s): ' + (t.error_messages || []).join(' | ')}) : '';
-    const why = t.detail && t.status !== 'ok' ? el('div', {class: 'why', title: t.detail, text: t.detail}) : null;
-    const tr = el('tr', {class: 'trace-row', 'data-trace': t.trace_id},
-      el('td', {}, a), el('td', {}, badge(t.status)), el('td', {title: t.root || '?', text: t.workflow || t.root || '?'}),
-      el('td', {class: 'req', title: t.request || '', text: t.request || ''}),
-      el('td', {class: 'wide num', text: when(t.start_ns)}),
-      el('td', {class: 'num', text: ms(t.duration_ms)}),
-      el('td', {class: 'num wide', text: t.spans + ''}),
-      el('td', {class: 'num wide', text: t.input_tokens + '/' + t.output_tokens}),
-      el('td', {class: 'wide', text: usd(t.cost_usd)}),
-      el('td', {class: 'notes'}, esc, esc && errs ? ' ' : '', errs, why));
-    tr.onclick = e => { if (e.target.tagName !== 'A') location.href = '/trace/' + t.trace_id; };
-    tb.append(tr); });
-  $('page').textContent = d.rows.length ? `${d.offset + 1}–${d.offset + d.rows.length}` : '0';
-  $('prev').disabled = d.offset === 0; $('next').disabled = !d.more; }
-function params(offset) { const p = new URLSearchParams();
-  for (const f of F) { let v = $('f-' + f).value.trim();
-    if ((f === 'since' || f === 'until') && v && !/^[0-9.]+[smhdw]$/.test(v)) {
-      const t = new Date(v).getTime(); if (!isNaN(t)) v = String(t / 1000); }
-    if (v) p.set(f, v); }
-  if (offset) p.set('offset', offset); if (d.limit !== 50) p.set('limit', d.limit); return p; }
-async function load(offset) {
-  const p = params(offset); history.replaceState(null, '', '/?' + p.toString());
-  const r = await fetch('/api/traces?' + p.toString() + '&full=1');
-  const body = await r.json();
-  if (!r.ok) { $('msg').textContent = body.error || ('error ' + r.status); $('msg').className = 'err'; return; }
-  $('msg').textContent = ''; d = body; render(); document.body.dataset.loaded = (+document.body.dataset.loaded || 0) + 1; }
-const qs = new URLSearchParams(location.search);
-for (const f of F) if (qs.get(f)) $('f-' + f).value = qs.get(f);
-$('filters').onsubmit = e => { e.preventDefault(); load(0); };
-for (const f of ['status', 'escalated']) $('f-' + f).onchange = () => load(0);
-$('prev').onclick = () => load(Math.max(0, d.offset - d.limit));
-$('next').onclick = () => load(d.offset + d.limit);
-$('reset').onclick = () => { for (const f of F) $('f-' + f).value = ''; load(0); };
-function select(i) { const rows = document.querySelectorAll('tr.trace-row'); if (!rows.length) return;
-  sel = Math.max(0, Math.min(rows.length - 1, i)); rows.forEach((r, k) => r.classList.toggle('sel', k === sel));
-  rows[sel].scrollIntoView({block: 'nearest'}); }
-document.addEventListener('keydown', e => {
-  if (['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) {
-    if (e.key === 'Escape') document.activeElement.blur(); return; }
-  if (e.key === 'j') select(sel + 1); else if (e.key === 'k') select(sel - 1);
-  else if ((e.key === 'Enter' || e.key === 'o') && sel >= 0) location.href = '/trace/' + d.rows[sel].trace_id;
-  else if (e.key === '/') { e.preventDefault(); $('f-q').focus(); }
-  else if (e.key === 'n' && d.more) load(d.offset + d.limit);
-  else if (e.key === 'p' && d.offset) load(Math.max(0, d.offset - d.limit));
-  else if (e.key === 'g') location.href = '/agents';
-  else if (e.key === '?') $('help').hidden = !$('help').hidden; });
-fillFacets(); render();
-"""
-
-_TRACE_JS = r"""
-const d = JSON.parse($('data').textContent);
-const s = d.summary, t0 = s.start_ns, total = Math.max(s.duration_ms, 1e-6);
-$('summary').append(badge(s.status || 'ok'), ' ',
-  `${s.spans} spans, ${s.duration_ms.toFixed(1)} ms, tokens ${s.input_tokens}/${s.output_tokens}` +
-  (s.cost_usd == null ? '' : `, cost $${s.cost_usd.toFixed(6)}`) +
-  (s.errors ? `, ${s.errors} error(s)` : '') + (s.escalations ? `, ${s.escalations} escalation(s)` : ''));
-if (s.trained && s.trained.length) $('summary').append(' · trained into ',
-  ...s.trained.map(t => el('a', {href: `/adapter/${t.agent}/${t.version}`, class: 'adapter-link', text: `${t.agent}@${t.version} `})));
-const wf = $('waterfall'); const rows = [];
-d.spans.forEach((sp, i) => {
-  const row = el('div', {class: 'wf-row' + (sp.status === 'ERROR' ? ' error' : ''), 'data-span-id': sp.span_id});
-  const name = el('div', {class: 'wf-name', text: sp.name}); name.style.paddingLeft = (sp.depth * 14) + 'px';
-  const track = el('div', {class: 'wf-track'});
-  const bar = el('div', {class: 'wf-bar ' + (sp.operation || '') + (sp.status === 'ERROR' ? ' error' : '')});
-  bar.style.left = ((sp.start_ns - t0) / 1e6 / total * 100) + '%';
-  bar.style.width = (sp.duration_ms / total * 100) + '%';
-  track.append(bar);
-  const bits = [sp.duration_ms.toFixed(1) + ' ms'];
-  if (sp.total_input_tokens || sp.total_output_tokens) bits.push('tok ' + sp.total_input_tokens + '/' + sp.total_output_tokens);
-  if (sp.total_cost_usd != null) bits.push('$' + sp.total_cost_usd.toFixed(6));
-  if (sp.confidence != null) bits.push('conf ' + sp.confidence.toFixed(2));
-  if (sp.escalated && sp.operation === 'invoke_agent') bits.push('escalated');
-  if (sp.status === 'ERROR') bits.push(sp.status_message || 'error');
-  row.append(name, track, el('div', {class: 'wf-meta', text: bits.join('  ')}));
-  row.onclick = () => show(i); wf.append(row); rows.push(row); });
-let cur = -1;
-function kv(pairs) { const t = el('table', {class: 'kv'});
-  for (const [k, v] of pairs) if (v != null && v !== '') t.append(el('tr', {}, el('td', {text: k}), el('td', {}, v instanceof Node ? v : String(v))));
-  return t; }
-function messages(raw) { const v = parse(raw); if (!Array.isArray(v)) return fold(raw);
-  const box = el('div');
-  for (const m of v) { const text = (m.parts || []).map(p => p.type === 'text' ? p.content : JSON.stringify(p)).join('\n');
-    box.append(el('div', {class: 'msg ' + m.role}, el('div', {class: 'role', text: m.role}), fold(text, 400))); }
-  return box; }
-function output(raw) { const v = parse(raw);
-  if (Array.isArray(v) && v.length && v[0].parts) { const text = v.map(m => m.parts.map(p => p.type === 'text' ? p.content : JSON.stringify(p)).join('\n')).join('\n');
-    const obj = parse(text.trim()); return obj && typeof obj === 'object' ? valueView(obj) : fold(text); }
-  return valueView(v); }
-const full = {};  // span_id -> the span's content and call record (/api/traces/<t>/spans/<s>)
-async function show(i) {
-  cur = i; rows.forEach((r, k) => r.classList.toggle('sel', k === i)); rows[i].scrollIntoView({block: 'nearest'});
-  const base = d.spans[i];
-  history.replaceState(null, '', '#span=' + base.span_id);
-  if (!full[base.span_id]) {
-    const r = await fetch(`/api/traces/${s.trace_id}/spans/${base.span_id}`);
-    full[base.span_id] = r.ok ? await r.json() : {};
-    if (cur !== i) return; }  // another span was chosen meanwhile
-  const f = full[base.span_id];
-  const sp = Object.assign({}, base, {attributes: f.attributes || base.attributes, events: f.events || base.events,
-    status_message: f.status_message !== undefined ? f.status_message : base.status_message});
-  const a = sp.attributes || {}, p = $('panel'); p.innerHTML = '';
-  p.append(el('h2', {text: sp.name}), kv([
-    ['status', sp.status === 'ERROR' ? el('span', {class: 'err', text: 'ERROR: ' + (sp.status_message || '')}) : sp.status],
-    ['latency', ms(sp.duration_ms)], ['starts at', '+' + ms((sp.start_ns - t0) / 1e6)],
-    ['model', a['gen_ai.response.model'] || a['gen_ai.request.model']], ['adapter', a['slmflow.adapter']],
-    ['confidence', sp.confidence == null ? null : sp.confidence.toFixed(3)],
-    ['tokens in/out', (sp.total_input_tokens || sp.total_output_tokens) ? sp.total_input_tokens + ' / ' + sp.total_output_tokens : null],
-    ['cost', sp.total_cost_usd == null ? null : usd(sp.total_cost_usd)],
-    ['escalated', sp.escalated ? 'yes' : null], ['repaired', a['slmflow.repaired'] ? 'yes' : null],
-    ['max tokens / temperature', a['gen_ai.request.max_tokens'] != null ? a['gen_ai.request.max_tokens'] + ' / ' + (a['gen_ai.request.temperature'] ?? '-') : null],
-    ['finish', a['gen_ai.response.finish_reasons']], ['span', sp.span_id]]));
-  const sec = (title, node) => { if (node) p.append(el('h3', {text: title}), node); };
-  const op = sp.operation;
-  if (op === 'invoke_workflow') {
-    p.append(kv([['run status', badge(a['slmflow.workflow.status'] || 'ok')], ['why', a['slmflow.workflow.detail']], ['run id', a['slmflow.run.id']]]));
-    if (a['slmflow.input'] != null) sec('request', valueView(a['slmflow.input']));
-    if (a['slmflow.output'] != null) sec('answer', valueView(a['slmflow.output'])); }
-  if (op === 'chat') {
-    if (a['gen_ai.input.messages'] != null) sec('messages sent', messages(a['gen_ai.input.messages']));
-    if (a['gen_ai.output.messages'] != null) sec('output', output(a['gen_ai.output.messages']));
-    if (a['gen_ai.input.messages'] == null) p.append(el('p', {class: 'muted', text: 'messages not captured (slmflow tracing: capture_content); the agent span links the call-log record'})); }
-  if (op === 'invoke_agent') {
-    const cid = a['slmflow.call.id'], c = f.call;
-    if (a['slmflow.input'] != null) sec('input', valueView(a['slmflow.input']));
-    else if (c && c.input != null) sec('input (call log)', valueView(c.input));
-    if (a['slmflow.output'] != null) sec('output', valueView(a['slmflow.output']));
-    else if (c && c.output != null) sec('output (call log)', valueView(c.output));
-    if (cid) { const links = el('div', {class: 'links'}, el('a', {href: '/call/' + cid, class: 'call-link', text: 'call-log record ' + cid.slice(0, 10)}));
-      if (c && c.review) links.append(' · ', el('a', {href: '/review/' + c.review.id, class: 'review-link', text: 'review item (' + (c.review.verdict || c.review.status) + ')'}));
-      if (c && c.trained) for (const t of c.trained) links.append(' · trained into ', el('a', {href: `/adapter/${t.agent}/${t.version}`, class: 'adapter-link', text: `${t.agent}@${t.version}`}));
-      if (c && !c.logged) links.append(el('span', {class: 'muted', text: ' (not in this call log)'}));
-      sec('links', links); } }
-  if (op === 'execute_tool') {
-    sec('arguments', a['gen_ai.tool.call.arguments'] != null ? valueView(a['gen_ai.tool.call.arguments']) : el('span', {class: 'muted', text: '(not captured)'}));
-    if (a['gen_ai.tool.call.result'] != null) sec('result', valueView(a['gen_ai.tool.call.result']));
-    const te = (sp.events || []).find(e => e.name === 'tool.error');
-    if (te) sec('error', el('pre', {class: 'err', text: (te.attributes.kind || '') + ': ' + (te.attributes.message || '')})); }
-  if (op === 'handoff') {
-    p.append(kv([['edge', (a['slmflow.handoff.source'] || '?') + ' → ' + (a['slmflow.handoff.target'] || '?')],
-      ['outcome', a['slmflow.handoff.status']]]));
-    if (a['slmflow.handoff.payload'] != null) sec('payload', valueView(a['slmflow.handoff.payload']));
-    const errs = a['slmflow.handoff.errors'];
-    if (errs) sec('validation errors', el('ul', {}, ...(Array.isArray(errs) ? errs : [errs]).map(x => el('li', {class: 'err', text: x}))));
-    const kids = d.spans.map((x, k) => [x, k]).filter(([x]) => x.parent_id === sp.span_id && x.operation === 'invoke_agent');
-    if (kids.length) sec('repair', el('ul', {}, ...kids.map(([x, k]) => el('li', {}, el('a', {href: '#span=' + x.span_id, onclick: ev => { ev.preventDefault(); show(k); }, text: x.name + ' (' + ms(x.duration_ms) + ')'})))));
-  }
-  const evs = (sp.events || []).filter(e => e.name !== 'tool.error');
-  for (const e of evs) {
-    const ea = e.attributes || {};
-    if (e.name === 'gen_ai.evaluation.result') sec('evaluation: ' + (ea['gen_ai.evaluation.name'] || ''), kv([
-      ['score', ea['gen_ai.evaluation.score.value']], ['label', ea['gen_ai.evaluation.score.label']], ['explanation', ea['gen_ai.evaluation.explanation']]]));
-    else if (e.name === 'slmflow.escalation') sec('escalation', kv([['reason', ea['slmflow.escalation.reason'] || ea.reason],
-      ['from', ea['slmflow.handoff.source'] || ea.step || ea.agent], ['to', ea['slmflow.escalation.target'] || ea.model]]));
-    else if (e.name === 'exception') sec('exception', el('div', {}, el('pre', {class: 'err', text: (ea['exception.type'] || '') + ': ' + (ea['exception.message'] || '')}), ea['exception.stacktrace'] ? fold(ea['exception.stacktrace'], 0) : null));
-    else sec(e.name, valueView(ea)); }
-  p.append(el('details', {class: 'raw'}, el('summary', {text: 'all attributes'}), el('pre', {text: JSON.stringify(a, null, 1)})));
-  p.dataset.span = sp.span_id; }
-document.addEventListener('keydown', e => {
-  if (['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) return;
-  if (e.key === 'j' || e.key === 'ArrowDown') { e.preventDefault(); show(Math.min(rows.length - 1, cur + 1)); }
-  else if (e.key === 'k' || e.key === 'ArrowUp') { e.preventDefault(); show(Math.max(0, cur - 1)); }
-  else if (e.key === 'e') { const k = d.spans.findIndex((x, n) => n > cur && x.status === 'ERROR'); if (k >= 0) show(k); }
-  else if (e.key === 'u' || e.key === 'Backspace') {  // back to the list, filters kept
-    const r = document.referrer && new URL(document.referrer);
-    location.href = r && r.origin === location.origin && r.pathname === '/' ? r.pathname + r.search : '/'; }
-  else if (e.key === '?') $('help').hidden = !$('help').hidden; });
-const want = (location.hash.match(/span=([0-9a-f]+)/) || [])[1];
-const first = want ? d.spans.findIndex(x => x.span_id === want) : d.spans.findIndex(x => x.status === 'ERROR');
-show(first >= 0 ? first : 0);
-"""
-
-_AGENTS_JS = r"""
-const d = JSON.parse($('data').textContent);
-function spark(series, key, fmt) {  // a small inline-SVG line (gaps where a bucket is empty)
-  const W = 72, H = 20, vals = series.map(b => b[key]);
-  const ok = vals.filter(v => v != null); const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
-  svg.setAttribute('class', 'spark'); svg.setAttribute('width', W); svg.setAttribute('height', H);
-  svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
-  if (!ok.length) return svg;
-  const lo = Math.min(0, ...ok), hi = Math.max(...ok, 1e-9);
-  let dpath = '', pen = false;
-  vals.forEach((v, i) => { if (v == null) { pen = false; return; }
-    const x = (i + 0.5) * W / vals.length, y = H - 2 - (v - lo) / (hi - lo || 1) * (H - 4);
-    dpath += (pen ? 'L' : 'M') + x.toFixed(1) + ' ' + y.toFixed(1); pen = true;
-    const c = document.createElementNS(svg.namespaceURI, 'circle'); c.setAttribute('cx', x); c.setAttribute('cy', y); c.setAttribute('r', 1.5); svg.append(c); });
-  const path = document.createElementNS(svg.namespaceURI, 'path'); path.setAttribute('d', dpath);
-  path.setAttribute('fill', 'none'); path.setAttribute('stroke', '#0b5ed7'); path.setAttribute('stroke-width', '1.2');
-  svg.prepend(path);
-  const t = document.createElementNS(svg.namespaceURI, 'title'); t.textContent = key + ': ' + ok.map(fmt).join(', '); svg.append(t);
-  return svg; }
-const tb = $('rows');
-if (!d.agents.length) tb.append(el('tr', {}, el('td', {colspan: 12, text: 'no agent calls in this window'})));
-for (const r of d.agents) {
-  const fb = r.feedback || {}, rv = r.review || {};
-  const links = el('div', {}, el('a', {href: '/review?agent=' + encodeURIComponent(r.agent), class: 'review-link', text: 'review (' + (rv.pending || 0) + ' pending)'}));
-  if (r.promoted) links.append(el('br'), el('a', {href: `/adapter/${encodeURIComponent(r.agent)}/${encodeURIComponent(r.promoted)}`, class: 'adapter-link', text: 'eval of ' + r.promoted + (r.scores ? ' (' + Object.entries(r.scores).map(([k, v]) => k + ' ' + (typeof v === 'number' ? v.toFixed(3) : v)).join(', ') + ')' : '')}));
-  links.append(el('br'), el('a', {href: '/?agent=' + encodeURIComponent(r.agent), text: 'traces'}));
-  tb.append(el('tr', {class: 'agent-row', 'data-agent': r.agent},
-    el('td', {}, el('b', {text: r.agent}), el('div', {class: 'muted', text: r.serving || ''})),
-    el('td', {class: 'num', text: r.calls}), el('td', {class: 'num', text: ms(r.p50_ms)}), el('td', {class: 'num', text: ms(r.p95_ms)}),
-    el('td', {class: 'num wide', text: r.input_tokens + '/' + r.output_tokens}), el('td', {class: 'wide', text: usd(r.cost_usd)}),
-    el('td', {class: 'num', text: pct(r.escalation_rate)}), el('td', {class: 'num', text: fix(r.confidence, 3)}),
-    el('td', {class: 'num', text: '▲' + (fb.up || 0) + ' ▼' + (fb.down || 0)}),
-    el('td', {}, el('div', {class: 'trends'},
-      ...[['calls', 'calls', v => v], ['p50', 'p50_ms', ms], ['esc', 'escalation_rate', pct], ['conf', 'confidence', v => v.toFixed(2)]]
-        .map(([label, key, fmt]) => el('div', {}, el('span', {class: 'muted', text: label}), spark(r.series, key, fmt))))),
-    el('td', {class: 'links'}, links))); }
-$('window').value = d.window; $('window').onchange = () => location.href = '/agents?window=' + $('window').value;
-let sel = -1;
-document.addEventListener('keydown', e => { if (document.activeElement.tagName === 'SELECT') return;
-  const rows = [...document.querySelectorAll('tr.agent-row')];
-  if ((e.key === 'j' || e.key === 'k') && rows.length) {
-    sel = Math.max(0, Math.min(rows.length - 1, sel + (e.key === 'j' ? 1 : -1)));
-    rows.forEach((r, i) => r.classList.toggle('sel', i === sel)); rows[sel].scrollIntoView({block: 'nearest'}); }
-  else if (e.key === 'Enter' && sel >= 0) location.href = '/?agent=' + encodeURIComponent(rows[sel].dataset.agent);
-  else if (e.key === 'v' && sel >= 0) location.href = '/review?agent=' + encodeURIComponent(rows[sel].dataset.agent);
-  else if (e.key === 't' || e.key === 'u') location.href = '/'; else if (e.key === 'r') location.href = '/review'; });
-"""
-
-_REC_JS = r"""
-const d = JSON.parse($('data').textContent);
-for (const b of document.querySelectorAll('[data-value]')) b.append(valueView(JSON.parse(b.dataset.value)));
-"""
-
 
 def _nav(on: str) -> str:
     links = [("/", "traces"), ("/agents", "agents"), ("/review", "review queue")]
@@ -766,10 +457,10 @@ def _nav(on: str) -> str:
         f"<a href='{h}'{' class=on' if t == on else ''}>{t}</a>" for h, t in links) + "</p>"
 
 
-def _page(title: str, body: str, data: Any, js: str) -> bytes:
-    from .traces import _page as page
-
-    return page(title, body, data, _COMMON_JS + js, _CSS)
+def _page(title: str, body: str, data: Any, script: str) -> bytes:
+    """The frame with the viewer's CSS, its shared JS helpers (``viewer.js``), then the page's
+    own script (a file in ``static/``)."""
+    return page(title, body, data, ["viewer.js", script], ["viewer.css"])
 
 
 def list_page(ctx: Context, q: Mapping[str, str]) -> bytes:
@@ -798,7 +489,7 @@ def list_page(ctx: Context, q: Mapping[str, str]) -> bytes:
             "step went to the fallback model); rejected (a verifier refused the answer); failed "
             "(an error ended the run). Search matches a trace id prefix, a call id, or any "
             "text in the spans (prompts and answers when captured, errors, events).</div>")
-    return _page("slmflow traces", body, data, _LIST_JS)
+    return _page("slmflow traces", body, data, "viewer-list.js")
 
 
 def trace_page(ctx: Context, trace_id: str) -> bytes | None:
@@ -811,7 +502,7 @@ def trace_page(ctx: Context, trace_id: str) -> bytes | None:
             "<p class='keys'>j/k or &darr;/&uarr; next/previous span · e next error · u back to "
             "the list · ? help</p><div id='help' hidden class='keys'>Click a span for its "
             "messages, output, tokens, cost and links. Content is PII-redacted.</div>")
-    return _page(f"trace {tid}", body, data, _TRACE_JS)
+    return _page(f"trace {tid}", body, data, "viewer-trace.js")
 
 
 def agents_page(ctx: Context, q: Mapping[str, str]) -> bytes:
@@ -825,12 +516,10 @@ def agents_page(ctx: Context, q: Mapping[str, str]) -> bytes:
             "<th>over the window</th><th>links</th></tr></thead><tbody id='rows'>"
             "</tbody></table></div><p class='keys'>j/k select · Enter its traces · v its review "
             "items · t traces · r review queue</p>")
-    return _page("slmflow agents", body, data, _AGENTS_JS)
+    return _page("slmflow agents", body, data, "viewer-agents.js")
 
 
 def _value_box(title: str, v: Any) -> str:
-    from .traces import json_in_html
-
     return (f"<h3>{html.escape(title)}</h3><div class='rec' data-value='"
             f"{html.escape(json_in_html(v), quote=True)}'></div>")
 
@@ -862,7 +551,7 @@ def call_page(ctx: Context, call_id: str) -> bytes | None:
             + _value_box("input", c.get("input")) + _value_box("output", c.get("output"))
             + (f"<h3>error</h3><pre class='err'>{e(str(c['error']))}</pre>" if c.get("error")
                else "") + (f"<h3>feedback</h3><ul>{fb}</ul>" if fb else ""))
-    return _page(f"call {call_id[:12]}", body, data, _REC_JS)
+    return _page(f"call {call_id[:12]}", body, data, "viewer-record.js")
 
 
 def adapter_page(ctx: Context, agent: str, version: str) -> bytes | None:
@@ -895,6 +584,6 @@ def adapter_page(ctx: Context, agent: str, version: str) -> bytes | None:
                       for g in data["gate"][-3:])
             + "<details><summary>the whole card</summary>" + _value_box("card", card)
             + "</details>")
-    return _page(f"adapter {agent}@{version}", body, data, _REC_JS)
+    return _page(f"adapter {agent}@{version}", body, data, "viewer-record.js")
 
 

@@ -58,3 +58,12 @@ def test_page_inlines_the_files_verbatim_and_escapes_the_data():
     assert blob and json.loads(blob.group(1)) == data
     assert out.count("</script>") == 2  # the logged text did not end a script block
 
+
+def test_pages_stay_importable_from_viewer():
+    from slmflow.ui import viewer, viewer_pages
+    from slmflow.ui.traces import json_in_html
+
+    assert viewer.trace_page is viewer_pages.trace_page
+    assert json_in_html is P.json_in_html
+    with pytest.raises(AttributeError, match="no_such_page"):
+        viewer.no_such_page  # noqa: B018

@@ -3,8 +3,8 @@
 Why the CSS and JS are files and not Python strings: they are most of the UI's code (the trace
 viewer's alone was over 300 lines of JS), and as ``.js``/``.css`` files an editor, a linter and
 a reviewer's diff see them as what they are; the Python modules keep one job each (the server
-in `slmflow.ui.traces`, the trace viewer in `slmflow.ui.viewer`, the review queue in
-`slmflow.ui.review`).
+in `slmflow.ui.traces`, the data in `slmflow.ui.viewer`, the HTML in `slmflow.ui.viewer_pages`
+and `slmflow.ui.review`).
 
 Why they are still inlined into each page and not served under ``/static``: one request per
 page, so a headless browser's DOM dump sees the whole page, and no second kind of route to sign

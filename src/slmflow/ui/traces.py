@@ -1,7 +1,7 @@
 """The server of `slmflow ui`: routes, sign-in, Host and origin checks for the trace viewer
-(`slmflow.ui.viewer`: trace list, trace waterfall with span details, agents) and the review
-queue pages (`slmflow.ui.review`). The page frame they share and its static CSS/JS are
-`slmflow.ui.page`.
+(`slmflow.ui.viewer`: trace list, trace waterfall with span details, agents; its pages in
+`slmflow.ui.viewer_pages`) and the review queue pages (`slmflow.ui.review`). The page frame they
+share and its static CSS/JS are `slmflow.ui.page`.
 
 Why the data is inlined into each page as JSON and the DOM is built by a few lines of JS: one
 request per page, nothing to fetch after load (so a headless browser's DOM dump sees the whole
@@ -153,7 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
         """The trace viewer's pages and JSON (`slmflow.ui.viewer`); False: not one of them."""
         from ..errors import SlmflowError
         from . import viewer
-        
+        from . import viewer_pages as pages
+
         ctx = self.ctx
         q = {k: v[0] for k, v in parse_qs(query).items()}
         api = path.startswith("/api/")
@@ -170,18 +171,18 @@ class _Handler(BaseHTTPRequestHandler):
 
         try:
             if path in ("/", "/index.html"):
-                return answer(True, viewer.list_page(ctx, q))
+                return answer(True, pages.list_page(ctx, q))
             if path == "/api/traces":
                 data = viewer.list_data(ctx, q)
                 return answer(data if q.get("full") else data["rows"], True)
             if path in ("/agents", "/api/agents"):
                 return answer(viewer.agents_data(ctx, q) if api else True,
-                              True if api else viewer.agents_page(ctx, q))
+                              True if api else pages.agents_page(ctx, q))
             m = re.fullmatch(r"/(api/traces|trace)/([0-9a-fA-F]{1,32}|last)", path)
             if m:
                 if api:
                     return answer(viewer.trace_detail(ctx, m.group(2)), True)
-                return answer(True, viewer.trace_page(ctx, m.group(2)))
+                return answer(True, pages.trace_page(ctx, m.group(2)))
             m = re.fullmatch(r"/api/traces/([0-9a-f]{32})/spans/([0-9a-f]{16})", path)
             if m:
                 return answer(viewer.span_detail(ctx, m.group(1), m.group(2)), True)
@@ -189,13 +190,13 @@ class _Handler(BaseHTTPRequestHandler):
             if m:
                 if api:
                     return answer(viewer.call_data(ctx, m.group(2)), True)
-                return answer(True, viewer.call_page(ctx, m.group(2)))
+                return answer(True, pages.call_page(ctx, m.group(2)))
             m = re.fullmatch(r"/(api/adapters|adapter)/([A-Za-z0-9._-]{1,100})/"
                              r"([A-Za-z0-9._-]{1,100})", path)
             if m and ".." not in m.group(2) + m.group(3):
                 if api:
                     return answer(viewer.adapter_data(ctx, m.group(2), m.group(3)), True)
-                return answer(True, viewer.adapter_page(ctx, m.group(2), m.group(3)))
+                return answer(True, pages.adapter_page(ctx, m.group(2), m.group(3)))
         except SlmflowError as e:  # a bad filter value: 400 naming it
             if api:
                 self._json(400, {"error": e.message})

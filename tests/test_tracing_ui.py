@@ -32,7 +32,11 @@ def ui(tmp_path):
     server = serve("127.0.0.1", 0, db_path=db)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", ok_id
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    # the first request loads the PII engine (Presidio + spaCy): seconds on a slow 2-core CPU,
+    # more than httpx's 5 s default the tests' requests use
+    httpx.get(base + "/api/traces", timeout=180)
+    yield base, ok_id
     server.shutdown()
     server.server_close()
 

@@ -1,6 +1,7 @@
-"""The server of `slmflow ui`: the trace viewer (`slmflow.ui.viewer`: trace list, trace
-waterfall with span details, agents) and the review queue pages (`slmflow.ui.review`), with the
-page frame they share.
+"""The server of `slmflow ui`: routes, sign-in, Host and origin checks for the trace viewer
+(`slmflow.ui.viewer`: trace list, trace waterfall with span details, agents; its pages in
+`slmflow.ui.viewer_pages`) and the review queue pages (`slmflow.ui.review`). The page frame they
+share and its static CSS/JS are `slmflow.ui.page`.
 
 Why the data is inlined into each page as JSON and the DOM is built by a few lines of JS: one
 request per page, nothing to fetch after load (so a headless browser's DOM dump sees the whole
@@ -18,43 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlparse
 
 from ..tracing.store import SpanStore
-
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.3em} a{color:#0b5ed7;text-decoration:none}
-table{border-collapse:collapse} td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
-.err{color:#c00;font-weight:bold} .esc{color:#b8860b}
-.summary{margin:.5em 0 1em;color:#555}
-.wf{border:1px solid #ddd;width:100%}
-.wf-row{display:flex;align-items:center;height:22px;border-bottom:1px solid #f3f3f3}
-.wf-row.error .wf-name{color:#c00;font-weight:bold}
-.wf-name{width:38%;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;font-size:12px}
-.wf-track{position:relative;flex:1;height:14px;background:#fafafa}
-.wf-bar{position:absolute;height:14px;min-width:2px;border-radius:2px;background:#6c9bd2}
-.wf-bar.chat{background:#7fbf7f}.wf-bar.handoff{background:#c9a0dc}
-.wf-bar.execute_tool{background:#f0b060}.wf-bar.error{background:#e05050}
-.wf-meta{width:26%;font-size:11px;color:#666;padding-left:8px;white-space:nowrap}
-"""
-
-_JSON_IN_HTML = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
-                 0x2028: "\\u2028", 0x2029: "\\u2029"}
-
-
-def json_in_html(data: Any) -> str:
-    """JSON for an inline ``<script type='application/json'>`` block, as Jinja's ``tojson``
-    writes it: ``<``, ``>``, ``&`` and U+2028/2029 become ``\\uXXXX`` escapes, so no logged text
-    (``</script>``, ``<!--<script>``, which switches the HTML parser into a state where the
-    block no longer ends at its ``</script>``) can end or open a script context. The JSON value
-    is unchanged."""
-    return json.dumps(data, default=str).translate(_JSON_IN_HTML)
-
-
-def _page(title: str, body: str, data: Any, js: str, css: str = "") -> bytes:
-    blob = json_in_html(data)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,initial-scale=1'><title>{html.escape(title)}"
-            f"</title><style>{_CSS}{css}</style></head><body>{body}"
-            f"<script type='application/json' id='data'>{blob}</script>"
-            f"<script>{js}</script></body></html>").encode()
+from .page import json_in_html  # noqa: F401 - importable from here, as before
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -188,6 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         """The trace viewer's pages and JSON (`slmflow.ui.viewer`); False: not one of them."""
         from ..errors import SlmflowError
         from . import viewer
+        from . import viewer_pages as pages
 
         ctx = self.ctx
         q = {k: v[0] for k, v in parse_qs(query).items()}
@@ -205,18 +171,18 @@ class _Handler(BaseHTTPRequestHandler):
 
         try:
             if path in ("/", "/index.html"):
-                return answer(True, viewer.list_page(ctx, q))
+                return answer(True, pages.list_page(ctx, q))
             if path == "/api/traces":
                 data = viewer.list_data(ctx, q)
                 return answer(data if q.get("full") else data["rows"], True)
             if path in ("/agents", "/api/agents"):
                 return answer(viewer.agents_data(ctx, q) if api else True,
-                              True if api else viewer.agents_page(ctx, q))
+                              True if api else pages.agents_page(ctx, q))
             m = re.fullmatch(r"/(api/traces|trace)/([0-9a-fA-F]{1,32}|last)", path)
             if m:
                 if api:
                     return answer(viewer.trace_detail(ctx, m.group(2)), True)
-                return answer(True, viewer.trace_page(ctx, m.group(2)))
+                return answer(True, pages.trace_page(ctx, m.group(2)))
             m = re.fullmatch(r"/api/traces/([0-9a-f]{32})/spans/([0-9a-f]{16})", path)
             if m:
                 return answer(viewer.span_detail(ctx, m.group(1), m.group(2)), True)
@@ -224,13 +190,13 @@ class _Handler(BaseHTTPRequestHandler):
             if m:
                 if api:
                     return answer(viewer.call_data(ctx, m.group(2)), True)
-                return answer(True, viewer.call_page(ctx, m.group(2)))
+                return answer(True, pages.call_page(ctx, m.group(2)))
             m = re.fullmatch(r"/(api/adapters|adapter)/([A-Za-z0-9._-]{1,100})/"
                              r"([A-Za-z0-9._-]{1,100})", path)
             if m and ".." not in m.group(2) + m.group(3):
                 if api:
                     return answer(viewer.adapter_data(ctx, m.group(2), m.group(3)), True)
-                return answer(True, viewer.adapter_page(ctx, m.group(2), m.group(3)))
+                return answer(True, pages.adapter_page(ctx, m.group(2), m.group(3)))
         except SlmflowError as e:  # a bad filter value: 400 naming it
             if api:
                 self._json(400, {"error": e.message})

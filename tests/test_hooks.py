@@ -357,3 +357,19 @@ def test_the_core_imports_nothing_of_store_loop_gateway_cli():
     bad = {str(p.relative_to(SRC)): hits for p in CORE
            if (hits := upward_imports(p.read_text(encoding="utf-8"), _module_of(p)))}
     assert bad == {}, f"the core imports above itself (emit a slmflow.hooks event): {bad}"
+
+
+# The middle of the house: what the core and the listeners both use. It may read the call context
+# (`slmflow.hooks.logging_context`) but not the call log: only the listeners (store itself, loop,
+# gateway, ui, scale, cli) import `store/`.
+MIDDLE = [*(SRC / "slmflow" / n for n in ("structured.py", "tools.py", "hooks.py", "types.py",
+                                            "errors.py")),
+          *(p for pkg in ("evals", "finetune", "retrieval", "guardrails", "tracing", "storage")
+            for p in sorted((SRC / "slmflow" / pkg).rglob("*.py")))]
+
+
+def test_the_middle_imports_nothing_of_store_loop_gateway_cli():
+    assert len(MIDDLE) > 30
+    bad = {str(p.relative_to(SRC)): hits for p in MIDDLE
+           if (hits := upward_imports(p.read_text(encoding="utf-8"), _module_of(p)))}
+    assert bad == {}, f"below the listeners, yet importing them: {bad}"

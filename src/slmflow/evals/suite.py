@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .. import tracing
 from ..errors import SlmflowError
-from ..store.writer import logging_context
+from ..hooks import logging_context
 from .base import Case, EvalResult, Evaluator, create
 from .data import CaseSet, RowError, to_cases
 

@@ -52,7 +52,7 @@ def exact_match_accuracy(agent: Any, cases: Sequence[Example], *, concurrency: i
     the share that ran without error (a run that raises counts as wrong). Both: higher is better,
     as the registry's gate expects."""
     from ..models.base import run_sync
-    from ..store.writer import logging_context
+    from ..hooks import logging_context
 
     async def one(ex: Example, sem: asyncio.Semaphore) -> tuple[bool, bool]:
         async with sem:

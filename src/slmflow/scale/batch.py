@@ -193,7 +193,7 @@ class _InferBatch:
 
     def __call__(self, inputs: list[Any]) -> list[dict[str, Any]]:
         from ..models.base import run_sync
-        from ..store.writer import logging_context
+        from ..hooks import logging_context
 
         agent = self.ref.cached()
         out = []

@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the same names and modules as `_LAZY` (a test compares them
     from .tracing.decorators import trace
     from .tracing.model import Traced
     from .workflow.graph import Branch, Parallel, Step, Workflow
-    from .workflow.runner import RunResult
+    from .workflow.result import RunResult
     from .workflow.spec import load_workflow
 
 __version__ = "0.1.0"
@@ -62,7 +62,7 @@ _LAZY: dict[str, str] = {
     "Agent": ".agents", "AgentResult": ".agents",
     "tool": ".tools", "Tool": ".tools", "ToolResult": ".tools",
     "Workflow": ".workflow.graph", "Step": ".workflow.graph", "Parallel": ".workflow.graph",
-    "Branch": ".workflow.graph", "RunResult": ".workflow.runner",
+    "Branch": ".workflow.graph", "RunResult": ".workflow.result",
     "load_workflow": ".workflow.spec",
     # retrieval: torch/usearch load on first use of an index, not here
     "Index": ".retrieval.index", "Passage": ".retrieval.types", "Passages": ".retrieval.types",

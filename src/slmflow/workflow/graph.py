@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..tools import Tool
 
 if TYPE_CHECKING:  # runner.py imports this module
-    from .runner import RunResult
+    from .result import RunResult
 
 END = "end"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .runner import RunResult
+from .result import RunResult
 
 COLUMNS = ("step", "model", "ms", "tokens", "conf", "escalated", "status")
 _HEADERS = {"escalated": "esc", "tokens": "tokens"}

@@ -15,8 +15,8 @@ SQLite connect, the reconnecting PostgreSQL connection, the dialect helpers and 
 runner are `slmflow.storage`'s, shared with the span store and the adapter registry. Every name
 this module exported before the split is still importable from it.
 
-Writing without blocking a request (the background writer) and the hooks agents and models use
-live in `slmflow.store.writer`.
+Writing without blocking a request (the background writer) is `slmflow.store.batch_writer`'s;
+the hooks agents and models use live in `slmflow.store.writer`.
 """
 
 from __future__ import annotations

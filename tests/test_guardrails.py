@@ -150,3 +150,25 @@ def test_redacted_structured_output_must_still_follow_a_dict_schema():
     free = {"type": "object", "properties": {"contact": {"type": "string"}}}
     r = g.generate_sync("who to contact?", schema=free)
     assert r.parsed == {"contact": "write to [EMAIL]"}
+
+
+@pytest.mark.parametrize("env, choices", [("SLMFLOW_PII_ENGINE", "auto, presidio or regex"),
+                                          ("SLMFLOW_TOXICITY_ENGINE",
+                                           "auto, classifier or lexicon")])
+def test_an_unknown_engine_choice_names_the_variable_and_the_choices(monkeypatch, env, choices):
+    from slmflow.errors import ConfigError
+    from slmflow.guardrails import (pii_engine_info, set_pii_engine, set_toxicity_engine,
+                                    toxicity_engine_info)
+
+    reset, info = ((set_pii_engine, pii_engine_info) if "PII" in env
+                   else (set_toxicity_engine, toxicity_engine_info))
+    monkeypatch.setenv(env, "bogus")
+    reset(None)
+    try:
+        with pytest.raises(ConfigError, match=f"{env}='bogus': use {choices}"):
+            info()
+        with pytest.raises(ConfigError, match=f"{env}='nope': use {choices}"):
+            reset("Nope")
+    finally:
+        monkeypatch.delenv(env)
+        reset(None)

@@ -8,6 +8,9 @@ from typing import List, Optional
 
 import typer
 
+from .common import (BATCH_SIZE, BF16, EPOCHS, LR, MAX_LEN, MAX_STEPS, SEED, TARGETS, THREADS,
+                     train_config)
+
 train_app = typer.Typer(help="Fine-tune an agent (LoRA on its own data).", no_args_is_help=True)
 adapters_app = typer.Typer(help="Versioned adapters per agent: list, show, promote, rollback, "
                                 "copy (files or PostgreSQL).",
@@ -31,18 +34,13 @@ def train_agent_cmd(
     target_key: Optional[str] = typer.Option(None, "--target-key",
                                              help="wrap a scalar target as {key: value}"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (resumes if present)"),
-    epochs: float = typer.Option(1.0), lr: float = typer.Option(5e-4),
+    epochs: float = EPOCHS, lr: float = LR,
     r: int = typer.Option(16, "--r", "--lora-r", help="LoRA rank (write --lora-r under torchrun, "
                           "whose parser takes --r for an abbreviation of its own options)"),
-    batch_size: int = typer.Option(8, "--batch-size"), max_len: int = typer.Option(256),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-    targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
-                                        help="bfloat16 weights (default: on a GPU or a CPU with "
-                                             "AVX-512 BF16 / AMX, else float32)"),
-    threads: int = typer.Option(0, help="torch threads (1 on a busy machine)"),
+    batch_size: int = BATCH_SIZE, max_len: int = MAX_LEN, max_steps: Optional[int] = MAX_STEPS,
+    targets: str = TARGETS, bf16: Optional[bool] = BF16, threads: int = THREADS,
     promote: bool = typer.Option(True, help="promote through the eval gate"),
-    seed: int = typer.Option(0),
+    seed: int = SEED,
 ) -> None:
     """Train a LoRA adapter for one agent, register it, and promote it only through its gate.
 
@@ -51,17 +49,15 @@ def train_agent_cmd(
     batch; the main process registers, gates and prints (docs/finetune.md)."""
     from ..finetune.agent_train import base_for, find_agent, train_agent
     from ..finetune.data import load_examples
-    from ..finetune.trainer import TrainConfig, bf16_fast, is_main_process, main_process_first
+    from ..finetune.trainer import is_main_process, main_process_first
 
     agent = find_agent(workflow, name)
     examples = load_examples(data, input_field=input_field, target_field=target_field,
                              target_key=target_key)
     cases = (load_examples(eval_data, input_field=input_field, target_field=target_field,
                            target_key=target_key) if eval_data else [])
-    cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
-                      max_len=max_len, max_steps=max_steps, seed=seed,
-                      bf16=bf16 if bf16 is not None else bf16_fast(),
-                      target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
+    cfg = train_config(r=r, lr=lr, epochs=epochs, batch_size=batch_size, max_len=max_len,
+                       max_steps=max_steps, seed=seed, bf16=bf16, targets=targets)
     with main_process_first():  # a first run dequantizes the base once, not once per process
         base_for(agent.model)
     main = is_main_process()  # in a multi-process launch the others train their shard only

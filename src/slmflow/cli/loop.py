@@ -15,6 +15,9 @@ from typing import List, Optional
 
 import typer
 
+from .common import (BATCH_SIZE, BF16, EPOCHS, LR, MAX_LEN, MAX_STEPS, SEED, TARGETS, THREADS,
+                     json_or_text, train_config)
+
 loop_app = typer.Typer(help="The improvement loop: flag weak calls, review, retrain, promote.",
                        no_args_is_help=True)
 
@@ -184,12 +187,7 @@ def review_cmd(item: str = typer.Argument(..., help="item id (or a unique prefix
     if judge_verdict is None and (judge or label):
         raise ConfigError("--judge and --label go with --judge-verdict right|wrong",
                           where="loop review")
-    corr = None
-    if correct is not None:
-        try:
-            corr = json.loads(correct)
-        except ValueError:
-            corr = correct
+    corr = json_or_text(correct)
     log = _log(calls)
     try:
         q = ReviewQueue(log)
@@ -244,16 +242,11 @@ def retrain_cmd(
                                         help="output field the evaluators compare"),
     holdout: float = typer.Option(0.3, help="share of reviewed items held out for the gate"),
     min_new: int = typer.Option(5, "--min-new", help="reviewed items not yet in an adapter"),
-    epochs: float = typer.Option(1.0), lr: float = typer.Option(5e-4), r: int = typer.Option(16),
-    batch_size: int = typer.Option(8, "--batch-size"), max_len: int = typer.Option(256),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-    targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
-                                        help="bfloat16 weights (default: on a GPU or a CPU with "
-                                             "AVX-512 BF16 / AMX, else float32)"),
-    threads: int = typer.Option(0, help="torch threads (1 on a busy machine)"),
+    epochs: float = EPOCHS, lr: float = LR, r: int = typer.Option(16),
+    batch_size: int = BATCH_SIZE, max_len: int = MAX_LEN, max_steps: Optional[int] = MAX_STEPS,
+    targets: str = TARGETS, bf16: Optional[bool] = BF16, threads: int = THREADS,
     tolerance: float = typer.Option(0.0),
-    seed: int = typer.Option(0),
+    seed: int = SEED,
     warm_start: bool = typer.Option(False, "--warm-start",
                                     help="start from the serving version's weights (same --r "
                                          "and --targets); fewer --epochs are enough"),
@@ -265,17 +258,14 @@ def retrain_cmd(
     from ..errors import ConfigError
     from ..finetune.agent_train import find_agent
     from ..finetune.data import load_examples
-    from ..finetune.trainer import TrainConfig, bf16_fast
     from ..loop import retrain_agent
     from ..loop.retrain import suite_score
 
     if (agent is None) == (judge is None):
         raise ConfigError("give --agent NAME --workflow YAML, or --judge NAME", where="loop "
                           "retrain")
-    cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, epochs=epochs, batch_size=batch_size,
-                      max_len=max_len, max_steps=max_steps, seed=seed,
-                      bf16=bf16 if bf16 is not None else bf16_fast(),
-                      target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
+    cfg = train_config(r=r, lr=lr, epochs=epochs, batch_size=batch_size, max_len=max_len,
+                       max_steps=max_steps, seed=seed, bf16=bf16, targets=targets)
     if judge is not None:
         from ..loop.judges import retrain_judge
 

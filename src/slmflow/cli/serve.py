@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .common import json_or_text
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_cmd)
@@ -95,12 +97,7 @@ def feedback_cmd(
 
     if thumbs is not None and thumbs not in ("up", "down"):
         raise ConfigError(f"--thumbs must be up or down, got {thumbs!r}", where="slmflow feedback")
-    corr = None
-    if correction is not None:
-        try:
-            corr = json.loads(correction)
-        except ValueError:
-            corr = correction
+    corr = json_or_text(correction)
     with open_call_log(url) as log:
         fb = log.add_feedback(call_id, run_id=run, signal=thumbs, label=label, correction=corr,
                               by=by)

@@ -285,8 +285,27 @@ class Groundedness(Evaluator):
 
 # ---- judges ------------------------------------------------------------------------------------
 
+class _JudgeBacked(Evaluator):
+    """What every evaluator decided by an `LLMJudge` (``self.judge``, its own keyword arguments
+    in ``self._spec``) tells the online job and the eval card."""
+
+    judge: Any
+    _spec: dict[str, Any]
+
+    def spec(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this judge (the model as its catalog name, or None
+        when it is a model object), recorded in the call log by the online job."""
+        spec = self.judge.model_spec
+        return {**self._spec, "model": spec if isinstance(spec, str) else None}
+
+    def card_info(self) -> dict[str, Any]:
+        spec = self.judge.model_spec
+        return {"engine": "judge", "model": spec if isinstance(spec, str) else
+                getattr(getattr(spec, "info", None), "identity", type(spec).__name__)}
+
+
 @register
-class Judge(Evaluator):
+class Judge(_JudgeBacked):
     name = "judge"
     kind = "judge"
     description = ("LLM-as-judge with your rubric; schema-constrained verdict "
@@ -316,17 +335,6 @@ class Judge(Evaluator):
         # a learned rubric (few-shot examples or a LoRA from reviewers' decisions) when promoted
         self.learned_version = apply_learned(self.judge, self.name, learned)
 
-    def spec(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild this judge (the model as its catalog name, or None
-        when it is a model object), recorded in the call log by the online job."""
-        spec = self.judge.model_spec
-        return {**self._spec, "model": spec if isinstance(spec, str) else None}
-
-    def card_info(self) -> dict[str, Any]:
-        spec = self.judge.model_spec
-        return {"engine": "judge", "model": spec if isinstance(spec, str) else
-                getattr(getattr(spec, "info", None), "identity", type(spec).__name__)}
-
     def judged(self, output: Any) -> Any:
         """What the judge is shown as the answer."""
         return output
@@ -336,7 +344,7 @@ class Judge(Evaluator):
 
 
 @register
-class Faithfulness(Evaluator):
+class Faithfulness(_JudgeBacked):
     name = "faithfulness"
     kind = "judge"
     description = ("faithfulness/groundedness of an answer to its context, decided by an SLM "
@@ -361,15 +369,6 @@ class Faithfulness(Evaluator):
                               include=("context", "output"), **kwargs)
         self._spec = {"timeout_s": timeout_s, "field": field}
         self.learned_version = apply_learned(self.judge, self.name, learned)
-
-    def spec(self) -> dict[str, Any]:
-        spec = self.judge.model_spec
-        return {**self._spec, "model": spec if isinstance(spec, str) else None}
-
-    def card_info(self) -> dict[str, Any]:
-        spec = self.judge.model_spec
-        return {"engine": "judge", "model": spec if isinstance(spec, str) else
-                getattr(getattr(spec, "info", None), "identity", type(spec).__name__)}
 
     async def aevaluate(self, case: Case, output: Any) -> EvalResult:
         if not context_text(case.context).strip():

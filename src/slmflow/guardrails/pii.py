@@ -42,6 +42,7 @@ import threading
 from typing import Any, Iterable, Protocol
 
 from ..errors import ConfigError, SlmflowError
+from .engine_choice import EngineChoice
 
 __all__ = ["PiiEngineError", "RegexPiiEngine", "PresidioPiiEngine", "pii_engine",
            "pii_engine_info", "set_pii_engine", "DEFAULT_KINDS", "ALL_KINDS", "NER_KINDS",
@@ -293,68 +294,32 @@ def _unfold(spans: list[tuple[int, int, str]], text: str, idx: list[int] | None)
     return res
 
 
-_LOCK = threading.Lock()
-_ENGINE: Any = None
-_INFO: dict[str, Any] = {}
+def _presidio_chosen(eng: Any) -> None:
+    if eng.name == "presidio":
+        log.info("PII detection uses %s", eng.description)
+
+
+# the builders look the classes up when called (tests patch them)
+_CHOICE = EngineChoice(ENGINE_ENV, where="guardrails.pii",
+                       best=("presidio", lambda: PresidioPiiEngine()),
+                       fallback=("regex", lambda: RegexPiiEngine()), error=PiiEngineError,
+                       fallback_reason="Presidio unavailable, regex fallback",
+                       warning="PII detection uses the regex set (no person names or NER "
+                               "kinds): %s", on_chosen=_presidio_chosen)
 
 
 def set_pii_engine(engine: Any = None) -> None:
     """Use this engine (an object with ``detect``, or ``"regex"``/``"presidio"``/``"auto"``); None
     resets to lazy selection from ``SLMFLOW_PII_ENGINE`` on the next call."""
-    global _ENGINE, _INFO
-    with _LOCK:
-        _ENGINE, _INFO = None, {}
-    if engine is None:
-        return
-    if isinstance(engine, str):
-        _select(engine)
-        return
-    with _LOCK:
-        _ENGINE = engine
-        _INFO = {"engine": getattr(engine, "name", type(engine).__name__),
-                 "description": getattr(engine, "description", ""), "reason": "set by the caller"}
-
-
-def _select(choice: str) -> Any:
-    global _ENGINE, _INFO
-    choice = (choice or "auto").strip().lower()
-    if choice not in ("auto", "presidio", "regex"):
-        raise ConfigError(f"{ENGINE_ENV}={choice!r}: use auto, presidio or regex",
-                          where="guardrails.pii")
-    with _LOCK:
-        if _ENGINE is not None:
-            return _ENGINE
-        reason = f"{ENGINE_ENV}={choice}"
-        if choice == "regex":
-            eng: Any = RegexPiiEngine()
-        else:
-            try:
-                eng = PresidioPiiEngine()
-            except PiiEngineError as e:
-                if choice == "presidio":
-                    raise
-                eng = RegexPiiEngine()
-                reason = f"Presidio unavailable, regex fallback: {e}"
-                log.warning("PII detection uses the regex set (no person names or NER "
-                            "kinds): %s", e)
-        _ENGINE = eng
-        _INFO = {"engine": eng.name, "description": getattr(eng, "description", ""),
-                 "reason": reason}
-        if eng.name == "presidio":
-            log.info("PII detection uses %s", eng.description)
-        return eng
+    _CHOICE.set(engine)
 
 
 def pii_engine() -> Any:
     """The process's PII engine, built on first use (see the module doc)."""
-    eng = _ENGINE
-    if eng is not None:
-        return eng
-    return _select(os.environ.get(ENGINE_ENV, "auto"))
+    return _CHOICE.get()
 
 
 def pii_engine_info() -> dict[str, Any]:
     """``{"engine": "presidio" | "regex" | ..., "description": ..., "reason": ...}`` (loads the
     engine if it is not loaded yet)."""
-    pii_engine()
-    return dict(_INFO)
+    return _CHOICE.info()

@@ -25,18 +25,15 @@ once per process; `toxicity_engine_info` says which engine is in use. Figures: d
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-import threading
 from typing import Any
 
-from ..errors import ConfigError, SlmflowError
+from ..errors import SlmflowError
+from .engine_choice import EngineChoice
 
 __all__ = ["ToxicityEngineError", "toxicity_engine", "toxicity_engine_info",
            "set_toxicity_engine", "classifier_toxicity"]
 
-log = logging.getLogger("slmflow.guardrails")
 ENGINE_ENV = "SLMFLOW_TOXICITY_ENGINE"
 _TARGET = re.compile(r"\b(you|your|youre|you're|yours|yourself|yourselves|u|ur|ya|yall|y'all)\b")
 _COMBINED_GROUPS = ("threat", "hate", "insult")
@@ -93,66 +90,32 @@ class _Lexicon:
         return lexicon_toxicity(text)
 
 
-_LOCK = threading.Lock()
-_ENGINE: Any = None
-_INFO: dict[str, Any] = {}
+# the builders look the classes up when called (tests patch them)
+_CHOICE = EngineChoice(ENGINE_ENV, where="guardrails.toxicity",
+                       best=("classifier", lambda: _Classifier()),
+                       fallback=("lexicon", lambda: _Lexicon()), error=ToxicityEngineError,
+                       fallback_reason="classifier unavailable, lexicon fallback",
+                       warning="toxicity uses the lexicon alone: %s")
 
 
 def set_toxicity_engine(engine: Any = None) -> None:
     """``"classifier"`` / ``"lexicon"`` / ``"auto"``, an object with ``score(text)``, or None
     (lazy selection from ``SLMFLOW_TOXICITY_ENGINE`` on the next call)."""
-    global _ENGINE, _INFO
-    with _LOCK:
-        _ENGINE, _INFO = None, {}
-    if isinstance(engine, str):
-        _select(engine)
-    elif engine is not None:
-        with _LOCK:
-            _ENGINE = engine
-            _INFO = {"engine": getattr(engine, "name", type(engine).__name__),
-                     "description": getattr(engine, "description", ""),
-                     "reason": "set by the caller"}
-
-
-def _select(choice: str) -> Any:
-    global _ENGINE, _INFO
-    choice = (choice or "auto").strip().lower()
-    if choice not in ("auto", "classifier", "lexicon"):
-        raise ConfigError(f"{ENGINE_ENV}={choice!r}: use auto, classifier or lexicon",
-                          where="guardrails.toxicity")
-    with _LOCK:
-        if _ENGINE is not None:
-            return _ENGINE
-        reason = f"{ENGINE_ENV}={choice}"
-        if choice == "lexicon":
-            eng: Any = _Lexicon()
-        else:
-            try:
-                eng = _Classifier()
-            except ToxicityEngineError as e:
-                if choice == "classifier":
-                    raise
-                eng = _Lexicon()
-                reason = f"classifier unavailable, lexicon fallback: {e}"
-                log.warning("toxicity uses the lexicon alone: %s", e)
-        _ENGINE = eng
-        _INFO = {"engine": eng.name, "description": eng.description, "reason": reason}
-        return eng
+    _CHOICE.set(engine)
 
 
 def toxicity_engine() -> Any:
     """The process's toxicity engine, built on first use."""
-    return _ENGINE if _ENGINE is not None else _select(os.environ.get(ENGINE_ENV, "auto"))
+    return _CHOICE.get()
 
 
 def toxicity_engine_info() -> dict[str, Any]:
     """``{"engine": "classifier" | "lexicon", "description": ..., "reason": ...}``."""
-    toxicity_engine()
-    return dict(_INFO)
+    return _CHOICE.info()
 
 
 def classifier_toxicity(text: str) -> float:
     """The combined classifier score, whatever the process's engine (raises
     `ToxicityEngineError` when alt-profanity-check is not installed)."""
-    return _Classifier().score(text) if not isinstance(_ENGINE, _Classifier) else \
-        _ENGINE.score(text)
+    eng = _CHOICE.engine
+    return eng.score(text) if isinstance(eng, _Classifier) else _Classifier().score(text)

@@ -13,6 +13,10 @@ before the commit rolls the catalog back and undoes the store write, so a batch 
 Search: ``mode="hybrid"`` (default) fuses the vector ranking and the BM25 ranking with reciprocal
 rank fusion (``1/(60 + rank)``); ``"vector"`` and ``"bm25"`` give either alone. ``filters``:
 ``{"source": "glob*"}``, ``{"doc_id": ...}`` and any metadata ``key: value`` (a list = any of).
+
+Why one module of ~580 lines: it is one job, the `Index` class over one catalog; the write path
+and the search share its connection, its chunk keys and its vector store, and the all-or-nothing
+batch holds only while one object owns all three.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Agent calls reach it through the core's events (`slmflow.hooks`), not through th
 see `writer` for who else asks.
 
 Where things are: `records` (the dataclasses), `calllog` (the interface and its two backends),
-`keys` (API keys, per-key limits), `schema` (migrations), `writer`, `review`, `judges`; what the
-call log shares with the span store and the adapter registry (URLs, connections, dialect,
+`keys` (API keys, per-key limits), `schema` (migrations), `batch_writer` (the background
+writer), `writer` (the process-wide writer, call records, the listener), `review`, `judges`; what
+the call log shares with the span store and the adapter registry (URLs, connections, dialect,
 `StorageError`) is `slmflow.storage`'s.
 """
 

@@ -15,13 +15,14 @@ SQLite connect, the reconnecting PostgreSQL connection, the dialect helpers and 
 runner are `slmflow.storage`'s, shared with the span store and the adapter registry. Every name
 this module exported before the split is still importable from it.
 
-Writing without blocking a request (the background writer) and the hooks agents and models use
-live in `slmflow.store.writer`.
+Writing without blocking a request (the background writer) is `slmflow.store.batch_writer`'s;
+the hooks agents and models use live in `slmflow.store.writer`.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -52,14 +53,16 @@ class StoreError(StorageError):
     """The call-log store failed (cannot open, migrate, read or write)."""
 
 
-def _filters(equal: dict[str, Any], since: Any) -> tuple[str, list[Any]]:
-    """A WHERE clause (with placeholders) for column = value pairs (None skipped) and ts >= since."""
+def _filters(equal: dict[str, Any], since: Any = None,
+             until: Any = None) -> tuple[str, list[Any]]:
+    """A WHERE clause (with placeholders) for column = value pairs (None skipped), ts >= since
+    and ts < until; every table of the call log's database filters through it."""
     conds = [f"{col} = ?" for col, v in equal.items() if v is not None]
     params: list[Any] = [v for v in equal.values() if v is not None]
-    s = parse_since(since)
-    if s is not None:
-        conds.append("ts >= ?")
-        params.append(s)
+    for op, t in ((">=", parse_since(since)), ("<", parse_since(until))):
+        if t is not None:
+            conds.append(f"ts {op} ?")
+            params.append(t)
     return (" WHERE " + " AND ".join(conds)) if conds else "", params
 
 
@@ -141,25 +144,13 @@ class CallLog(KeyStore, abc.ABC):
 
     def _where(self, since: Any, until: Any, escalated: bool | None,
                filters: dict[str, Any]) -> tuple[str, list[Any]]:
-        conds, params = [], []
-        s, u = parse_since(since), parse_since(until)
-        if s is not None:
-            conds.append("ts >= ?")
-            params.append(s)
-        if u is not None:
-            conds.append("ts < ?")
-            params.append(u)
-        if escalated is not None:
-            conds.append("escalated = ?")
-            params.append(int(escalated))
-        for k, v in filters.items():
-            if v is not None:
-                if k not in _FILTERS:
-                    raise ConfigError(f"unknown filter {k!r} (use {', '.join(_FILTERS)})",
-                                      where="CallLog.query")
-                conds.append(f"{_FILTERS[k]} = ?")
-                params.append(v)
-        return (" WHERE " + " AND ".join(conds)) if conds else "", params
+        unknown = [k for k, v in filters.items() if v is not None and k not in _FILTERS]
+        if unknown:
+            raise ConfigError(f"unknown filter {unknown[0]!r} (use {', '.join(_FILTERS)})",
+                              where="CallLog.query")
+        equal = {"escalated": None if escalated is None else int(escalated),
+                 **{_FILTERS[k]: v for k, v in filters.items() if v is not None}}
+        return _filters(equal, since, until)
 
     def query(self, *, since: Any = None, until: Any = None, escalated: bool | None = None,
               limit: int | None = 1000, newest_first: bool = False,
@@ -322,27 +313,6 @@ class CallLog(KeyStore, abc.ABC):
 
 # ---- SQLite ----------------------------------------------------------------------------------------
 
-class _SqliteTx:
-    def __init__(self, log: "SQLiteCallLog", lock: bool) -> None:
-        self.log, self.lock = log, lock
-
-    def __enter__(self) -> Any:
-        self.log._lock.acquire()
-        self.cur = self.log._conn.cursor()
-        try:
-            self.cur.execute("BEGIN IMMEDIATE")
-        except Exception:
-            self.log._lock.release()
-            raise
-        return self.cur
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            self.log._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        finally:
-            self.log._lock.release()
-
-
 class SQLiteCallLog(CallLog):
     """The embedded store: one SQLite file in WAL mode (readers never block the writer)."""
 
@@ -363,8 +333,17 @@ class SQLiteCallLog(CallLog):
         except sqlite3.Error as e:
             raise StoreError(f"cannot migrate the call log: {e}", where=self.url) from None
 
-    def _tx(self, lock: bool = False) -> Any:
-        return _SqliteTx(self, lock)
+    @contextlib.contextmanager
+    def _tx(self, lock: bool = False) -> Iterator[Any]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def _exec(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
         cur.execute(sql, tuple(params))
@@ -386,30 +365,6 @@ class SQLiteCallLog(CallLog):
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------------------
-
-class _PgTx:
-    def __init__(self, log: "PostgresCallLog") -> None:
-        self.log = log
-
-    def __enter__(self) -> Any:
-        self.log._lock.acquire()
-        try:
-            conn = self.log._connection()
-            self.tx = conn.transaction()
-            self.tx.__enter__()
-            self.cur = conn.cursor()
-        except Exception:
-            self.log._lock.release()
-            raise
-        return self.cur
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            self.cur.close()
-            self.tx.__exit__(exc_type, exc, tb)
-        finally:
-            self.log._lock.release()
-
 
 class PostgresCallLog(CallLog):
     """The store at scale: PostgreSQL through psycopg 3 (one connection, serialised per process;
@@ -433,8 +388,12 @@ class PostgresCallLog(CallLog):
 
     _q = staticmethod(to_pg)
 
-    def _tx(self, lock: bool = False) -> Any:
-        return _PgTx(self)
+    @contextlib.contextmanager
+    def _tx(self, lock: bool = False) -> Iterator[Any]:
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
 
     def _exec(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
         cur.execute(self._q(sql), tuple(params))

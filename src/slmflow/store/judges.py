@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .calllog import CallLog
+from .calllog import CallLog, _filters
 from .records import _dumps, _loads, _txt, new_id
-from .review import ReviewConflict, ReviewError, ReviewQueue
+from .review import ReviewConflict, ReviewError, ReviewQueue, add_used_in
 
 __all__ = ["JudgeInfo", "JudgeVerdict", "JudgeDecision", "JudgeReviews", "JUDGE_VERDICTS"]
 
@@ -251,26 +251,11 @@ class JudgeReviews:
     # -- reading decisions -----------------------------------------------------------------------
     def decisions(self, judge: str | None = None, *, item_id: str | None = None
                   ) -> list[JudgeDecision]:
-        conds, params = [], []
-        if judge is not None:
-            conds.append("judge = ?")
-            params.append(judge)
-        if item_id is not None:
-            conds.append("item_id = ?")
-            params.append(item_id)
-        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        where, params = _filters({"judge": judge, "item_id": item_id})
         rows = self.log._all(f"SELECT {', '.join(JudgeDecision.COLUMNS)} FROM judge_reviews"
                              f"{where} ORDER BY ts, seq", params)
         return [JudgeDecision.from_row(r) for r in rows]
 
     def mark_used(self, ids: Sequence[str], tag: str) -> None:
-        with self.log._tx() as cur:
-            for i in ids:
-                self.log._exec(cur, "SELECT used_in FROM judge_reviews WHERE id = ?", (i,))
-                row = cur.fetchone()
-                if row is None:
-                    continue
-                used = _loads(row[0]) or []
-                if tag not in used:
-                    self.log._exec(cur, "UPDATE judge_reviews SET used_in = ? WHERE id = ?",
-                                   (_dumps([*used, tag]), i))
+        """Record that these decisions went into ``tag`` (a rubric, an adapter)."""
+        add_used_in(self.log, "judge_reviews", ids, tag)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import ConfigError, SlmflowError
-from .calllog import CallLog
+from .calllog import CallLog, _filters
 from .records import CallRecord, _dumps, _loads, _txt, new_id
 
 __all__ = ["ReviewItem", "ReviewQueue", "ReviewError", "ReviewConflict", "VERDICTS"]
@@ -132,14 +132,7 @@ class ReviewQueue:
     def items(self, agent: str | None = None, status: str | None = "pending",
               limit: int | None = 200) -> list[ReviewItem]:
         """Items, highest priority first (then oldest)."""
-        conds, params = [], []
-        if agent is not None:
-            conds.append("agent = ?")
-            params.append(agent)
-        if status is not None:
-            conds.append("status = ?")
-            params.append(status)
-        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        where, params = _filters({"agent": agent, "status": status})
         sql = (f"SELECT {', '.join(ReviewItem.COLUMNS)} FROM review_items{where} "
                "ORDER BY priority DESC, ts, seq")
         if limit is not None:
@@ -249,14 +242,19 @@ class ReviewQueue:
 
     def mark_used(self, item_ids: Sequence[str], tag: str) -> None:
         """Record that these reviewed items went into ``tag`` (an adapter, an eval set)."""
-        with self.log._tx() as cur:
-            for iid in item_ids:
-                self.log._exec(cur, "SELECT used_in FROM review_items WHERE id = ?", (iid,))
-                row = cur.fetchone()
-                if row is None:
-                    continue
-                used = _loads(row[0]) or []
-                if tag not in used:
-                    used.append(tag)
-                    self.log._exec(cur, "UPDATE review_items SET used_in = ? WHERE id = ?",
-                                   (_dumps(used), iid))
+        add_used_in(self.log, "review_items", item_ids, tag)
+
+
+def add_used_in(log: CallLog, table: str, ids: Sequence[str], tag: str) -> None:
+    """Add ``tag`` to the ``used_in`` list of these rows of ``table`` (review items, judges'
+    decisions), in one transaction; ids that do not exist are skipped."""
+    with log._tx() as cur:
+        for i in ids:
+            log._exec(cur, f"SELECT used_in FROM {table} WHERE id = ?", (i,))
+            row = cur.fetchone()
+            if row is None:
+                continue
+            used = _loads(row[0]) or []
+            if tag not in used:
+                log._exec(cur, f"UPDATE {table} SET used_in = ? WHERE id = ?",
+                          (_dumps([*used, tag]), i))

@@ -1,19 +1,9 @@
-"""Getting records into the call log without making a request wait: the background writer, and
-the listener on the core's events.
+"""Getting records into the call log: the process-wide writer, the records of agent and model
+calls, and the listener on the core's events.
 
-Why a background writer (`CallLogWriter`): a request must not wait for a disk or network write,
-and under load many small transactions are slower than one batch. Records go into an unbounded
-in-memory queue and a single thread writes them in batches; a failed batch is retried (never
-dropped), `flush()` waits until everything submitted is written, and `close()` drains the queue
-(whatever still cannot be written after its timeout goes to ``calls.unsent.jsonl`` beside the
-home, so no record is silently lost).
-
-Why `committed()` (group commit): a process killed with SIGKILL loses whatever is still queued,
-so a client that got an answer might not find its call. The gateway awaits ``committed()`` before
-it sends an answer: it resolves once everything submitted so far is written. Requests arriving
-while a batch is being written form the next batch, so the wait costs one transaction shared by
-every concurrent request, not one each (bench/gateway.py measures it; the writer then runs with
-``max_wait_s=0``: it writes what is queued at once instead of lingering for a fuller batch).
+The writer itself (`CallLogWriter`: a queue and one thread writing batches, ``committed()`` for
+the gateway's group commit) is `slmflow.store.batch_writer`'s and is re-exported here; this
+module holds the process-wide one (`get_writer`, `set_writer`).
 
 Why a listener and not a call from the agent: the core (agents, workflows) sits below the store
 and imports nothing of it (docs/architecture.md); it emits events (`slmflow.hooks`:
@@ -34,16 +24,13 @@ and step, a gateway request with its API key and redaction) travels in the core'
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from .. import hooks
@@ -51,8 +38,9 @@ from ..errors import SlmflowError
 from ..hooks import LogContext, current_context, logging_context
 from ..models.base import WrapperModel
 from ..types import MessageLike, Response, Settings, ToolSpec, as_messages
-from .calllog import CallLog, default_url, open_call_log
-from .records import AgentInfo, CallRecord, Example, Feedback, _json_default
+from .batch_writer import CallLogWriter
+from .calllog import CallLog, default_url
+from .records import AgentInfo, CallRecord, Example, Feedback
 
 __all__ = ["CallLogWriter", "get_writer", "set_writer", "record_agent_result", "CallLogging",
            "logging_context", "LogContext", "log_agent_call", "calllog_enabled",
@@ -62,178 +50,7 @@ __all__ = ["CallLogWriter", "get_writer", "set_writer", "record_agent_result", "
 log = logging.getLogger("slmflow.store")
 
 
-# ---- the background writer ----------------------------------------------------------------------------
-
-_STOP = object()
-
-
-class CallLogWriter:
-    """Queue + one background thread writing batches; never drops a record (see module doc)."""
-
-    def __init__(self, log: CallLog | str | None = None, *, batch_size: int = 256,
-                 max_wait_s: float = 0.05, unsent_path: str | Path | None = None) -> None:
-        self.log = log if isinstance(log, CallLog) else open_call_log(log)
-        self.batch_size = batch_size
-        self.max_wait_s = max_wait_s
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._cv = threading.Condition()
-        self.submitted = 0
-        self.written = 0
-        self.failed_batches = 0
-        self.last_error: str | None = None
-        self._closed = False
-        self._unsent = Path(unsent_path) if unsent_path else None
-        self._waiters: list[tuple[int, Any, Any]] = []  # (count, loop, future) of committed()
-        self._thread = threading.Thread(target=self._run, name="slmflow-calllog", daemon=True)
-        self._thread.start()
-
-    @property
-    def pending(self) -> int:
-        return self.submitted - self.written
-
-    def submit(self, record: CallRecord | Example) -> str:
-        if self._closed:
-            # After close, write synchronously rather than lose it.
-            self.log.append([record])
-            with self._cv:
-                self.submitted += 1
-                self.written += 1
-                self._wake()
-            return record.id
-        with self._cv:
-            self.submitted += 1
-        self._q.put(record)
-        return record.id
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._q.get()
-            if item is _STOP:
-                break
-            batch = [item]
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.batch_size:
-                try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._write(batch, final=stop)
-        # drain anything left after the stop marker
-        rest = []
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                rest.append(item)
-        if rest:
-            self._write(rest, final=True)
-
-    def _write(self, batch: list[Any], final: bool) -> None:
-        delay = 0.05
-        tries = 0
-        while True:
-            try:
-                self.log.append(batch)
-                with self._cv:
-                    self.written += len(batch)
-                    self._cv.notify_all()
-                    self._wake()
-                return
-            except Exception as e:  # retried: a record is never dropped on a transient error
-                tries += 1
-                self.failed_batches += 1
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("call log write failed (try %d): %s", tries, self.last_error)
-                if final and tries >= 5:
-                    self._spill(batch)
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _spill(self, batch: list[Any]) -> None:
-        from ..home import home
-
-        path = self._unsent or (home() / "calls.unsent.jsonl")
-        with open(path, "a", encoding="utf-8") as f:
-            for r in batch:
-                f.write(json.dumps({"type": type(r).__name__, **asdict(r)},
-                                   default=_json_default, ensure_ascii=True) + "\n")
-        with self._cv:
-            self.written += len(batch)
-            self._cv.notify_all()
-            self._wake()
-        log.error("call log unreachable at shutdown: %d records saved to %s", len(batch), path)
-
-    def _wake(self) -> None:
-        """Resolve the `committed` waiters whose records are written (called under ``_cv``)."""
-        if not self._waiters:
-            return
-        keep = []
-        for upto, loop, fut in self._waiters:
-            if upto <= self.written:
-                try:
-                    loop.call_soon_threadsafe(_resolve, fut)
-                except RuntimeError:  # that event loop is closed
-                    pass
-            else:
-                keep.append((upto, loop, fut))
-        self._waiters = keep
-
-    async def committed(self, timeout: float = 30.0) -> bool:
-        """Wait (without blocking the event loop) until every record submitted before this call
-        is written; False on timeout. Records are written in submission order, so the count of
-        written records reaching the count submitted now means this caller's are in."""
-        with self._cv:
-            upto = self.submitted
-            if self.written >= upto:
-                return True
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append((upto, fut.get_loop(), fut))
-        try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            with self._cv:
-                self._waiters = [w for w in self._waiters if w[2] is not fut]
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every submitted record is written; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while self.written < self.submitted:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
-
-    def close(self, timeout: float = 30.0, *, close_log: bool = True) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._q.put(_STOP)
-        self._thread.join(timeout)
-        if close_log:
-            self.log.close()
-
-    def stats(self) -> dict[str, Any]:
-        return {"submitted": self.submitted, "written": self.written, "pending": self.pending,
-                "failed_batches": self.failed_batches, "last_error": self.last_error}
-
-
-def _resolve(fut: Any) -> None:
-    if not fut.done():
-        fut.set_result(True)
-
+# ---- the process-wide writer --------------------------------------------------------------------
 
 _WRITER: CallLogWriter | None = None
 _WRITER_LOCK = threading.Lock()
@@ -526,6 +343,15 @@ class CallLogging(WrapperModel):
         self.writer = writer
         self.redact = redact
 
+    def _start(self, messages: Sequence[MessageLike] | str) -> tuple[float, Any, CallLogWriter]:
+        """What a call needs before it runs: its start time, its messages as logged (redacted if
+        asked) and the writer its record goes to."""
+        t0 = time.perf_counter()
+        inp: Any = _messages_json(messages)
+        if self.redact is not None:
+            inp = self.redact(inp)
+        return t0, inp, self.writer or get_writer()
+
     def _error_record(self, inp: Any, e: SlmflowError, t0: float) -> CallRecord:
         """The call-log row of a model call that raised."""
         from .. import tracing
@@ -556,11 +382,7 @@ class CallLogging(WrapperModel):
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
-        t0 = time.perf_counter()
-        inp: Any = _messages_json(messages)
-        if self.redact is not None:
-            inp = self.redact(inp)
-        w = self.writer or get_writer()
+        t0, inp, w = self._start(messages)
         try:
             r = await self.wrapped.generate(messages, schema=schema, tools=tools,
                                             settings=settings)
@@ -574,11 +396,7 @@ class CallLogging(WrapperModel):
                       tools: Sequence[ToolSpec] | None = None,
                       settings: Settings | None = None) -> AsyncIterator[Any]:
         """The wrapped stream, logged as one call once it has ended (the whole answer)."""
-        t0 = time.perf_counter()
-        inp: Any = _messages_json(messages)
-        if self.redact is not None:
-            inp = self.redact(inp)
-        w = self.writer or get_writer()
+        t0, inp, w = self._start(messages)
         try:
             async with self.wrapped.stream(messages, schema=schema, tools=tools,
                                            settings=settings) as inner:

@@ -85,8 +85,12 @@ class OpenAIModel(Model):
         raise ServerResponseError(f"HTTP {status}: {body[:500]}", where=self.where,
                                   status=status, body=body)
 
-    async def _open_stream(self, payload: dict[str, Any]) -> Any:
-        """The streamed response (status checked, retried as `_post` retries)."""
+    async def _request(self, payload: dict[str, Any], *, stream: bool) -> Any:
+        """POST `payload` to ``/chat/completions``; the response, its body still unread when
+        `stream`. 429/502/503/504 are retried up to `max_retries` times, waiting as
+        ``Retry-After`` says (at most 30 s) or 0.5 s doubling; a server that cannot be reached
+        or does not answer in time is a `ServerUnreachableError`; any other status >= 400 (or
+        one still failing after the retries) a `ServerResponseError` or `ContextLengthError`."""
         import httpx
 
         client = self._client()
@@ -94,7 +98,7 @@ class OpenAIModel(Model):
         for attempt in range(self.max_retries + 1):
             try:
                 r = await client.send(client.build_request("POST", "/chat/completions",
-                                                           json=payload), stream=True)
+                                                           json=payload), stream=stream)
             except httpx.TimeoutException as e:
                 raise ServerUnreachableError(
                     f"no answer within {self.timeout_s}s ({type(e).__name__})",
@@ -115,40 +119,20 @@ class OpenAIModel(Model):
             break
         if r.status_code >= 400:
             try:
-                body = (await r.aread()).decode("utf-8", errors="replace")
+                body = (await r.aread()).decode("utf-8", errors="replace") if stream else r.text
             finally:
                 await r.aclose()
             self._raise_for(r.status_code, body)
         return r
 
-    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        import httpx
+    async def _open_stream(self, payload: dict[str, Any]) -> Any:
+        """The streamed response (status checked, retried as `_post` retries)."""
+        return await self._request(payload, stream=True)
 
-        client = self._client()
-        delay = 0.5
-        for attempt in range(self.max_retries + 1):
-            try:
-                r = await client.post("/chat/completions", json=payload)
-            except httpx.TimeoutException as e:
-                raise ServerUnreachableError(
-                    f"no answer within {self.timeout_s}s ({type(e).__name__})",
-                    where=self.where) from None
-            except httpx.HTTPError as e:
-                raise ServerUnreachableError(f"cannot reach the server: {e}",
-                                             where=self.where) from None
-            if r.status_code in _RETRY_STATUS and attempt < self.max_retries:
-                retry_after = r.headers.get("retry-after")
-                try:
-                    wait = float(retry_after) if retry_after else delay
-                except ValueError:
-                    wait = delay
-                await asyncio.sleep(min(wait, 30.0))
-                delay *= 2
-                continue
-            break
+    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The whole answer, checked to be a chat completion."""
+        r = await self._request(payload, stream=False)
         body = r.text
-        if r.status_code >= 400:
-            self._raise_for(r.status_code, body)
         try:
             data = r.json()
             data["choices"][0]["message"]

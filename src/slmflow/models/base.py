@@ -26,7 +26,8 @@ import asyncio
 import threading
 from typing import Any, AsyncIterator, Coroutine, Sequence, TypeVar
 
-from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
+from ..structured import OutputSpec
+from ..types import Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, as_messages
 
 T = TypeVar("T")
 
@@ -52,6 +53,24 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def call_parts(messages: Sequence[MessageLike] | str, schema: Any,
+               tools: Sequence[ToolSpec] | None, settings: Settings | None
+               ) -> tuple[Settings, OutputSpec | None, list[Message]]:
+    """What a backend's `generate` (or `_stream`) starts from: the settings (the defaults for
+    None), the `OutputSpec` of `schema` or `tools` (None for a plain text answer) and the
+    message list, in that order (a bad schema is a `SchemaError` before the messages are read)."""
+    settings = settings or Settings()
+    spec = OutputSpec.build(schema, tools, settings.tool_choice)
+    return settings, spec, as_messages(messages)
+
+
+def sent_messages(msgs: list[Message], spec: OutputSpec | None,
+                  settings: Settings) -> list[Message]:
+    """The messages one attempt sends: with the schema instruction in the system message when
+    there is a spec and ``settings.schema_hint`` is on, else `msgs` as they are."""
+    return spec.with_instruction(msgs) if spec is not None and settings.schema_hint else msgs
 
 
 class ResponseStream:

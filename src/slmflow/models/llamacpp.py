@@ -37,8 +37,8 @@ from ..errors import (BackendUnavailableError, ConfigError, ContextLengthError, 
                       ModelLoadError, ModelNotFoundError, SchemaError)
 from ..structured import OutputSpec, attempt_budget, generate_validated
 from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
-                     as_messages, confidence_from_logprobs)
-from .base import Model
+                     confidence_from_logprobs)
+from .base import Model, call_parts, sent_messages
 from .llamacpp_weights import DEFAULT_WEIGHTS, WEIGHT_FORMATS, default_weights, gguf_in_format
 
 __all__ = ["LlamaCppModel", "default_threads", "default_threads_batch", "gguf_in_format",
@@ -568,9 +568,7 @@ class LlamaCppModel(Model):
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, tools, settings.tool_choice)
-        msgs = as_messages(messages)
+        settings, spec, msgs = call_parts(messages, schema, tools, settings)
         if not self._llamas:
             await asyncio.to_thread(self.load)
         if spec is not None:
@@ -580,8 +578,7 @@ class LlamaCppModel(Model):
             await asyncio.to_thread(self._grammar, spec.tightened().schema_text)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
-            hinted = s is not None and settings.schema_hint
-            prompt = self.prompt_text(s.with_instruction(msgs) if hinted else msgs)
+            prompt = self.prompt_text(sent_messages(msgs, s, settings))
             max_tokens = attempt_budget(s, settings.max_tokens, repair)
             return await self._run_async(prompt, s, settings, max_tokens)
 
@@ -600,15 +597,12 @@ class LlamaCppModel(Model):
                                               settings=settings):
                 yield item
             return
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, None, settings.tool_choice)
-        msgs = as_messages(messages)
+        settings, spec, msgs = call_parts(messages, schema, None, settings)
         if not self._llamas:
             await asyncio.to_thread(self.load)
         if spec is not None:
             await asyncio.to_thread(self._grammar, spec.schema_text)
-        hinted = spec is not None and settings.schema_hint
-        prompt = self.prompt_text(spec.with_instruction(msgs) if hinted else msgs)
+        prompt = self.prompt_text(sent_messages(msgs, spec, settings))
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()

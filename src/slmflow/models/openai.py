@@ -29,9 +29,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from ..errors import (ContextLengthError, ServerResponseError, ServerUnreachableError)
 from ..structured import OutputSpec, attempt_budget, generate_validated
-from ..types import (MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage, as_messages,
+from ..types import (MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
                      confidence_from_logprobs)
-from .base import Model
+from .base import Model, call_parts, sent_messages
 
 _RETRY_STATUS = {429, 502, 503, 504}
 
@@ -166,9 +166,7 @@ class OpenAIModel(Model):
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, tools, settings.tool_choice)
-        msgs = as_messages(messages)
+        settings, spec, msgs = call_parts(messages, schema, tools, settings)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
             payload = self._payload(msgs, s, settings, repair)
@@ -180,8 +178,7 @@ class OpenAIModel(Model):
 
     def _payload(self, msgs: list[Any], s: OutputSpec | None, settings: Settings,
                  repair: bool) -> dict[str, Any]:
-        hinted = s is not None and settings.schema_hint
-        sent = s.with_instruction(msgs) if hinted else msgs
+        sent = sent_messages(msgs, s, settings)
         payload: dict[str, Any] = {
             "model": self.model, "messages": [m.to_openai() for m in sent],
             "max_tokens": attempt_budget(s, settings.max_tokens, repair),
@@ -208,9 +205,8 @@ class OpenAIModel(Model):
             return
         import httpx
 
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, None, settings.tool_choice)
-        payload = self._payload(as_messages(messages), spec, settings, False)
+        settings, spec, msgs = call_parts(messages, schema, None, settings)
+        payload = self._payload(msgs, spec, settings, False)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
         t0 = time.perf_counter()

@@ -55,6 +55,22 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return box["value"]
 
 
+def import_backend(name: str, extra: str, *modules: str) -> list[Any]:
+    """A backend's optional packages `modules`, imported in order; when one is missing, a
+    `BackendUnavailableError` (``where=extra``) that names them (`name`) and the pip extra that
+    installs them."""
+    import importlib
+
+    try:
+        return [importlib.import_module(m) for m in modules]
+    except ImportError as e:
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f"{name} {'are' if len(modules) > 1 else 'is'} not installed ({e}); "
+            f"pip install 'slmflow[{extra}]'", where=extra) from None
+
+
 def call_parts(messages: Sequence[MessageLike] | str, schema: Any,
                tools: Sequence[ToolSpec] | None, settings: Settings | None
                ) -> tuple[Settings, OutputSpec | None, list[Message]]:

@@ -38,7 +38,7 @@ from ..errors import (BackendUnavailableError, ConfigError, ContextLengthError, 
 from ..structured import OutputSpec, attempt_budget, generate_validated
 from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
                      confidence_from_logprobs)
-from .base import Model, call_parts, sent_messages
+from .base import Model, call_parts, import_backend, sent_messages
 from .llamacpp_weights import DEFAULT_WEIGHTS, WEIGHT_FORMATS, default_weights, gguf_in_format
 
 __all__ = ["LlamaCppModel", "default_threads", "default_threads_batch", "gguf_in_format",
@@ -46,13 +46,7 @@ __all__ = ["LlamaCppModel", "default_threads", "default_threads_batch", "gguf_in
 
 
 def _import_llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise BackendUnavailableError(
-            f"llama-cpp-python is not installed ({e}); pip install 'slmflow[llamacpp]'",
-            where="llamacpp") from None
-    return llama_cpp
+    return import_backend("llama-cpp-python", "llamacpp", "llama_cpp")[0]
 
 
 @contextlib.contextmanager

@@ -29,17 +29,12 @@ from ..home import subdir
 from ..structured import OutputSpec, attempt_budget, generate_validated
 from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
                      confidence_from_logprobs)
-from .base import Model, call_parts, sent_messages
+from .base import Model, call_parts, import_backend, sent_messages
 
 
 def _imports():
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        raise BackendUnavailableError(
-            f"transformers/torch are not installed ({e}); pip install 'slmflow[transformers]'",
-            where="transformers") from None
+    torch, transformers = import_backend("transformers/torch", "transformers", "torch",
+                                         "transformers")
     return torch, transformers
 
 

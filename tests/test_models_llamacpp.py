@@ -59,6 +59,19 @@ def test_stop_strings(smollm):
     assert "5" not in r.text and r.finish_reason == "stop"
 
 
+def test_stop_strings_cut_the_same_on_the_legacy_engine(smollm):
+    """The legacy engine's loop cuts at a stop string as the default engine does."""
+    prompt = "Count from 1 to 10 separated by commas."
+    s = Settings(max_tokens=40, temperature=0.0, stop=("6", "\n5."))
+    legacy = resolve("smollm2-135m", engine="legacy").load()
+    try:
+        r = legacy.generate_sync(prompt, settings=s)
+    finally:
+        asyncio.run(legacy.aclose())
+    assert r.finish_reason == "stop" and "5" not in r.text and "4" in r.text, r.text
+    assert r.text == smollm.generate_sync(prompt, settings=s).text
+
+
 def test_schema_constrained_output_always_validates(smollm):
     """Every answer of the 135M model validates against the pydantic model."""
     sys = Message("system", "Extract fields from the support ticket.")

@@ -30,7 +30,7 @@ every call, and the verifier reads the passages and ticket the reasoner read a m
 
 Threads: prefill is compute-bound and scales with cores; the decode of one token is short and
 suffers most when another process holds a core. `n_threads_batch` and `n_threads` are set per
-phase by the caller (see `default_threads` in llamacpp.py).
+phase by the caller (see `default_threads` in llamacpp_pool.py).
 
 One `LlamaSession` drives one llama.cpp context and is used by one thread at a time (the
 model's context pool guarantees it); the `PrefixCache` is shared by every context of the
@@ -195,7 +195,7 @@ def lltokenizer(model_path: str | Path) -> Any:
             import llama_cpp
             from llguidance.llamacpp import lltokenizer_from_vocab
 
-            from .llamacpp import _quiet_stderr
+            from .llamacpp_pool import _quiet_stderr
 
             with _quiet_stderr():
                 holder = llama_cpp.Llama(model_path=key, vocab_only=True, verbose=False,
@@ -284,6 +284,13 @@ class LoopResult:
     ttft_s: float | None = None
     text: str | None = None  # set when a stop string cut the text
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def before_stop(text: str, stop: Sequence[str]) -> str | None:
+    """`text` up to the earliest stop string in it; None when it holds none. The one rule for
+    stop strings: both engines' loops and the stream's deltas cut with it."""
+    hits = [text.index(s) for s in stop if s in text]
+    return text[:min(hits)] if hits else None
 
 
 def _logprob(row: np.ndarray, tok: int) -> float:
@@ -512,10 +519,9 @@ class LlamaSession:
                     finish = "stop"
                     break
             if stop:
-                text = self.llm.detokenize(out).decode("utf-8", errors="ignore")
-                hit = [text.index(s) for s in stop if s in text]
-                if hit:
-                    cut_text = text[:min(hit)]
+                cut_text = before_stop(self.llm.detokenize(out).decode("utf-8", errors="ignore"),
+                                       stop)
+                if cut_text is not None:
                     finish = "stop"
                     break
             if len(out) >= max_tokens:

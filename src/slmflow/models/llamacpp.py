@@ -208,7 +208,8 @@ class LlamaCppModel(Model):
 
     def _session(self, llm):
         """The token loop bound to this context (llamacpp_engine.LlamaSession)."""
-        from .llamacpp_engine import LlamaSession, file_scope, shared_cache
+        from .llamacpp_engine import LlamaSession
+        from .llamacpp_prefix import file_scope, shared_cache
 
         if self._scope is None:
             self._scope = file_scope(self.path, self.lora_path) + (self.n_ctx,)

@@ -138,3 +138,25 @@ def test_concurrent_requests_on_a_pool_all_answer():
     # same prompt, same answer, whichever context served it (greedy decoding)
     again = m.generate_sync("Say the number 3.", settings=Settings(max_tokens=8))
     assert again.text == rs[3].text
+
+
+def test_thread_defaults_read_the_environment_and_share_the_cores(monkeypatch):
+    import os
+
+    from slmflow import ConfigError
+    from slmflow.models.llamacpp import default_threads, default_threads_batch
+
+    monkeypatch.delenv("SLMFLOW_LLAMA_THREADS", raising=False)
+    monkeypatch.delenv("SLMFLOW_LLAMA_THREADS_BATCH", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert (default_threads(), default_threads(3), default_threads(16)) == (8, 2, 1)
+    assert default_threads_batch(2) == 4
+    monkeypatch.setenv("SLMFLOW_LLAMA_THREADS", "3")
+    assert default_threads(4) == 3 and default_threads_batch(4) == 3  # batch follows it
+    monkeypatch.setenv("SLMFLOW_LLAMA_THREADS_BATCH", "0")
+    assert default_threads_batch(4) == 1  # at least one
+    monkeypatch.setenv("SLMFLOW_LLAMA_THREADS_BATCH", "many")
+    with pytest.raises(ConfigError, match="SLMFLOW_LLAMA_THREADS_BATCH must be a number, "
+                                          "got 'many'") as e:
+        default_threads_batch()
+    assert e.value.where == "SLMFLOW_LLAMA_THREADS_BATCH"

@@ -126,7 +126,7 @@ class OpenAIModel(Model):
         return r
 
     async def _open_stream(self, payload: dict[str, Any]) -> Any:
-        """The streamed response (status checked, retried as `_post` retries)."""
+        """The streamed response, its status checked (`_request`, retried as `_post` is)."""
         return await self._request(payload, stream=True)
 
     async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:

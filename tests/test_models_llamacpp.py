@@ -59,6 +59,19 @@ def test_stop_strings(smollm):
     assert "5" not in r.text and r.finish_reason == "stop"
 
 
+def test_stop_strings_cut_the_same_on_the_legacy_engine(smollm):
+    """The legacy engine's loop cuts at a stop string as the default engine does."""
+    prompt = "Count from 1 to 10 separated by commas."
+    s = Settings(max_tokens=40, temperature=0.0, stop=("6", "\n5."))
+    legacy = resolve("smollm2-135m", engine="legacy").load()
+    try:
+        r = legacy.generate_sync(prompt, settings=s)
+    finally:
+        asyncio.run(legacy.aclose())
+    assert r.finish_reason == "stop" and "5" not in r.text and "4" in r.text, r.text
+    assert r.text == smollm.generate_sync(prompt, settings=s).text
+
+
 def test_schema_constrained_output_always_validates(smollm):
     """Every answer of the 135M model validates against the pydantic model."""
     sys = Message("system", "Extract fields from the support ticket.")
@@ -125,3 +138,25 @@ def test_concurrent_requests_on_a_pool_all_answer():
     # same prompt, same answer, whichever context served it (greedy decoding)
     again = m.generate_sync("Say the number 3.", settings=Settings(max_tokens=8))
     assert again.text == rs[3].text
+
+
+def test_thread_defaults_read_the_environment_and_share_the_cores(monkeypatch):
+    import os
+
+    from slmflow import ConfigError
+    from slmflow.models.llamacpp import default_threads, default_threads_batch
+
+    monkeypatch.delenv("SLMFLOW_LLAMA_THREADS", raising=False)
+    monkeypatch.delenv("SLMFLOW_LLAMA_THREADS_BATCH", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert (default_threads(), default_threads(3), default_threads(16)) == (8, 2, 1)
+    assert default_threads_batch(2) == 4
+    monkeypatch.setenv("SLMFLOW_LLAMA_THREADS", "3")
+    assert default_threads(4) == 3 and default_threads_batch(4) == 3  # batch follows it
+    monkeypatch.setenv("SLMFLOW_LLAMA_THREADS_BATCH", "0")
+    assert default_threads_batch(4) == 1  # at least one
+    monkeypatch.setenv("SLMFLOW_LLAMA_THREADS_BATCH", "many")
+    with pytest.raises(ConfigError, match="SLMFLOW_LLAMA_THREADS_BATCH must be a number, "
+                                          "got 'many'") as e:
+        default_threads_batch()
+    assert e.value.where == "SLMFLOW_LLAMA_THREADS_BATCH"

@@ -3,6 +3,7 @@ started on loopback by the fixture. Failure modes use small real HTTP servers of
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import subprocess
@@ -138,3 +139,27 @@ def test_overload_that_never_ends_is_reported_not_dropped(scripted_server):
     with pytest.raises(ServerResponseError) as e:
         OpenAIModel("x", base_url=url, max_retries=2).generate_sync("hi")
     assert e.value.status == 503 and len(h.seen) == 3
+
+
+def test_a_stream_is_retried_and_reported_as_a_whole_answer_is(scripted_server):
+    """Opening a stream goes through the same retry as a whole answer: an overload is waited
+    out, and one that never ends is the server's status with its body."""
+    url, h = scripted_server
+    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in (
+        {"choices": [{"delta": {"content": "fi"}}]},
+        {"choices": [{"delta": {"content": "ne"}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 2}})) + "data: [DONE]\n\n"
+    h.replies = [(503, "busy", {"Retry-After": "0"}), (200, sse, {})]
+    m = OpenAIModel("x", base_url=url, logprobs=False)
+
+    async def pieces(model):
+        s = model.stream("hi")
+        return [d async for d in s], s.response
+
+    got, r = asyncio.run(pieces(m))
+    assert got == ["fi", "ne"] and r.text == "fine" and r.usage.output_tokens == 2
+    assert h.seen == [503, 200]
+    h.replies, h.seen[:] = [(503, "still busy", {"Retry-After": "0"})] * 2, []
+    with pytest.raises(ServerResponseError) as e:
+        asyncio.run(pieces(OpenAIModel("x", base_url=url, max_retries=1)))
+    assert e.value.status == 503 and e.value.body == "still busy" and len(h.seen) == 2

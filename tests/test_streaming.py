@@ -58,6 +58,22 @@ def test_llamacpp_streams_the_same_text_as_generate(smollm):
 
 
 @pytest.mark.slow
+def test_llamacpp_streams_up_to_a_stop_string_as_generate_cuts(smollm):
+    """The deltas never send the stop string (nor a piece that may begin it) and add up to the
+    text `generate` returns, cut at the same place."""
+    s = Settings(max_tokens=40, temperature=0.0, stop=("\n5.",))
+    prompt = "Count from 1 to 10 separated by commas."
+
+    async def go():
+        parts, r = await _drain(smollm.stream(prompt, settings=s))
+        return parts, r, await smollm.generate(prompt, settings=s)
+
+    parts, r, g = asyncio.run(go())
+    assert g.finish_reason == "stop" and "5" not in g.text and "4" in g.text, g.text
+    assert "".join(parts) == r.text == g.text and r.finish_reason == "stop"
+
+
+@pytest.mark.slow
 def test_llamacpp_streams_structured_output_validated_at_the_end(smollm):
     prompt = "Pick a colour and a number."
 

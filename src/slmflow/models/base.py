@@ -26,7 +26,8 @@ import asyncio
 import threading
 from typing import Any, AsyncIterator, Coroutine, Sequence, TypeVar
 
-from ..types import MessageLike, ModelInfo, Response, Settings, ToolSpec
+from ..structured import OutputSpec
+from ..types import Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, as_messages
 
 T = TypeVar("T")
 
@@ -52,6 +53,40 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def import_backend(name: str, extra: str, *modules: str) -> list[Any]:
+    """A backend's optional packages `modules`, imported in order; when one is missing, a
+    `BackendUnavailableError` (``where=extra``) that names them (`name`) and the pip extra that
+    installs them."""
+    import importlib
+
+    try:
+        return [importlib.import_module(m) for m in modules]
+    except ImportError as e:
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f"{name} {'are' if len(modules) > 1 else 'is'} not installed ({e}); "
+            f"pip install 'slmflow[{extra}]'", where=extra) from None
+
+
+def call_parts(messages: Sequence[MessageLike] | str, schema: Any,
+               tools: Sequence[ToolSpec] | None, settings: Settings | None
+               ) -> tuple[Settings, OutputSpec | None, list[Message]]:
+    """What a backend's `generate` (or `_stream`) starts from: the settings (the defaults for
+    None), the `OutputSpec` of `schema` or `tools` (None for a plain text answer) and the
+    message list, in that order (a bad schema is a `SchemaError` before the messages are read)."""
+    settings = settings or Settings()
+    spec = OutputSpec.build(schema, tools, settings.tool_choice)
+    return settings, spec, as_messages(messages)
+
+
+def sent_messages(msgs: list[Message], spec: OutputSpec | None,
+                  settings: Settings) -> list[Message]:
+    """The messages one attempt sends: with the schema instruction in the system message when
+    there is a spec and ``settings.schema_hint`` is on, else `msgs` as they are."""
+    return spec.with_instruction(msgs) if spec is not None and settings.schema_hint else msgs
 
 
 class ResponseStream:

@@ -17,9 +17,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import GenerationError
 from ..structured import OutputSpec, generate_validated
-from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
-                     as_messages)
-from .base import Model
+from ..types import Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage
+from .base import Model, call_parts
 
 
 def _to_text(value: Any) -> str:
@@ -50,9 +49,7 @@ class FunctionModel(Model):
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, tools, settings.tool_choice)
-        msgs = as_messages(messages)
+        settings, spec, msgs = call_parts(messages, schema, tools, settings)
         self.calls.append(msgs)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:

@@ -16,6 +16,11 @@ sampler.
 Concurrency: one llama.cpp context runs one generation at a time. ``pool_size`` contexts share the
 memory-mapped weights; requests wait for a free context (a thread-safe queue, so the model
 works from any event loop), never interleave, and each context always runs on its own thread.
+
+This module is the `Model`: loading, prompts, the grammar check, one generation. Beside it:
+`llamacpp_pool` (the contexts: loading them, thread counts, the pool and the base shared across
+adapters), `llamacpp_engine` (the token loop of the default engine), `llamacpp_stream` (that loop
+streamed: text deltas, the worker thread -> asyncio bridge), `llamacpp_weights` (weight formats).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
@@ -37,39 +42,15 @@ from ..errors import (BackendUnavailableError, ConfigError, ContextLengthError, 
                       ModelLoadError, ModelNotFoundError, SchemaError)
 from ..structured import OutputSpec, attempt_budget, generate_validated
 from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
-                     as_messages, confidence_from_logprobs)
-from .base import Model
+                     confidence_from_logprobs)
+from .base import Model, call_parts, sent_messages
+from .llamacpp_pool import (_LOAD_LOCK, _SharedBase, _import_llama_cpp, _quiet_stderr, acquire,
+                            close_contexts, default_threads, default_threads_batch, join_base,
+                            leave_base, pool_of)
 from .llamacpp_weights import DEFAULT_WEIGHTS, WEIGHT_FORMATS, default_weights, gguf_in_format
 
 __all__ = ["LlamaCppModel", "default_threads", "default_threads_batch", "gguf_in_format",
            "default_weights", "WEIGHT_FORMATS", "DEFAULT_WEIGHTS"]
-
-
-def _import_llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise BackendUnavailableError(
-            f"llama-cpp-python is not installed ({e}); pip install 'slmflow[llamacpp]'",
-            where="llamacpp") from None
-    return llama_cpp
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp prints model-loading chatter on fd 2; keep it unless loading fails."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
 
 
 @lru_cache(maxsize=256)
@@ -106,169 +87,6 @@ def _check_grammar(llm: Any, gbnf: str) -> None:
     if len(_PARSED) > 4096:
         _PARSED.clear()
     _PARSED.add(h)
-
-
-_LOAD_LOCK = threading.Lock()
-
-
-def default_threads(pool_size: int = 1) -> int:
-    """Threads per llama.cpp context for decoding: ``$SLMFLOW_LLAMA_THREADS``, else every core,
-    shared by the pool's contexts (at least 1).
-
-    Measured on the 2-core machine, quiet: one decode step of the 135M model takes 9.5 ms on two
-    threads and 17.5 ms on one (docs/benchmarks.md). The earlier default left a core free because
-    ggml's worker threads spin while they wait for each other: next to a busy LoRA training, 11
-    tokens took 31.8 s with 2 threads and 1.4 s with 1 thread. On a box shared with other heavy
-    jobs, set ``SLMFLOW_LLAMA_THREADS=1``."""
-    env = os.environ.get("SLMFLOW_LLAMA_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ConfigError(f"SLMFLOW_LLAMA_THREADS must be a number, got {env!r}",
-                              where="SLMFLOW_LLAMA_THREADS") from None
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, pool_size))
-
-
-def default_threads_batch(pool_size: int = 1) -> int:
-    """Threads for prompt evaluation (batches): ``$SLMFLOW_LLAMA_THREADS_BATCH``, else every core,
-    shared by the pool's contexts. Prefill is compute-bound and scales with cores (measured in
-    docs/benchmarks.md); the spin-wait penalty that keeps decode off the last core costs little
-    on one long batch."""
-    env = os.environ.get("SLMFLOW_LLAMA_THREADS_BATCH")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ConfigError(f"SLMFLOW_LLAMA_THREADS_BATCH must be a number, got {env!r}",
-                              where="SLMFLOW_LLAMA_THREADS_BATCH") from None
-    if os.environ.get("SLMFLOW_LLAMA_THREADS"):
-        return default_threads(pool_size)
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, pool_size))
-
-
-class _SharedBase:
-    """One llama.cpp model (its weights loaded once) and its pool of contexts, shared by every
-    fast-engine `LlamaCppModel` on the same file and context settings, whatever its adapter.
-
-    Why: llama-cpp-python turns mmap off for a model given a ``lora_path`` and loads a private
-    copy of the weights, so a workflow with a router adapter, an extractor adapter and the bare
-    base held three copies. Measured on the support chain (2 cores, 480 MB L3): one decode step
-    took 11.5 ms with one model in the process and 30-50 ms with the three copies evicting each
-    other from cache. Here the base is loaded once (mmap'd) and each call sets its adapter on the
-    context it got (``llama_set_adapters_lora``, a no-op when unchanged); KV states stay scoped by
-    adapter (see `llamacpp_engine.LlamaSession.bind`)."""
-
-    def __init__(self, owner: "LlamaCppModel") -> None:
-        self.llamas = [owner._new_llama(with_lora=False) for _ in range(owner.pool_size)]
-        self.free: queue.Queue = queue.Queue()
-        self.workers: dict[int, ThreadPoolExecutor] = {}
-        for llm in self.llamas:
-            self.free.put(llm)
-            self.workers[id(llm)] = ThreadPoolExecutor(
-                1, thread_name_prefix=f"llamacpp-{owner.info.name}")
-        self.sessions: dict[int, Any] = {}
-        self.adapters: dict[str, Any] = {}
-        self.users = 0
-        self.lock = threading.Lock()
-
-    def adapter(self, path: Path, where: str):
-        """The adapter loaded on this base (once); a refused file is a `ModelLoadError`."""
-        key = str(path.resolve())
-        with self.lock:
-            ptr = self.adapters.get(key)
-            if ptr is None:
-                llama_cpp = _import_llama_cpp()
-                with _LOAD_LOCK, _quiet_stderr():
-                    ptr = llama_cpp.llama_adapter_lora_init(self.llamas[0]._model.model,
-                                                            key.encode("utf-8"))
-                if not ptr:  # NULL, not None: llama.cpp refused it
-                    raise ModelLoadError(f"llama.cpp refused the LoRA adapter {path}",
-                                         where=where)
-                self.adapters[key] = ptr
-            return ptr
-
-    def close(self) -> None:
-        for sess in self.sessions.values():
-            with contextlib.suppress(Exception):
-                sess.close()
-        llama_cpp = _import_llama_cpp()
-        for ptr in self.adapters.values():
-            with contextlib.suppress(Exception):
-                llama_cpp.llama_adapter_lora_free(ptr)
-        for llm in self.llamas:
-            with contextlib.suppress(Exception):
-                llm.close()
-        for ex in self.workers.values():
-            ex.shutdown(wait=False)
-
-
-_BASES: dict[tuple, _SharedBase] = {}
-_BASES_LOCK = threading.Lock()
-
-
-def _complete_utf8(b: bytes) -> str:
-    """`b` decoded, without a multi-byte character whose last bytes are still to come (a
-    character split across tokens is sent whole, with the token that completes it)."""
-    i, n = len(b), 0
-    while i > 0 and n < 3 and (b[i - 1] & 0xC0) == 0x80:
-        i, n = i - 1, n + 1
-    if i > 0 and b[i - 1] >= 0xC0:
-        lead = b[i - 1]
-        need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
-        if len(b) - (i - 1) < need:
-            b = b[:i - 1]
-    return b.decode("utf-8", errors="replace")
-
-
-def _held_back(text: str, stop: Sequence[str]) -> int:
-    """Characters at the end of `text` that may be the start of a stop string (not sent yet:
-    the stop string would be cut from the answer)."""
-    best = 0
-    for s in stop:
-        for k in range(min(len(s), len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
-
-
-class _Deltas:
-    """Text deltas of a growing answer, computed on the worker thread from all its tokens
-    (llama.cpp's detokenizer on the whole list, so the pieces add up to exactly the text a
-    whole-answer call decodes). Never sends a stop string or a piece that may begin one."""
-
-    def __init__(self, llm: Any, stop: Sequence[str], send: Any) -> None:
-        self.llm, self.stop, self.send = llm, tuple(s for s in stop if s), send
-        self.tokens: list[int] = []
-        self.sent = 0
-        self._text = ""
-
-    def _visible(self, text: str, final: bool) -> str:
-        hits = [text.index(s) for s in self.stop if s in text]
-        if hits:
-            return text[:min(hits)]
-        return text if final or not self.stop else text[:len(text) - _held_back(text,
-                                                                                    self.stop)]
-
-    def feed(self, out: list[int]) -> None:
-        self.tokens = out
-        text = self._visible(_complete_utf8(self.llm.detokenize(out)), final=False)
-        if len(text) > self.sent:
-            self._text = text
-            piece, self.sent = text[self.sent:], len(text)
-            self.send(piece)
-
-    def final(self, finish: str) -> str:
-        """The whole answer's text; what was sent is always its beginning."""
-        text = self._visible(self.llm.detokenize(self.tokens).decode("utf-8", errors="replace"),
-                             final=True)
-        sent = self._text[:self.sent]
-        if not text.startswith(sent):  # cannot happen with a prefix-stable detokenizer
-            text = sent
-        return text
 
 
 class LlamaCppModel(Model):
@@ -347,11 +165,7 @@ class LlamaCppModel(Model):
         with self._load_lock:
             if not self._llamas and self.engine == "fast":
                 key = (str(self.path.resolve()), self.n_ctx, self.n_batch, self.pool_size)
-                with _BASES_LOCK:
-                    base = _BASES.get(key)
-                    if base is None:
-                        base = _BASES[key] = _SharedBase(self)
-                    base.users += 1
+                base = join_base(key, self)
                 self._base, self._base_key = base, key
                 try:
                     if self.lora_path is not None:
@@ -363,10 +177,7 @@ class LlamaCppModel(Model):
                 self._formatter = self._make_formatter(self._llamas[0])
             elif not self._llamas:
                 self._llamas = [self._new_llama() for _ in range(self.pool_size)]
-                for llm in self._llamas:
-                    self._free.put(llm)
-                    self._workers[id(llm)] = ThreadPoolExecutor(
-                        1, thread_name_prefix=f"llamacpp-{self.info.name}")
+                self._free, self._workers = pool_of(self._llamas, self.info.name)
                 self._formatter = self._make_formatter(self._llamas[0])
         return self
 
@@ -397,7 +208,8 @@ class LlamaCppModel(Model):
 
     def _session(self, llm):
         """The token loop bound to this context (llamacpp_engine.LlamaSession)."""
-        from .llamacpp_engine import LlamaSession, file_scope, shared_cache
+        from .llamacpp_engine import LlamaSession
+        from .llamacpp_prefix import file_scope, shared_cache
 
         if self._scope is None:
             self._scope = file_scope(self.path, self.lora_path) + (self.n_ctx,)
@@ -459,6 +271,8 @@ class LlamaCppModel(Model):
         the path before the prefix cache and llguidance; kept for comparison)."""
         import llama_cpp
 
+        from .llamacpp_engine import before_stop
+
         t0 = time.perf_counter()
         tokens, max_tokens = self._tokens(llm, prompt, max_tokens)
         grammar = None
@@ -488,10 +302,9 @@ class LlamaCppModel(Model):
                 out.append(tok)
                 if settings.stop:
                     text = llm.detokenize(out).decode("utf-8", errors="ignore")
-                    hit = [text.index(s) for s in settings.stop if s in text]
-                    if hit:
-                        text = text[:min(hit)]
-                        finish = "stop"
+                    cut = before_stop(text, settings.stop)
+                    if cut is not None:
+                        text, finish = cut, "stop"
                         break
                 if len(out) >= max_tokens:
                     break
@@ -526,30 +339,6 @@ class LlamaCppModel(Model):
             raise SchemaError(f"llguidance cannot turn this schema into a grammar: {e}",
                               where=self.info.identity) from None
 
-    async def _acquire(self):
-        """A free context. A caller cancelled while it waits (a timeout, a client that went
-        away) does not lose the context the waiting thread takes later: it goes back."""
-        abandoned = threading.Event()
-
-        def take() -> Any:
-            llm = self._free.get()
-            if abandoned.is_set():  # on this thread: works even once the caller's loop is gone
-                self._free.put(llm)
-                return None
-            return llm
-
-        fut = asyncio.get_running_loop().run_in_executor(None, take)
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            abandoned.set()
-
-            def give_back(f: Any) -> None:  # taken before the flag was set
-                if not f.cancelled() and f.exception() is None and f.result() is not None:
-                    self._free.put(f.result())
-            fut.add_done_callback(give_back)
-            raise
-
     async def _run_async(self, prompt: str, spec: OutputSpec | None, settings: Settings,
                          max_tokens: int) -> Response:
         """Wait for a free context, then generate on that context's own worker thread.
@@ -557,7 +346,7 @@ class LlamaCppModel(Model):
         One dedicated thread per context: handing a llama.cpp context from one OS thread to
         another between requests cost 2x throughput here (8 concurrent requests: 77 tok/s through
         a shared thread pool vs 173 tok/s one after another)."""
-        llm = await self._acquire()
+        llm = await acquire(self._free)
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._workers[id(llm)], self._run, llm, prompt,
@@ -565,23 +354,24 @@ class LlamaCppModel(Model):
         finally:
             self._free.put(llm)
 
+    async def _ready(self, *specs: OutputSpec | None) -> None:
+        """Weights loaded and each spec's constraint compiled, off the event loop (a big schema
+        takes a while) and so inside the caller's timeout: a schema error surfaces here, before
+        any work is queued."""
+        if not self._llamas:
+            await asyncio.to_thread(self.load)
+        for spec in specs:
+            if spec is not None:
+                await asyncio.to_thread(self._grammar, spec.schema_text)
+
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, tools, settings.tool_choice)
-        msgs = as_messages(messages)
-        if not self._llamas:
-            await asyncio.to_thread(self.load)
-        if spec is not None:
-            # schema errors surface before any work is queued; the compile runs off the event
-            # loop (a big schema takes a while) and so inside the caller's timeout
-            await asyncio.to_thread(self._grammar, spec.schema_text)
-            await asyncio.to_thread(self._grammar, spec.tightened().schema_text)
+        settings, spec, msgs = call_parts(messages, schema, tools, settings)
+        await self._ready(*((spec, spec.tightened()) if spec is not None else ()))
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
-            hinted = s is not None and settings.schema_hint
-            prompt = self.prompt_text(s.with_instruction(msgs) if hinted else msgs)
+            prompt = self.prompt_text(sent_messages(msgs, s, settings))
             max_tokens = attempt_budget(s, settings.max_tokens, repair)
             return await self._run_async(prompt, s, settings, max_tokens)
 
@@ -600,68 +390,25 @@ class LlamaCppModel(Model):
                                               settings=settings):
                 yield item
             return
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, None, settings.tool_choice)
-        msgs = as_messages(messages)
-        if not self._llamas:
-            await asyncio.to_thread(self.load)
-        if spec is not None:
-            await asyncio.to_thread(self._grammar, spec.schema_text)
-        hinted = spec is not None and settings.schema_hint
-        prompt = self.prompt_text(spec.with_instruction(msgs) if hinted else msgs)
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        llm = await self._acquire()
-        deltas = _Deltas(llm, settings.stop, lambda d: loop.call_soon_threadsafe(q.put_nowait, d))
+        settings, spec, msgs = call_parts(messages, schema, None, settings)
+        await self._ready(spec)
+        prompt = self.prompt_text(sent_messages(msgs, spec, settings))
+        from ..structured import validate_streamed
+        from .llamacpp_stream import stream_on_worker
 
-        def work() -> Response:
-            try:
-                return self._run_fast(llm, prompt, spec, settings, settings.max_tokens,
-                                      deltas.feed, cancel)
-            finally:  # back to the pool from the worker itself: the consumer's loop may be gone
-                self._free.put(llm)
-
-        try:
-            fut = loop.run_in_executor(self._workers[id(llm)], work)
-        except BaseException:
-            self._free.put(llm)
-            raise
-
-        def done(f: Any) -> None:  # after every delta: they were queued first, in order
-            q.put_nowait(None)
-            if not f.cancelled():
-                f.exception()  # retrieved: no "never retrieved" warning for a closed stream
-
-        fut.add_done_callback(done)
-        try:
-            while True:
-                d = await q.get()
-                if d is None:
-                    break
-                yield d
-            r = fut.result()
-            text = deltas.final(r.finish_reason)
-            if len(text) > deltas.sent:
-                yield text[deltas.sent:]
-            from dataclasses import replace
-
-            from ..structured import validate_streamed
-
-            yield validate_streamed(spec, replace(r, text=text), where=self.info.identity)
-        finally:
-            if not fut.done():
-                cancel.set()
+        llm = await acquire(self._free)
+        run = partial(self._run_fast, llm, prompt, spec, settings, settings.max_tokens)
+        async with contextlib.aclosing(stream_on_worker(llm, self._workers, self._free,
+                                                        settings.stop, run)) as items:
+            async for item in items:
+                yield (validate_streamed(spec, item, where=self.info.identity)
+                       if isinstance(item, Response) else item)
 
     def _release_base(self) -> None:
         base, self._base = self._base, None
         if base is None:
             return
-        with _BASES_LOCK:
-            base.users -= 1
-            if base.users <= 0 and _BASES.get(self._base_key) is base:
-                del _BASES[self._base_key]
-                base.close()
+        leave_base(base, self._base_key)
         self._lora_ptr = None
 
     async def aclose(self) -> None:
@@ -669,11 +416,7 @@ class LlamaCppModel(Model):
             self._release_base()
             self._llamas, self._workers, self._free = [], {}, queue.Queue()
             return
-        for llm in self._llamas:
-            with contextlib.suppress(Exception):
-                llm.close()
-        for ex in self._workers.values():
-            ex.shutdown(wait=False)
+        close_contexts(self._llamas, self._workers)
         self._workers = {}
         self._llamas = []
         self._free = queue.Queue()

@@ -7,16 +7,14 @@ of those tokens were evaluated before: an agent's instructions and schema text a
 every call, and the verifier reads the passages and ticket the reasoner read a moment earlier.
 ``Llama.generate`` only reuses the prefix of the *last* prompt of *its own* context. Here:
 
-* `PrefixCache` keeps KV states of earlier prompts (``llama_state_seq_get_data`` of sequence 0:
-  only the KV cells of that sequence, ~23 KB per token for SmolLM2-135M; ``Llama.save_state``
-  is the wrong tool, it copies the whole context state with its logits buffer). A call finds the
-  entry with the longest common token prefix, restores it (~1 ms for 300 tokens) and drops the
-  cells past the match, so it evaluates only what no earlier call evaluated: RadixAttention's
-  idea over opaque state blobs. The live context is itself a candidate (no restore needed).
-  Entries are scoped by (model file, adapter file, context type): a state computed under one
-  LoRA adapter is never restored into another (the adapter changes K and V). Memory is bounded:
-  LRU by bytes (`SLMFLOW_PREFIX_CACHE_MB`, default 256), and an entry whose tokens are a prefix
-  of a newer entry's is dropped (the newer one serves every match the older one could).
+* `PrefixCache` (llamacpp_prefix.py) keeps KV states of earlier prompts
+  (``llama_state_seq_get_data`` of sequence 0: only the KV cells of that sequence, ~23 KB per
+  token for SmolLM2-135M; ``Llama.save_state`` is the wrong tool, it copies the whole context
+  state with its logits buffer). A call finds the entry with the longest common token prefix,
+  restores it (~1 ms for 300 tokens) and drops the cells past the match, so it evaluates only
+  what no earlier call evaluated: RadixAttention's idea over opaque state blobs. The live
+  context is itself a candidate (no restore needed). Entries are scoped by model file, adapter
+  file and context type, and memory is bounded (see llamacpp_prefix).
 * Constrained decoding runs on llguidance (`LLMatcher` over the llama.cpp vocabulary, the
   tokenizer bridge ``llguidance.llamacpp``): tokens the grammar forces (``{"category":"``) are
   decoded in one batch instead of one by one (fast-forward); the unconstrained argmax is checked
@@ -30,17 +28,22 @@ every call, and the verifier reads the passages and ticket the reasoner read a m
 
 Threads: prefill is compute-bound and scales with cores; the decode of one token is short and
 suffers most when another process holds a core. `n_threads_batch` and `n_threads` are set per
-phase by the caller (see `default_threads` in llamacpp.py).
+phase by the caller (see `default_threads` in llamacpp_pool.py).
 
 One `LlamaSession` drives one llama.cpp context and is used by one thread at a time (the
 model's context pool guarantees it); the `PrefixCache` is shared by every context of the
 process and locks its own table.
+
+One job: this module is the token loop (`LlamaSession`) and what it needs to constrain tokens
+(llguidance's view of the vocabulary and the grammar of a schema, each built once and cached,
+and `before_stop`, the stop-string rule). The store of KV states it reuses is llamacpp_prefix;
+streaming the loop to an event loop is llamacpp_stream; choosing and pooling contexts is
+llamacpp_pool.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -50,127 +53,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .llamacpp_prefix import PrefixCache, _common_prefix, file_scope, shared_cache
 
-def _cache_bytes_default() -> int:
-    env = os.environ.get("SLMFLOW_PREFIX_CACHE_MB")
-    if env:
-        try:
-            return max(0, int(float(env) * 1024 * 1024))
-        except ValueError:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"SLMFLOW_PREFIX_CACHE_MB must be a number, got {env!r}",
-                              where="SLMFLOW_PREFIX_CACHE_MB") from None
-    return 256 * 1024 * 1024
-
-
-def file_scope(*paths: Path | None) -> tuple:
-    """What a KV state depends on: each file's resolved path, size and modification time (a
-    replaced adapter file never reuses the states of the old one)."""
-    out: list[Any] = []
-    for p in paths:
-        if p is None:
-            out.append(None)
-            continue
-        st = Path(p).stat()
-        out.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
-@dataclass
-class _Entry:
-    scope: tuple
-    tokens: np.ndarray  # int32
-    state: Any  # ctypes uint8 array
-    nbytes: int
-
-
-def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    neq = np.flatnonzero(a[:n] != b[:n])
-    return int(neq[0]) if len(neq) else n
-
-
-class PrefixCache:
-    """KV states of earlier prompts, found by longest common token prefix; LRU by bytes."""
-
-    def __init__(self, max_bytes: int | None = None) -> None:
-        self.max_bytes = _cache_bytes_default() if max_bytes is None else max_bytes
-        self._entries: OrderedDict[int, _Entry] = OrderedDict()
-        self._next = 0
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-
-    def lookup(self, scope: tuple, tokens: np.ndarray) -> tuple[_Entry | None, int]:
-        """The entry sharing the longest prefix with `tokens` in `scope`, and that length."""
-        best, best_n = None, 0
-        with self._lock:
-            for key, e in self._entries.items():
-                if e.scope != scope:
-                    continue
-                n = _common_prefix(e.tokens, tokens)
-                if n > best_n:
-                    best, best_n, best_key = e, n, key
-            if best is not None:
-                self._entries.move_to_end(best_key)
-                self.hits += 1
-            else:
-                self.misses += 1
-        return best, best_n
-
-    def put(self, scope: tuple, tokens: np.ndarray, state: Any, nbytes: int) -> None:
-        if nbytes > self.max_bytes:
-            return
-        with self._lock:
-            # entries this one dominates (their tokens are a prefix of these) go
-            for key in [k for k, e in self._entries.items()
-                        if e.scope == scope and len(e.tokens) <= len(tokens)
-                        and _common_prefix(e.tokens, tokens) == len(e.tokens)]:
-                self._bytes -= self._entries.pop(key).nbytes
-            self._entries[self._next] = _Entry(scope, tokens.copy(), state, nbytes)
-            self._next += 1
-            self._bytes += nbytes
-            while self._bytes > self.max_bytes and self._entries:
-                _, old = self._entries.popitem(last=False)
-                self._bytes -= old.nbytes
-                self.evictions += 1
-
-    def dominated_by(self, scope: tuple, tokens: np.ndarray) -> bool:
-        """True when an entry already holds `tokens` as (a prefix of) its own."""
-        with self._lock:
-            return any(e.scope == scope and len(e.tokens) >= len(tokens)
-                       and _common_prefix(e.tokens, tokens) == len(tokens)
-                       for e in self._entries.values())
-
-
-_CACHE: PrefixCache | None = None
-_CACHE_LOCK = threading.Lock()
-
-
-def shared_cache() -> PrefixCache:
-    """The process's prefix cache (sized by ``SLMFLOW_PREFIX_CACHE_MB`` on first use)."""
-    global _CACHE
-    with _CACHE_LOCK:
-        if _CACHE is None:
-            _CACHE = PrefixCache()
-        return _CACHE
+__all__ = ["LlamaSession", "LoopResult", "PrefixCache", "before_stop", "closed_objects",
+           "file_scope", "grammar_for", "lltokenizer", "new_matcher", "shared_cache"]
 
 
 # -- llguidance ------------------------------------------------------------------------------
@@ -195,7 +81,7 @@ def lltokenizer(model_path: str | Path) -> Any:
             import llama_cpp
             from llguidance.llamacpp import lltokenizer_from_vocab
 
-            from .llamacpp import _quiet_stderr
+            from .llamacpp_pool import _quiet_stderr
 
             with _quiet_stderr():
                 holder = llama_cpp.Llama(model_path=key, vocab_only=True, verbose=False,
@@ -284,6 +170,13 @@ class LoopResult:
     ttft_s: float | None = None
     text: str | None = None  # set when a stop string cut the text
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def before_stop(text: str, stop: Sequence[str]) -> str | None:
+    """`text` up to the earliest stop string in it; None when it holds none. The one rule for
+    stop strings: both engines' loops and the stream's deltas cut with it."""
+    hits = [text.index(s) for s in stop if s in text]
+    return text[:min(hits)] if hits else None
 
 
 def _logprob(row: np.ndarray, tok: int) -> float:
@@ -512,10 +405,9 @@ class LlamaSession:
                     finish = "stop"
                     break
             if stop:
-                text = self.llm.detokenize(out).decode("utf-8", errors="ignore")
-                hit = [text.index(s) for s in stop if s in text]
-                if hit:
-                    cut_text = text[:min(hit)]
+                cut_text = before_stop(self.llm.detokenize(out).decode("utf-8", errors="ignore"),
+                                       stop)
+                if cut_text is not None:
                     finish = "stop"
                     break
             if len(out) >= max_tokens:

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
+from .llamacpp_pool import _import_llama_cpp, _quiet_stderr
 
 WEIGHT_FORMATS = {"q4_1": 3, "q8_0": 7, "f16": 1, "bf16": 32}
 """Weight formats a GGUF can be converted to (llama.cpp file types). Which is fastest depends on
@@ -94,15 +95,3 @@ DEFAULT_WEIGHTS: str | None = "q8_0"
 """Measured on this project's 2-core machine (docs/benchmarks.md, "Kernels and weight format"):
 Q8_0 prefills 1.7x faster than the shipped Q4_1 and decodes 0.83x as fast; a chain's cost is
 mostly prefill, so Q8_0 wins. Its adapters' eval scores match Q4_1's."""
-
-
-def _import_llama_cpp():
-    from .llamacpp import _import_llama_cpp as imp
-
-    return imp()
-
-
-def _quiet_stderr():
-    from .llamacpp import _quiet_stderr as q
-
-    return q()

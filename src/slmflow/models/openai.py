@@ -29,9 +29,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from ..errors import (ContextLengthError, ServerResponseError, ServerUnreachableError)
 from ..structured import OutputSpec, attempt_budget, generate_validated
-from ..types import (MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage, as_messages,
+from ..types import (MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
                      confidence_from_logprobs)
-from .base import Model
+from .base import Model, call_parts, sent_messages
 
 _RETRY_STATUS = {429, 502, 503, 504}
 
@@ -85,8 +85,12 @@ class OpenAIModel(Model):
         raise ServerResponseError(f"HTTP {status}: {body[:500]}", where=self.where,
                                   status=status, body=body)
 
-    async def _open_stream(self, payload: dict[str, Any]) -> Any:
-        """The streamed response (status checked, retried as `_post` retries)."""
+    async def _request(self, payload: dict[str, Any], *, stream: bool) -> Any:
+        """POST `payload` to ``/chat/completions``; the response, its body still unread when
+        `stream`. 429/502/503/504 are retried up to `max_retries` times, waiting as
+        ``Retry-After`` says (at most 30 s) or 0.5 s doubling; a server that cannot be reached
+        or does not answer in time is a `ServerUnreachableError`; any other status >= 400 (or
+        one still failing after the retries) a `ServerResponseError` or `ContextLengthError`."""
         import httpx
 
         client = self._client()
@@ -94,7 +98,7 @@ class OpenAIModel(Model):
         for attempt in range(self.max_retries + 1):
             try:
                 r = await client.send(client.build_request("POST", "/chat/completions",
-                                                           json=payload), stream=True)
+                                                           json=payload), stream=stream)
             except httpx.TimeoutException as e:
                 raise ServerUnreachableError(
                     f"no answer within {self.timeout_s}s ({type(e).__name__})",
@@ -115,40 +119,20 @@ class OpenAIModel(Model):
             break
         if r.status_code >= 400:
             try:
-                body = (await r.aread()).decode("utf-8", errors="replace")
+                body = (await r.aread()).decode("utf-8", errors="replace") if stream else r.text
             finally:
                 await r.aclose()
             self._raise_for(r.status_code, body)
         return r
 
-    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        import httpx
+    async def _open_stream(self, payload: dict[str, Any]) -> Any:
+        """The streamed response, its status checked (`_request`, retried as `_post` is)."""
+        return await self._request(payload, stream=True)
 
-        client = self._client()
-        delay = 0.5
-        for attempt in range(self.max_retries + 1):
-            try:
-                r = await client.post("/chat/completions", json=payload)
-            except httpx.TimeoutException as e:
-                raise ServerUnreachableError(
-                    f"no answer within {self.timeout_s}s ({type(e).__name__})",
-                    where=self.where) from None
-            except httpx.HTTPError as e:
-                raise ServerUnreachableError(f"cannot reach the server: {e}",
-                                             where=self.where) from None
-            if r.status_code in _RETRY_STATUS and attempt < self.max_retries:
-                retry_after = r.headers.get("retry-after")
-                try:
-                    wait = float(retry_after) if retry_after else delay
-                except ValueError:
-                    wait = delay
-                await asyncio.sleep(min(wait, 30.0))
-                delay *= 2
-                continue
-            break
+    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The whole answer, checked to be a chat completion."""
+        r = await self._request(payload, stream=False)
         body = r.text
-        if r.status_code >= 400:
-            self._raise_for(r.status_code, body)
         try:
             data = r.json()
             data["choices"][0]["message"]
@@ -182,9 +166,7 @@ class OpenAIModel(Model):
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, tools, settings.tool_choice)
-        msgs = as_messages(messages)
+        settings, spec, msgs = call_parts(messages, schema, tools, settings)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
             payload = self._payload(msgs, s, settings, repair)
@@ -196,8 +178,7 @@ class OpenAIModel(Model):
 
     def _payload(self, msgs: list[Any], s: OutputSpec | None, settings: Settings,
                  repair: bool) -> dict[str, Any]:
-        hinted = s is not None and settings.schema_hint
-        sent = s.with_instruction(msgs) if hinted else msgs
+        sent = sent_messages(msgs, s, settings)
         payload: dict[str, Any] = {
             "model": self.model, "messages": [m.to_openai() for m in sent],
             "max_tokens": attempt_budget(s, settings.max_tokens, repair),
@@ -224,9 +205,8 @@ class OpenAIModel(Model):
             return
         import httpx
 
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, None, settings.tool_choice)
-        payload = self._payload(as_messages(messages), spec, settings, False)
+        settings, spec, msgs = call_parts(messages, schema, None, settings)
+        payload = self._payload(msgs, spec, settings, False)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
         t0 = time.perf_counter()

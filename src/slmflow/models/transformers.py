@@ -28,18 +28,13 @@ from ..errors import (BackendUnavailableError, ContextLengthError, GenerationErr
 from ..home import subdir
 from ..structured import OutputSpec, attempt_budget, generate_validated
 from ..types import (Message, MessageLike, ModelInfo, Response, Settings, ToolSpec, Usage,
-                     as_messages, confidence_from_logprobs)
-from .base import Model
+                     confidence_from_logprobs)
+from .base import Model, call_parts, import_backend, sent_messages
 
 
 def _imports():
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        raise BackendUnavailableError(
-            f"transformers/torch are not installed ({e}); pip install 'slmflow[transformers]'",
-            where="transformers") from None
+    torch, transformers = import_backend("transformers/torch", "transformers", "torch",
+                                         "transformers")
     return torch, transformers
 
 
@@ -225,15 +220,12 @@ class TransformersModel(Model):
     async def generate(self, messages: Sequence[MessageLike] | str, *, schema: Any = None,
                        tools: Sequence[ToolSpec] | None = None,
                        settings: Settings | None = None) -> Response:
-        settings = settings or Settings()
-        spec = OutputSpec.build(schema, tools, settings.tool_choice)
-        msgs = as_messages(messages)
+        settings, spec, msgs = call_parts(messages, schema, tools, settings)
         if self.model is None:
             await asyncio.to_thread(self.load)
 
         async def attempt(s: OutputSpec | None, repair: bool) -> Response:
-            hinted = s is not None and settings.schema_hint
-            prompt = self.prompt_text(s.with_instruction(msgs) if hinted else msgs)
+            prompt = self.prompt_text(sent_messages(msgs, s, settings))
             max_tokens = attempt_budget(s, settings.max_tokens, repair)
             return await asyncio.to_thread(self._run, prompt, s, settings, max_tokens)
 

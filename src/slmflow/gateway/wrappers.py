@@ -3,7 +3,8 @@
 The wrappers themselves are `Model`s in `slmflow.models` (one place per behaviour, usable outside
 the gateway too): `Cached` (models/cached.py), `Resilient` and `CircuitBreaker`
 (models/resilient.py), `Fallback` (models/fallback.py: the one escalation policy, shared with
-agents). The gateway stacks them as ``Cached(Guarded(Resilient(Fallback(slm, strong))))``.
+agents). The gateway stacks them as
+``Cached(Guarded(Fallback(Resilient(slm), Resilient(strong))))``.
 
 What stays here is per request: `RequestInfo` (cache status, escalation, the primary model's
 answer) lives in a contextvar the gateway sets for each request; the wrappers report to it through

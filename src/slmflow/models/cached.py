@@ -1,9 +1,9 @@
 """`Cached`: a `Model` that answers repeated deterministic calls from memory.
 
 Why a wrapper in `models/`: caching is a property of calls to a model, not of the gateway; the
-gateway stacks it (``Cached(Guarded(Resilient(Fallback(slm, strong))))``) and a library user can
-wrap any model the same way. What happened on a call (``miss`` / ``hit`` / ``semantic``) goes to
-the current span and to ``on_status``: the gateway passes a function that notes it on the
+gateway stacks it (``Cached(Guarded(Fallback(Resilient(slm), Resilient(strong))))``) and a
+library user can wrap any model the same way. What happened on a call (``miss`` / ``hit`` /
+``semantic``) goes to the current span and to ``on_status``: the gateway passes a function that notes it on the
 request it is answering (`slmflow.gateway.wrappers.RequestInfo`), so this module knows nothing of
 requests.
 """

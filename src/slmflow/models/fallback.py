@@ -13,7 +13,8 @@ Two ways in:
 * `Fallback(primary, fallback, threshold=...)` is itself a `Model` (pydantic-ai's
   ``FallbackModel`` is the reference, ``fallback_on`` included): the gateway stacks it under its
   cache and guardrails. ``on_escalation(messages, escalation, answer)`` receives each escalation
-  with the stronger model's answer (the gateway keeps the pair as a training example for the small model).
+  with the stronger model's answer (the gateway keeps the pair as a training example for the
+  small model).
 * `FallbackPolicy.run(attempt, ...)` drives any unit of work that yields a `Response`: an agent's
   attempt is a tool call plus a constrained follow-up, not one ``generate``, so the agent passes
   its own ``attempt(role)`` and resolves the fallback model only when it is needed (weights load
@@ -126,7 +127,7 @@ class FallbackPolicy:
                                   confidence=esc.confidence, sp=sp)
 
     async def run(self, attempt: Callable[[str], Awaitable[R]], *,
-                  response: Callable[[R], Response] = lambda r: r,  # type: ignore[assignment,return-value]
+                  response: Callable[[R], Response] | None = None,
                   force: str | None = None, sp: Any = None,
                   ) -> tuple[R, Escalation | None]:
         """``attempt("primary")``, and ``attempt("fallback")`` when the policy says so.
@@ -145,7 +146,7 @@ class FallbackPolicy:
                 if esc is None:
                     raise
             else:
-                esc = self.on_answer(response(first))
+                esc = self.on_answer(response(first) if response else first)  # type: ignore[arg-type]
                 if esc is None:
                     return first, None
         assert esc is not None
@@ -157,7 +158,8 @@ class Fallback(WrapperModel):
     """``primary``, and ``fallback`` for the calls `FallbackPolicy` escalates (see module doc).
 
     on_escalation(messages, escalation, answer): called after each escalated call with the
-    call's messages and the fallback's answer; an exception in it is swallowed (keeping an example must never fail the request).
+    call's messages and the fallback's answer; an exception in it is swallowed (keeping an
+    example must never fail the request).
     Answers whole (no token streaming): whether to escalate depends on the confidence of the
     whole answer."""
 

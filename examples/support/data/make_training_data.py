@@ -244,6 +244,35 @@ def generate(split: str, n_per_category: int, rng: random.Random, *,
     return rows
 
 
+N_PIPE_ROUTER = {"train": 30, "eval": 4}  # tickets per pipeline intent
+
+
+def pipeline_router_rows(split: str, n_per_intent: int,
+                         rng: random.Random) -> list[tuple[str, str, dict]]:
+    """Tickets of make_pipeline_data.py's intents as router rows: (text, category, ids). Its
+    ``split`` templates only (the last ones of each intent are the eval's); never a demo ticket
+    or a development scenario's input."""
+    import make_pipeline_data as mp  # imports this module: only at call time
+
+    rows, seen = [], set()
+    for it in mp.INTENTS:
+        pool = it.templates[-mp.EVAL_TEMPLATES:] if split == "eval" \
+            else it.templates[:-mp.EVAL_TEMPLATES]
+        made = tries = 0
+        while made < n_per_intent and tries < n_per_intent * 50:
+            tries += 1
+            t = mp.make_ticket(it, rng.choice(pool), rng)
+            key = " ".join(t.text.lower().split())
+            if key in seen or key in protected_inputs() or key in mp.protected_scenarios():
+                continue
+            seen.add(key)
+            rows.append((t.text, it.category, {"order_id": t.order_id,
+                                               "account_id": t.account_id, "urgent": False}))
+            made += 1
+    rng.shuffle(rows)
+    return rows
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -257,6 +286,14 @@ def main() -> int:
               "eval": generate("eval", 20, rng, extra_ids=True, urgent_rate=0.2)}
     extraction = {"train": generate("train", 80, rng, extra_ids=True, urgent_rate=0.35),
                   "eval": generate("eval", 12, rng, extra_ids=True, urgent_rate=0.35)}
+    # Router rows from the pipeline generator's intents too (issue 18): its templates word the
+    # five categories as the scenarios showed the router missing them ("send back the shoes, they
+    # are too big" and "arrived with a torn sleeve" are refunds, not shipping; "which payment
+    # methods" is billing). Its held-out templates go to the eval file. A generator of its own
+    # (seed + 1), so the rows above stay as they were.
+    prng = random.Random(SEED + 1)
+    router["train"] += pipeline_router_rows("train", N_PIPE_ROUTER["train"], prng)
+    router["eval"] += pipeline_router_rows("eval", N_PIPE_ROUTER["eval"], prng)
     for name, sets in (("router", router), ("extraction", extraction)):
         train_keys = {" ".join(t.lower().split()) for t, _, _ in sets["train"]}
         leaked = [t for t, _, _ in sets["eval"] if " ".join(t.lower().split()) in train_keys]

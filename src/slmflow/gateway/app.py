@@ -21,7 +21,7 @@ it builds, the targets, API keys, limits and budgets, the call-log writer, the m
   its call record and metrics;
 * stream.py: streamed answers (`ChatStream` and the task that feeds it);
 * routes.py: the FastAPI app itself (routes, body-size limit, error handlers); FastAPI is
-  imported only there, when `Gateway.app` is built.
+  imported only there, when a `Gateway` is constructed and builds its app.
 """
 
 from __future__ import annotations

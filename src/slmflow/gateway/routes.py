@@ -1,4 +1,7 @@
-"""The FastAPI routes, the body-size limit and the error handlers of the gateway."""
+"""The FastAPI routes, the body-size limit and the error handlers of the gateway.
+
+The one module of the gateway that imports FastAPI, loaded when a `Gateway` is constructed (it
+builds its app then): importing ``slmflow.gateway``, its app.py or schemas.py loads no FastAPI."""
 
 from __future__ import annotations
 

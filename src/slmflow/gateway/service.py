@@ -292,8 +292,8 @@ class Service:
 
     async def run_workflow(self, name: str, value: Any, key: KeyInfo | None) -> dict:
         """Run the workflow ``name`` once (``POST /v1/workflows/{name}/runs``): its answer, every
-        step, the run id; a handoff or structured-output failure is an answer with its status,
-        any other failure an error status."""
+        step, the run id. A run that fails a handoff between steps or a structured output is
+        still an answer, with its status; a rejected input or any other failure raises."""
         gw = self.gw
         t = gw.targets.get(name)
         if t is None or t.kind != "workflow":

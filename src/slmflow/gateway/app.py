@@ -6,314 +6,54 @@ Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
 
 A request goes: body-size limit → JSON validation (400 on any error, OpenAI error body) → API key
 (401) → allowed model (403) → rate limit and token budget (429: both checked and reserved in the
-call-log database, so replicas share them; see auth.py) → the target:
+call-log database, so replicas share them; see auth.py) → the target (a model, an agent or a
+workflow). With ``call_log_durable`` (the default) an answer is sent only once its records are
+committed (group commit), so a SIGKILL loses no answered call. Refused requests
+(401/403/404/429) are logged as ``kind="gateway"``, ``status="rejected"``.
 
-* a model: ``Cached(Guarded(Resilient(Fallback(slm, strong))))``, each layer optional;
-* an agent (``<workflow>.<agent>``) or a workflow: input guardrails, ``agent.run`` /
-  ``workflow.run`` under the request timeout, output guardrails.
+This module holds what lives as long as the process: the `Gateway` (the config, the model stacks
+it builds, the targets, API keys, limits and budgets, the call-log writer, the metrics) and
+`create_app`. The rest has a module per job, and the names stay importable from here:
 
-Every request, failed ones included, is queued to the call log (the background writer batches
-and never drops; PII redacted unless ``guardrails.log_pii``); every agent call of a workflow run
-is logged too, with the run id and trace id. With ``call_log_durable`` (the default) an answer is
-sent only once its records are committed (group commit), so a SIGKILL loses no answered call.
-Refused requests (401/403/404/429) are logged as ``kind="gateway"``, ``status="rejected"``.
-Streaming (`stream: true`): a model target streams as it decodes (`Model.stream` through the
-whole stack, `ChatStream`); the call log and the cache still get the complete answer, the output
-guardrails check it in windows before they are sent, and a client that disconnects stops the
-generation. An agent or a workflow answers whole; its answer is replayed as SSE chunks.
-
-Errors never leak a traceback: every exception maps to an OpenAI-style body
-``{"error": {"message", "type", "param", "code"}}``; an unexpected one is a 500 with a reference id
-(logged server-side with its traceback). A failing tool inside an agent or workflow is a 503 whose
-message names the step, the tool, what went wrong in general terms (raised, timed out, bad
-arguments) and the call id; the tool's own exception message can hold anything (a connection
-string, a customer's data), so it goes only to the call log and the server log.
-
-Answers are JSON, and JSON has no NaN or Infinity: a non-finite number in an answer is sent *and*
-logged as ``null`` (the call record's ``meta.nonfinite`` counts them), so the response and the
-call log always say the same thing (`_finite`).
+* schemas.py: the wire format (request and response bodies), `ApiError`, `map_error`,
+  `public_error`, and answers as JSON (no NaN or Infinity);
+* service.py: answering one request for each kind of target (`Service`: ``gateway.service``),
+  its call record and metrics;
+* stream.py: streamed answers (`ChatStream` and the task that feeds it);
+* routes.py: the FastAPI app itself (routes, body-size limit, error handlers); FastAPI is
+  imported only there, when a `Gateway` is constructed and builds its app.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
-import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from .. import tracing
-from ..errors import (ConfigError, ContextLengthError, HandoffError, ModelError,
-                      ModelNotFoundError, ServerError, ServerUnreachableError, SlmflowError,
-                      StructuredOutputError, ToolError)
-from ..guardrails import (GuardPolicy, Guarded, GuardrailViolation, check_text,
-                          collect_decisions, redact_pii)
+from ..guardrails import GuardPolicy, Guarded
 from ..models.base import Model
 from ..store.calllog import CallLog, CallRecord, Example, open_call_log
-from ..store.writer import (CallLogWriter, _cost, _value, agent_meta, enable_logging,
-                            logging_context, note_agent)
-from ..types import Message, Settings, Usage
+from ..store.writer import CallLogWriter, enable_logging
+from ..types import Message
 from .auth import (Authenticator, KeyInfo, RateLimiter, Reservation, TokenBudget,
                    estimate_tokens)
 from .config import GatewayConfig
 from .metrics import Metrics
-from .wrappers import (BackendTimeoutError, Cached, CircuitBreaker, CircuitOpenError, Fallback,
-                       RequestInfo, Resilient, note_cache, note_escalation, set_info)
+# re-exported: these lived here before the split (from slmflow.gateway.app import ApiError, ...)
+from .schemas import (_ERRORS, _TOOL_FAILURE, ApiError, ChatMessage, ChatRequest,  # noqa: F401
+                      ChatResponse, ChatUsage, Choice, ContentPart, ErrorBody, ErrorDetail,
+                      FeedbackRequest, FeedbackResponse, ModelCard, ModelList, ResponseFormat,
+                      RunRequest, RunResponse, RunStep, StreamOptions, _answer_text, _finite,
+                      _json_value, _text, _Wire, map_error, public_error)
+from .service import Service, _redact
+from .stream import ChatStream
+from .wrappers import (Cached, CircuitBreaker, Fallback, Resilient, note_cache,
+                       note_escalation)
 
 log = logging.getLogger("slmflow.gateway")
 
 __all__ = ["Gateway", "ChatStream", "create_app", "ApiError"]
-
-
-# ---- wire format -------------------------------------------------------------------------------
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ContentPart(_Wire):
-    type: str = Field(max_length=64)
-    text: Optional[str] = None
-
-
-class ChatMessage(_Wire):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[ContentPart], None] = None
-    name: Optional[str] = Field(None, max_length=256)
-    tool_call_id: Optional[str] = Field(None, max_length=256)
-
-
-class ResponseFormat(_Wire):
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: Optional[dict[str, Any]] = None
-
-
-class StreamOptions(_Wire):
-    include_usage: bool = False
-
-
-class ChatRequest(_Wire):
-    model: str = Field(min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=512)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, ge=0, le=1)
-    seed: Optional[int] = Field(None, ge=-(2 ** 31), le=2 ** 31 - 1)
-    stop: Union[str, list[str], None] = None
-    n: Optional[int] = Field(None, ge=1, le=1)
-    stream: Optional[bool] = False
-    stream_options: Optional[StreamOptions] = None
-    response_format: Optional[ResponseFormat] = None
-    user: Optional[str] = Field(None, max_length=256)
-
-
-class Choice(BaseModel):
-    index: int
-    message: dict[str, Any]
-    finish_reason: str
-
-
-class ChatUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class ChatResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: ChatUsage
-    slmflow: dict[str, Any] = Field(default_factory=dict)
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class RunRequest(_Wire):
-    input: Any = Field(..., description="the workflow's input: text or a JSON object")
-
-
-class RunStep(BaseModel):
-    step: str
-    kind: str
-    status: str
-    model: str
-    latency_ms: float
-    confidence: Optional[float] = None
-    escalated: bool = False
-    call_id: Optional[str] = None
-
-
-class RunResponse(BaseModel):
-    id: str
-    object: Literal["workflow.run"] = "workflow.run"
-    workflow: str
-    status: str
-    answer: Any = None
-    detail: str = ""
-    steps: list[RunStep]
-    usage: ChatUsage
-    latency_ms: float
-    trace_id: Optional[str] = None
-
-
-class FeedbackRequest(_Wire):
-    call_id: Optional[str] = Field(None, max_length=64)
-    run_id: Optional[str] = Field(None, max_length=64)
-    thumbs: Optional[Literal["up", "down"]] = None
-    label: Optional[str] = Field(None, max_length=256)
-    correction: Any = None
-    by: Optional[str] = Field(None, max_length=256)
-
-
-class FeedbackResponse(BaseModel):
-    id: str
-    object: Literal["feedback"] = "feedback"
-    call_id: Optional[str] = None
-    run_id: Optional[str] = None
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-_ERRORS = {s: {"model": ErrorBody, "description": d} for s, d in [
-    (400, "invalid request"), (401, "missing or invalid API key"),
-    (403, "the key may not use this model"), (404, "unknown model, workflow or id"),
-    (413, "request body too large"), (429, "rate limit or token budget exceeded"),
-    (500, "internal error (a reference id, never a traceback)"),
-    (503, "backend unavailable"), (504, "backend timeout")]}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type = status, message, type
-        self.code, self.param, self.headers = code, param, headers
-
-
-def map_error(e: BaseException) -> ApiError:
-    """Our exception tree → HTTP status and OpenAI error type/code."""
-    if isinstance(e, ApiError):
-        return e
-    msg = getattr(e, "message", None) or str(e) or type(e).__name__
-    if isinstance(e, GuardrailViolation):
-        return ApiError(400, msg, "invalid_request_error", "content_policy_violation",
-                        f"guardrail.{e.stage}.{e.check}")
-    if isinstance(e, ContextLengthError):
-        return ApiError(400, msg, "invalid_request_error", "context_length_exceeded", "messages")
-    if isinstance(e, HandoffError):
-        return ApiError(400, msg, "invalid_request_error", "invalid_input", "input")
-    if isinstance(e, CircuitOpenError):
-        ra = int(e.details.get("retry_after") or 1) + 1
-        return ApiError(503, msg, "server_error", "backend_unavailable",
-                        headers={"Retry-After": str(ra)})
-    if isinstance(e, (BackendTimeoutError, asyncio.TimeoutError, TimeoutError)):
-        return ApiError(504, msg if isinstance(e, SlmflowError) else "the backend timed out",
-                        "server_error", "backend_timeout")
-    if isinstance(e, ServerUnreachableError):
-        return ApiError(503, msg, "server_error", "backend_unavailable")
-    if isinstance(e, ModelNotFoundError):
-        return ApiError(503, msg, "server_error", "model_unavailable")
-    if isinstance(e, (ServerError, ModelError, StructuredOutputError, ToolError)):
-        return ApiError(503, msg, "server_error", "backend_error")
-    if isinstance(e, ConfigError):
-        return ApiError(400, msg, "invalid_request_error", "invalid_request")
-    ref = uuid.uuid4().hex[:12]
-    log.error("unexpected error (ref %s)", ref, exc_info=e)
-    return ApiError(500, f"internal error (reference {ref})", "server_error", "internal_error")
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(p.text or "" for p in content if p.type in ("text", "input_text"))
-
-
-def _finite(v: Any) -> tuple[Any, int]:
-    """``v`` with every NaN / +-Infinity float replaced by None, and how many were replaced.
-
-    JSON has no such numbers: the response encoder refuses them (a 500 after the call was logged
-    ``ok``) and PostgreSQL's JSON types reject them. Replacing them once, before both the log and
-    the response are built, keeps the two in agreement."""
-    if isinstance(v, float):
-        return (v, 0) if math.isfinite(v) else (None, 1)
-    if isinstance(v, dict):
-        out, n = {}, 0
-        for k, x in v.items():
-            out[k], m = _finite(x)
-            n += m
-        return (out, n) if n else (v, 0)
-    if isinstance(v, (list, tuple)):
-        items = [_finite(x) for x in v]
-        n = sum(m for _, m in items)
-        return ([x for x, _ in items], n) if n else (v, 0)
-    return v, 0
-
-
-def _json_value(v: Any) -> tuple[Any, int]:
-    """An answer as a JSON-able value without non-finite numbers (see `_finite`)."""
-    if hasattr(v, "value") and hasattr(v, "error") and hasattr(v, "tool"):  # a ToolResult
-        v = v.value
-    return _finite(_value(v))
-
-
-def _answer_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if hasattr(value, "model_dump_json"):
-        return value.model_dump_json()  # pydantic writes NaN and Infinity as null too
-    try:
-        return json.dumps(_json_value(value)[0], default=str, ensure_ascii=False,
-                          allow_nan=False)
-    except Exception:
-        return str(value)
-
-
-_TOOL_FAILURE = {"exception": "raised an error", "timeout": "timed out",
-                 "invalid_arguments": "got invalid arguments"}
-
-
-def public_error(e: BaseException, call_id: str) -> BaseException:
-    """What the client is told about ``e``: a tool's failure becomes a 503 naming the step, the
-    tool and the call id, without the tool's own message (see the module docstring)."""
-    if not isinstance(e, ToolError):
-        return e
-    d = e.details
-    step, tool = d.get("step"), d.get("tool")
-    what = _TOOL_FAILURE.get(str(d.get("kind")), "failed")
-    msg = ((f"step {step!r} failed: " if step else "")
-           + (f"the tool {tool!r} {what}" if tool else f"a tool {what}")
-           + f"; the details are in the call log (call id {call_id})")
-    return ApiError(503, msg, "server_error", "backend_error")
 
 
 # ---- targets -----------------------------------------------------------------------------------
@@ -371,6 +111,7 @@ class Gateway:
         self._build_workflows(workflows or {})
         self.started = time.time()
         self._register_gauges()
+        self.service = Service(self)
         self.app = self._make_app()
 
     # -- building ----------------------------------------------------------------------------------
@@ -550,7 +291,7 @@ class Gateway:
                            "insufficient_quota")
         return res
 
-    def _need(self, t: Target, texts: list[str], max_tokens: int) -> int:
+    def need(self, t: Target, texts: list[str], max_tokens: int) -> int:
         """The tokens a request may use at most, for its budget reservation: the prompt estimate
         plus max_tokens for a model; for an agent or a workflow, each agent's instructions and
         the input plus its max_tokens (an estimate: the real usage settles it)."""
@@ -639,397 +380,18 @@ class Gateway:
                            "invalid_request_error", "model_not_found", "model")
         return t
 
-    def check_input_depth(self, value: Any, param: str) -> None:
-        """A run's JSON input is walked recursively (redaction, logging, validation): a 400 past
-        ``limits.max_input_depth`` levels, before a RecursionError would make it a 500."""
-        from ..structured import schema_depth
-
-        n = self.config.limits.max_input_depth
-        if schema_depth(value, stop_at=n) > n:
-            raise ApiError(400, f"{param}: the input nests more than {n} levels deep (limit "
-                           f"max_input_depth: {n})", "invalid_request_error", "invalid_input",
-                           param)
-
-    def check_schema_limits(self, schema: Any, max_tokens: int) -> None:
-        """A request's schema is bounded before anything is built from it (400 naming the limit):
-        the constraint compilers' work and memory grow with the counts in a schema."""
-        from ..structured import SchemaLimitError, check_limits
-
-        param = "response_format.json_schema.schema"
-        try:
-            check_limits(schema, self.schema_limits, max_tokens=max_tokens, where=param)
-        except SchemaLimitError as e:  # "/minItems: minItems is ... (limit max_count: 512)"
-            path = str(e.details.get("path", "(root)"))
-            rest = e.message.removeprefix(f"{path}: ")
-            raise ApiError(400, f"{param}{'' if path == '(root)' else path}: {rest}",
-                           "invalid_request_error", "schema_too_complex", param) from None
-
-    def _log_redact(self, v: Any) -> Any:
-        return v if self.config.guardrails.log_pii else _redact(v)
-
-    def _guard_text(self, text: str, stage: str, decisions: list) -> str:
-        pol = self.in_policy if stage == "input" else self.out_policy
-        if pol is None:
-            return text
-        out, ds = check_text(text, pol, stage, check_injection=stage == "input")
-        decisions.extend(ds)
-        for d in ds:
-            if d.action == "block":
-                raise GuardrailViolation(f"the {stage} was blocked by the {d.check} check"
-                                         + (f" ({d.detail})" if d.detail else ""),
-                                         stage=stage, check=d.check, score=d.score)
-        return out
-
-    # -- the three kinds of target ---------------------------------------------------------------
-    def _chat_inputs(self, req: ChatRequest, key: KeyInfo | None) -> tuple:
-        """The target, messages, settings, schema and max_tokens of a chat request (4xx here)."""
-        t = self.target(req.model, key)
-        self.admit(key, req.model)
-        msgs = [Message("system" if m.role == "developer" else m.role, _text(m.content),
-                        name=m.name, tool_call_id=m.tool_call_id) for m in req.messages]
-        lim = self.config.limits
-        max_tokens = min(req.max_completion_tokens or req.max_tokens or 256, lim.max_tokens)
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())[:4]
-        settings = Settings(max_tokens=max_tokens, temperature=req.temperature or 0.0,
-                            top_p=req.top_p if req.top_p is not None else 1.0,
-                            seed=req.seed if req.seed is not None else 0, stop=stop)
-        schema = None
-        rf = req.response_format
-        if rf is not None and rf.type == "json_object":
-            schema = {"type": "object"}
-        elif rf is not None and rf.type == "json_schema":
-            js = rf.json_schema or {}
-            schema = js.get("schema") if isinstance(js.get("schema"), dict) else None
-            if schema is None:
-                raise ApiError(400, "response_format.json_schema.schema must be an object",
-                               param="response_format.json_schema.schema")
-        if schema is not None:
-            self.check_schema_limits(schema, max_tokens)
-        return t, msgs, settings, schema, max_tokens
-
-    def _model_record(self, rec: CallRecord, r: Any, info: RequestInfo) -> None:
-        """A model target's answer on its call record."""
-        rec.model, rec.adapter = r.model.identity, r.model.adapter
-        rec.confidence = r.confidence
-        rec.cost_usd = (None if info.cache in ("hit", "semantic")
-                        else _cost(r.model, r.usage, r.latency_s))
-        rec.output = self._log_redact(r.text if r.parsed is None else _value(r.parsed))
-        rec.input_tokens, rec.output_tokens = r.usage.input_tokens, r.usage.output_tokens
-        rec.escalated = info.escalated
-        rec.escalation_reason = info.escalation_reason
-        if info.escalated:
-            rec.meta["primary"] = {"model": info.primary_model,
-                                   "confidence": info.primary_confidence}
-
+    # -- requests (service.py) ---------------------------------------------------------------------
     async def run_chat(self, req: ChatRequest, key: KeyInfo | None) -> tuple[dict, CallRecord]:
         """Run a chat completion; returns (the response body, its call record)."""
-        t, msgs, settings, schema, max_tokens = self._chat_inputs(req, key)
-        held = await self.limit(key, self._need(t, [m.content for m in msgs], max_tokens))
-        info = RequestInfo()
-        token = set_info(info)
-        t0 = time.perf_counter()
-        rec = CallRecord(kind=t.kind, key_name=key.name if key else None,
-                         input=self._log_redact([{"role": m.role, "content": m.content}
-                                                 for m in msgs]),
-                         meta={"target": t.name, "stream": bool(req.stream)})
-        decisions: list = []
-        try:
-            with tracing.span("gateway", "chat.completions", attributes={
-                    "slmflow.gateway.target": t.name, "slmflow.gateway.key":
-                    key.name if key else None}) as sp, collect_decisions() as decisions:
-                rec.trace_id = tracing.current_trace_id() or uuid.uuid4().hex
-                if t.kind == "model":
-                    r = await t.model.generate(msgs, schema=schema, settings=settings)
-                    text, usage, conf = r.text, r.usage, r.confidence
-                    finish = r.finish_reason or "stop"
-                else:
-                    user = next((m.content for m in reversed(msgs) if m.role == "user"), "")
-                    user = self._guard_text(user, "input", decisions)
-                    value: Any = user
-                    if user.strip().startswith("{"):
-                        try:
-                            value = json.loads(user)
-                        except (ValueError, RecursionError):
-                            pass
-                        self.check_input_depth(value, "messages")
-                    if t.kind == "agent":
-                        with logging_context(enabled=False):  # this request's record is the log
-                            res = await asyncio.wait_for(t.agent.run(value), t.timeout_s)
-                        rec.id = res.call_id or rec.id
-                        rec.meta.update(agent_meta(res, self._log_redact))
-                        note_agent(self.writer, t.agent)
-                        text = _answer_text(res.output)
-                        text = self._guard_text(text, "output", decisions)
-                        usage, conf, finish = res.usage, res.confidence, "stop"
-                        rec.model, rec.adapter = res.model.identity, res.model.adapter
-                        rec.agent, rec.confidence = res.agent, conf
-                        rec.escalated = res.escalated
-                        rec.escalation_reason = res.escalation_reason
-                        rec.cost_usd = _cost(res.model, res.usage, res.latency_s)
-                        rec.output, bad = _json_value(res.output)
-                        rec.output = self._log_redact(rec.output)
-                        if bad:
-                            rec.meta["nonfinite"] = bad
-                        if res.escalated:
-                            info.escalated = True
-                            info.escalation_reason = res.escalation_reason
-                    else:
-                        rr, run_id = await self._run_workflow(t, value, key, rec.trace_id)
-                        if rr.error is not None:
-                            raise rr.error
-                        text = _answer_text(rr.answer)
-                        text = self._guard_text(text, "output", decisions)
-                        usage, conf, finish = rr.usage, None, "stop"
-                        rec.run_id, rec.workflow = run_id, t.name
-                        rec.output, bad = _json_value(rr.answer)
-                        rec.output = self._log_redact(rec.output)
-                        if bad:
-                            rec.meta["nonfinite"] = bad
-                        rec.status = rr.status
-                        rec.escalated = bool(rr.escalations)
-                        # agent records carry the tokens; this one would double-count them
-                        rec.meta["usage"] = {"input_tokens": usage.input_tokens,
-                                             "output_tokens": usage.output_tokens}
-                tracing.set_attributes(sp, {"slmflow.cache": info.cache,
-                                            "slmflow.escalated": info.escalated or None})
-        except BaseException as e:
-            self.release(held)
-            rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
-            rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
-            rec.latency_s = time.perf_counter() - t0
-            rec.meta["guardrails"] = [d.as_dict() for d in decisions if d.action != "pass"]
-            pub = self._public(e, rec)
-            self._finish(rec, t.name)
-            if pub is e:
-                raise
-            raise pub from e
-        finally:
-            from .wrappers import _INFO
+        return await self.service.run_chat(req, key)
 
-            _INFO.reset(token)
-        rec.latency_s = time.perf_counter() - t0
-        rec.cache = info.cache
-        if t.kind == "agent":  # the agent's only record (its own logging is off): its tokens
-            rec.input_tokens, rec.output_tokens = usage.input_tokens, usage.output_tokens
-        if t.kind == "model":
-            self._model_record(rec, r, info)
-        shown = [d.as_dict() for d in decisions if d.action != "pass"]
-        if shown:
-            rec.meta["guardrails"] = shown
-        self._finish(rec, t.name, usage=usage)
-        await self.settle(held, usage.total_tokens)
-        body = {
-            "id": f"chatcmpl-{rec.id}", "object": "chat.completion", "created": int(rec.ts),
-            "model": t.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "length" if finish == "length" else "stop"}],
-            "usage": {"prompt_tokens": usage.input_tokens,
-                      "completion_tokens": usage.output_tokens,
-                      "total_tokens": usage.total_tokens},
-            "slmflow": {"call_id": rec.id, "trace_id": rec.trace_id, "cache": info.cache,
-                        "confidence": conf, "escalated": bool(rec.escalated),
-                        "model": rec.model, "run_id": rec.run_id, "guardrails": shown},
-        }
-        return body, rec
-
-    async def stream_chat(self, req: ChatRequest, key: KeyInfo | None) -> "ChatStream":
-        """Start a streamed chat completion. A model target streams as it decodes (`ChatStream`);
-        an agent or a workflow answers whole and its answer is replayed in pieces. Returns once
-        the first piece of the answer is there, so that a failure before it (a guardrail on the
-        input, the context length, a backend down) is still an HTTP error status."""
-        t, msgs, settings, schema, max_tokens = self._chat_inputs(req, key)
-        if t.kind != "model":
-            body, rec = await self.run_chat(req, key)
-            await self.committed()
-            return ChatStream.replay(self, body, rec)
-        held = await self.limit(key, self._need(t, [m.content for m in msgs], max_tokens))
-        rec = CallRecord(kind=t.kind, key_name=key.name if key else None,
-                         input=self._log_redact([{"role": m.role, "content": m.content}
-                                                 for m in msgs]),
-                         meta={"target": t.name, "stream": True})
-        info = RequestInfo()
-        st = ChatStream(self, t.name, rec, info)
-        st.task = asyncio.create_task(self._produce(t, msgs, schema, settings, rec, held, info,
-                                                    st.queue))
-        try:
-            await st.prefetch()
-        except BaseException:
-            st.stop()
-            raise
-        return st
-
-    async def _produce(self, t: Target, msgs: list[Message], schema: Any, settings: Settings,
-                       rec: CallRecord, held: Reservation | None, info: RequestInfo,
-                       q: asyncio.Queue) -> None:
-        """Run a model target's stream (in its own task: its spans and context variables stay
-        in one context) and put ``("delta", text)``, then ``("end", summary)`` or
-        ``("error", exception)`` on ``q``. The call is logged here, whole answer included,
-        whatever the client does; a cancelled task (the client went away) stops the model and
-        logs what was generated up to then."""
-        token = set_info(info)
-        t0 = time.perf_counter()
-        decisions: list = []
-        parts: list[str] = []
-        try:
-            with tracing.span("gateway", "chat.completions", attributes={
-                    "slmflow.gateway.target": t.name, "slmflow.gateway.key": rec.key_name,
-                    "slmflow.stream": True}) as sp, collect_decisions() as decisions:
-                rec.trace_id = tracing.current_trace_id() or uuid.uuid4().hex
-                async with t.model.stream(msgs, schema=schema, settings=settings) as s:
-                    async for delta in s:
-                        parts.append(delta)
-                        q.put_nowait(("delta", delta))
-                r = s.response
-                tracing.set_attributes(sp, {"slmflow.cache": info.cache,
-                                            "slmflow.escalated": info.escalated or None})
-        except BaseException as e:
-            self.release(held)
-            gone = isinstance(e, (asyncio.CancelledError, GeneratorExit))
-            rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
-            rec.error = ("ClientDisconnected: the client went away mid-stream" if gone else
-                         f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000])
-            rec.latency_s = time.perf_counter() - t0
-            rec.meta["guardrails"] = [d.as_dict() for d in decisions if d.action != "pass"]
-            if parts:  # what the client was sent
-                rec.output = self._log_redact("".join(parts))
-                rec.meta["streamed_chars"] = sum(len(p) for p in parts)
-            pub = e if gone else self._public(e, rec)
-            self._finish(rec, t.name)
-            q.put_nowait(("error", pub))
-            if gone:
-                raise
-            return
-        finally:
-            from .wrappers import _INFO
-
-            _INFO.reset(token)
-        rec.latency_s = time.perf_counter() - t0
-        rec.cache = info.cache
-        self._model_record(rec, r, info)
-        shown = [d.as_dict() for d in decisions if d.action != "pass"]
-        if shown:
-            rec.meta["guardrails"] = shown
-        self._finish(rec, t.name, usage=r.usage)
-        await self.settle(held, r.usage.total_tokens)
-        q.put_nowait(("end", {
-            "finish_reason": "length" if r.finish_reason == "length" else "stop",
-            "usage": {"prompt_tokens": r.usage.input_tokens,
-                      "completion_tokens": r.usage.output_tokens,
-                      "total_tokens": r.usage.total_tokens},
-            "slmflow": {"call_id": rec.id, "trace_id": rec.trace_id, "cache": info.cache,
-                        "confidence": r.confidence, "escalated": bool(rec.escalated),
-                        "model": rec.model, "run_id": None, "guardrails": shown}}))
-
-    async def _run_workflow(self, t: Target, value: Any, key: KeyInfo | None,
-                            trace_id: str | None) -> tuple[Any, str]:
-        """Run a workflow target; every agent call inside it is logged by the agent itself, to
-        this gateway's writer, under this run id, key and redaction (the logging context)."""
-        run_id = uuid.uuid4().hex
-        with logging_context(run_id=run_id, workflow=t.name, key=key.name if key else None,
-                             writer=self.writer, enabled=True, trace_id=trace_id,
-                             redact=None if self.config.guardrails.log_pii else _redact):
-            rr = await asyncio.wait_for(t.workflow.run(value), t.timeout_s)
-        for s in rr.steps:
-            if s.agent_result is not None:
-                self.metrics.inc("agent_calls", agent=s.agent_result.agent,
-                                 help="Agent calls inside workflow runs.")
-        return rr, run_id
+    async def stream_chat(self, req: ChatRequest, key: KeyInfo | None) -> ChatStream:
+        """Start a streamed chat completion (`Service.stream_chat`)."""
+        return await self.service.stream_chat(req, key)
 
     async def run_workflow(self, name: str, value: Any, key: KeyInfo | None) -> dict:
-        t = self.targets.get(name)
-        if t is None or t.kind != "workflow":
-            raise ApiError(404, f"no workflow named {name!r}", "invalid_request_error",
-                           "workflow_not_found", "name")
-        self.admit(key, name)
-        self.check_input_depth(value, "input")
-        held = await self.limit(key, self._need(t, [_answer_text(value)], 0))
-        t0 = time.perf_counter()
-        rec = CallRecord(kind="workflow", workflow=name, key_name=key.name if key else None,
-                         input=self._log_redact(_value(value)), meta={"target": name})
-        decisions: list = []
-        try:
-            with tracing.span("gateway", "workflow.run", attributes={
-                    "slmflow.gateway.target": name}), collect_decisions() as decisions:
-                rec.trace_id = tracing.current_trace_id() or uuid.uuid4().hex
-                if isinstance(value, str):
-                    value = self._guard_text(value, "input", decisions)
-                elif self.in_policy is not None:
-                    self._guard_text(json.dumps(value, default=str), "input", decisions)
-                rr, run_id = await self._run_workflow(t, value, key, rec.trace_id)
-                if rr.error is not None and isinstance(rr.error, HandoffError) and \
-                        rr.handoffs and rr.handoffs[0].source == "input":
-                    raise rr.error
-                if rr.error is not None and not isinstance(rr.error, (HandoffError,
-                                                                      StructuredOutputError)):
-                    raise rr.error
-                answer = rr.answer
-                if answer is not None and self.out_policy is not None:
-                    txt = _answer_text(answer)
-                    red = self._guard_text(txt, "output", decisions)
-                    if red != txt:
-                        answer = red if isinstance(answer, str) else _redact(_value(answer))
-        except BaseException as e:
-            self.release(held)
-            rec.status = "blocked" if isinstance(e, GuardrailViolation) else "error"
-            rec.error = f"{type(e).__name__}: {getattr(e, 'message', str(e))}"[:1000]
-            rec.latency_s = time.perf_counter() - t0
-            pub = self._public(e, rec)
-            self._finish(rec, name)
-            if pub is e:
-                raise
-            raise pub from e
-        rec.run_id, rec.status = run_id, rr.status
-        logged, bad = _json_value(rr.answer)
-        rec.output = self._log_redact(logged)
-        answer, bad_sent = _json_value(answer)
-        if bad or bad_sent:
-            rec.meta["nonfinite"] = max(bad, bad_sent)
-        rec.escalated = bool(rr.escalations)
-        rec.latency_s = time.perf_counter() - t0
-        usage = rr.usage
-        rec.meta["usage"] = {"input_tokens": usage.input_tokens,
-                             "output_tokens": usage.output_tokens}
-        if rr.error is not None:
-            rec.error = f"{type(rr.error).__name__}: {getattr(rr.error, 'message', rr.error)}"
-        self._finish(rec, name, usage=usage)
-        await self.settle(held, usage.total_tokens)
-        steps = [{"step": s.step, "kind": s.kind, "status": s.status, "model": s.model,
-                  "latency_ms": round(s.latency_s * 1000, 2), "confidence": s.confidence,
-                  "escalated": s.escalated,
-                  "call_id": s.agent_result.call_id if s.agent_result else None}
-                 for s in rr.steps]
-        return {"id": run_id, "object": "workflow.run", "workflow": name, "status": rr.status,
-                "answer": answer, "detail": rr.detail or "", "steps": steps,
-                "usage": {"prompt_tokens": usage.input_tokens,
-                          "completion_tokens": usage.output_tokens,
-                          "total_tokens": usage.total_tokens},
-                "latency_ms": round(rec.latency_s * 1000, 2), "trace_id": rec.trace_id}
-
-    def _public(self, e: BaseException, rec: CallRecord) -> BaseException:
-        """`public_error`, and the full story in the server log; the call record keeps it too."""
-        pub = public_error(e, rec.id)
-        if pub is not e:
-            log.warning("call %s: %s: %s", rec.id, type(e).__name__, e)
-            rec.meta["public_error"] = pub.message  # type: ignore[attr-defined]
-        return pub
-
-    def _finish(self, rec: CallRecord, target: str, usage: Usage | None = None) -> None:
-        self.writer.submit(rec)
-        m = self.metrics
-        m.inc("calls", target=target, status=rec.status, help="Requests by target and outcome.")
-        if rec.cache:
-            m.inc("cache", target=target, result=rec.cache, help="Cache lookups by result.")
-        for d in (rec.meta or {}).get("guardrails", []):
-            m.inc("guardrail_decisions", stage=d["stage"], check=d["check"], action=d["action"],
-                  help="Guardrail decisions other than pass.")
-        if usage is not None:
-            k = rec.key_name or "-"
-            m.inc("tokens", usage.input_tokens, key=k, target=target, direction="input",
-                  help="Tokens by key, target and direction.")
-            m.inc("tokens", usage.output_tokens, key=k, target=target, direction="output")
-        if rec.cost_usd:
-            m.inc("cost_usd", rec.cost_usd, key=rec.key_name or "-", target=target,
-                  help="Estimated cost in USD (tracing/cost.py price table).")
+        """Run a workflow once; the response body of ``POST /v1/workflows/{name}/runs``."""
+        return await self.service.run_workflow(name, value, key)
 
     # -- the app -------------------------------------------------------------------------------------
     def _make_app(self) -> Any:
@@ -1038,150 +400,10 @@ class Gateway:
         return make_app(self)
 
 
-class ChatStream:
-    """A streamed chat completion: the server-sent events of one answer.
-
-    For a model target a producer task (`Gateway._produce`) runs the model's stream and feeds
-    a queue; `events` turns the queue into OpenAI ``chat.completion.chunk`` events as the
-    pieces arrive: a first chunk with the role (and the ``slmflow`` object as far as it is known:
-    call id, trace id, cache), content deltas, a chunk with the finish reason (and the whole
-    ``slmflow`` object: confidence, model, guardrails), the usage chunk when asked for, then
-    ``data: [DONE]``. The finish is sent only after the call is committed to the call log
-    (``call_log_durable``). A guardrail that blocks mid-stream ends it with finish reason
-    ``content_filter``; any other failure mid-stream is an ``{"error": {...}}`` event. When the
-    client goes away, the producer is cancelled, which stops the model."""
-
-    def __init__(self, gw: Gateway, model: str, rec: CallRecord, info: RequestInfo) -> None:
-        self.gw, self.model, self.rec, self.info = gw, model, rec, info
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.task: asyncio.Task | None = None
-        self._first: Any = None
-        self._replay: dict | None = None
-
-    @classmethod
-    def replay(cls, gw: Gateway, body: dict, rec: CallRecord) -> "ChatStream":
-        """An answer that is already whole (an agent, a workflow), sent in word-sized pieces."""
-        st = cls(gw, body["model"], rec, RequestInfo(cache=rec.cache))
-        st._replay = body
-        return st
-
-    @property
-    def cache(self) -> str | None:
-        return self.info.cache
-
-    async def prefetch(self) -> None:
-        """Wait for the first item; a failure before any text raises here (an HTTP status)."""
-        item = await self.queue.get()
-        if item[0] == "error":
-            raise item[1]
-        self._first = item
-
-    def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-
-    def _chunk(self, delta: dict, finish: str | None = None, **extra: Any) -> bytes:
-        obj = {"id": f"chatcmpl-{self.rec.id}", "object": "chat.completion.chunk",
-               "created": int(self.rec.ts), "model": self.model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return b"data: " + json.dumps(obj, ensure_ascii=True).encode() + b"\n\n"
-
-    def _usage(self, usage: dict) -> bytes:
-        obj = {"id": f"chatcmpl-{self.rec.id}", "object": "chat.completion.chunk",
-               "created": int(self.rec.ts), "model": self.model, "choices": [],
-               "usage": usage}
-        return b"data: " + json.dumps(obj, ensure_ascii=True).encode() + b"\n\n"
-
-    @staticmethod
-    def _error(e: BaseException) -> bytes:
-        api = map_error(e)
-        return b"data: " + json.dumps({"error": {
-            "message": api.message, "type": api.type, "param": api.param, "code": api.code}},
-            ensure_ascii=True).encode() + b"\n\n"
-
-    async def events(self, include_usage: bool, request: Any = None) -> Any:
-        """The SSE body (bytes)."""
-        if self._replay is not None:
-            async for b in self._replayed(include_usage, request):
-                yield b
-            return
-        rec = self.rec
-        try:
-            yield self._chunk({"role": "assistant", "content": ""}, slmflow={
-                "call_id": rec.id, "trace_id": rec.trace_id, "cache": self.info.cache})
-            item = self._first
-            while True:
-                kind, value = item
-                if kind == "delta":
-                    yield self._chunk({"content": value})
-                elif kind == "end":
-                    if not await self._committed():
-                        yield self._error(ApiError(
-                            503, "the call log could not be written in time; the answer is "
-                            "logged once the database is back", "server_error",
-                            "call_log_unavailable"))
-                        return
-                    yield self._chunk({}, value["finish_reason"], slmflow=value["slmflow"])
-                    if include_usage:
-                        yield self._usage(value["usage"])
-                    yield b"data: [DONE]\n\n"
-                    return
-                else:  # an error after the first piece
-                    if isinstance(value, GuardrailViolation):
-                        yield self._chunk({}, "content_filter", slmflow={
-                            "call_id": rec.id, "trace_id": rec.trace_id,
-                            "guardrails": rec.meta.get("guardrails", []),
-                            "error": map_error(value).message})
-                        yield b"data: [DONE]\n\n"
-                    else:
-                        yield self._error(value)
-                    return
-                item = await self.queue.get()
-        finally:
-            self.stop()  # the client went away (or the answer is complete: a no-op)
-
-    async def _committed(self) -> bool:
-        gw = self.gw
-        return not gw.config.call_log_durable or await gw.writer.committed(
-            gw.config.limits.request_timeout_s)
-
-    async def _replayed(self, include_usage: bool, request: Any) -> Any:
-        body = self._replay
-        text = body["choices"][0]["message"]["content"] or ""
-        yield self._chunk({"role": "assistant", "content": ""}, slmflow=body["slmflow"])
-        pieces, cur = [], ""
-        for ch in text:
-            cur += ch
-            if ch in " \n" and len(cur) >= 4:
-                pieces.append(cur)
-                cur = ""
-        if cur:
-            pieces.append(cur)
-        for i, p in enumerate(pieces):
-            if request is not None and i % 16 == 15 and await request.is_disconnected():
-                return  # the call is already logged; stop sending
-            yield self._chunk({"content": p})
-        yield self._chunk({}, body["choices"][0]["finish_reason"])
-        if include_usage:
-            yield self._usage(body["usage"])
-        yield b"data: [DONE]\n\n"
-
-
 def _as_msgs(messages: Any) -> list[Message]:
     from ..types import as_messages
 
     return as_messages(messages)
-
-
-def _redact(v: Any) -> Any:
-    """PII-redact every string inside a JSON-able value."""
-    if isinstance(v, str):
-        return redact_pii(v)
-    if isinstance(v, list):
-        return [_redact(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _redact(x) for k, x in v.items()}
-    return v
 
 
 def create_app(config: GatewayConfig | str | None = None, **kwargs: Any) -> Any:

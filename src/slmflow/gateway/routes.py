@@ -1,4 +1,7 @@
-"""The FastAPI routes, the body-size limit and the error handlers of the gateway."""
+"""The FastAPI routes, the body-size limit and the error handlers of the gateway.
+
+The one module of the gateway that imports FastAPI, loaded when a `Gateway` is constructed (it
+builds its app then): importing ``slmflow.gateway``, its app.py or schemas.py loads no FastAPI."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,8 +17,11 @@ from fastapi.responses import JSONResponse as _FastJSON
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .app import (_ERRORS, ApiError, ChatRequest, ChatResponse, ErrorBody, FeedbackRequest,
-                  FeedbackResponse, Gateway, ModelList, RunRequest, RunResponse, map_error)
+from .schemas import (_ERRORS, ApiError, ChatRequest, ChatResponse, ErrorBody, FeedbackRequest,
+                      FeedbackResponse, ModelList, RunRequest, RunResponse, map_error)
+
+if TYPE_CHECKING:
+    from .app import Gateway
 
 __all__ = ["make_app"]
 
@@ -251,7 +257,7 @@ def make_app(gw: Gateway) -> FastAPI:
             raise ApiError(404, f"no call {call_id!r}", code="not_found", param="call_id")
         d = rec.as_dict()
         public = (d.get("meta") or {}).pop("public_error", None)
-        if public is not None:  # a tool's own message stays with the operator (app.public_error)
+        if public is not None:  # a tool's own message stays with the operator (public_error)
             d["error"] = public
         return JSONResponse(d)
 

@@ -269,3 +269,18 @@ def test_console_does_not_wrap_when_not_a_terminal(capsys):
 def test_row_length_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="row 0 has 1 cells for 2 columns"):
         print_table(["a", "b"], [["only one"]], con=console())
+
+
+def test_a_usage_error_is_one_clear_line_not_a_traceback(home):
+    """`slmflow models list` (no such argument) printed a full rich traceback and exited 1: with
+    typer >= 0.29 its usage errors are its vendored click's classes, which `main` did not catch."""
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", "from slmflow.cli import main; main()",
+                        "models", "list"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SLMFLOW_HOME": str(home)})
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "unexpected extra argument" in p.stderr and "list" in p.stderr
+    assert "Traceback" not in p.stderr and "│" not in p.stderr

@@ -52,11 +52,12 @@ def main() -> None:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code or 0)
     except Exception as e:  # click usage errors and aborts
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        # by class name: typer >= 0.29 raises its own vendored click's classes (typer._click),
+        # which are not the `click` package's, and a usage error must not end in a traceback
+        names = {c.__name__ for c in type(e).__mro__}
+        if "ClickException" in names:
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(e, "exit_code", 2))
+        if "Abort" in names:
             sys.exit(130)
         raise

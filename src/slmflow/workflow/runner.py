@@ -36,6 +36,10 @@ The runner records nothing itself beyond the `RunResult` and spans: it emits eve
 ``call_flagged`` for the call a rejection or a broken handoff is about) under the run's
 `logging_context` (run id, workflow, step), and the call log listens where logging is on. So a
 workflow imports nothing of the store, the loop or the gateway (docs/architecture.md).
+
+One job, running: the walk, a step, the handoff check with its repair, the verifier with its
+escalation; they share one `_Run`'s state, which is why they stay in one module (~500 lines). The
+values a run gives back are in `result.py`.
 """
 
 from __future__ import annotations

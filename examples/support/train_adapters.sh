@@ -57,7 +57,7 @@ for a in "${AGENTS[@]}"; do
     router) train router router 1 ;;
     extractor) train extractor extraction 2 ;;
     reasoner) train reasoner reasoner 1 512 ;;
-    verifier) train verifier verifier 1 512 ;;
+    verifier) train verifier verifier "${VERIFIER_EPOCHS:-2}" 512 ;;
     *) echo "unknown agent $a (router, extractor, reasoner, verifier)" >&2; exit 2 ;;
   esac
 done

@@ -175,6 +175,23 @@ def test_ungrounded_draft_escalates_to_a_different_fallback():
     assert [s.escalated for s in r.steps if s.step == "reason"] == [False, True]
 
 
+def test_a_ticket_no_policy_covers_gets_the_referral_without_the_reasoner():
+    """A ticket routed ``other`` is referred to the team by a function step: the 135M reasoner,
+    asked to answer it, wrote a plausible answer from the nearest passage ("Please provide an
+    order id ... a photo of the damage" for "Do you have a shop in Paris?") that the check and
+    the verifier let through."""
+    wf = _fake(load_workflow(SPEC), [{"order_id": None, "account_id": None, "urgent": False}],
+               "Please provide an order id and a photo of the damage.")
+    other = FunctionModel(lambda m, s: {"category": "other"}, name="fake-router")
+    wf = wf.with_agent("router", wf.agents["router"].with_model(other).with_fallback(other))
+    r = wf.run_sync("Do you have a shop in Paris?")
+    assert r.status == "ok", r.detail
+    assert r.answer == support_steps.REFERRAL
+    assert [s.step for s in r.steps] == ["router", "retrieve", "extract", "ids", "route",
+                                        "refer", "answer"]
+    assert r.state["sources"] == []
+
+
 def test_oversized_ticket_fails_before_any_model_runs():
     r = load_workflow(SPEC).run_sync("refund " * 400)
     assert r.status == "failed" and isinstance(r.error, HandoffError)

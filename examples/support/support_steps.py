@@ -216,6 +216,19 @@ def tidy(d: Reply) -> Reply:
     return Reply(draft=" ".join(parts[:MAX_SENTENCES]))
 
 
+def refer(t: Ticket) -> Reply:
+    """The answer to a ticket the router says no policy covers (``other``): the referral, written
+    here and not by the reasoner. Asked to answer such a ticket, the 135M reasoner writes a
+    plausible reply from the nearest passage ("Please provide an order id ... a photo of the
+    damage" to "Do you have a shop in Paris?"), and neither the grounding check (it shares words
+    with that passage) nor the verifier catches it. A misrouted policy ticket is referred too:
+    the safe failure, and the router's own eval measures how often it happens."""
+    return Reply(draft=REFERRAL)
+
+
 def compose(a: AnswerInput) -> Answer:
-    """The final answer: the verified draft and the passages it was drafted from."""
-    return Answer(reply=a.draft.strip(), sources=[p.id for p in a.passages])
+    """The final answer: the verified draft and the passages it was drafted from (none for the
+    referral, which states no policy)."""
+    draft = a.draft.strip()
+    sources = [] if draft == REFERRAL else [p.id for p in a.passages]
+    return Answer(reply=draft, sources=sources)

@@ -93,14 +93,59 @@ def test_check_ids_fills_only_exact_ids_the_ticket_states_once():
 
 
 def test_tidy_keeps_three_sentences_and_leaves_a_cut_reply_to_the_check():
-    R = S.Reply
+    def R(draft):
+        return S.TidyInput(draft=draft, category="other")
     three = "Order A-1042 was delivered. Damaged items are refunded. No need to send it back."
-    assert support_steps.tidy(R(draft=three)).draft == three
-    assert support_steps.tidy(R(draft=three + " You can delete your account in Privacy. Del"
+    assert support_steps.tidy(R(three)).draft == three
+    assert support_steps.tidy(R(three + " You can delete your account in Privacy. Del"
                                 )).draft == three
     cut = "Order A-1042 was delivered. Damaged items are"
-    assert support_steps.tidy(R(draft=cut)).draft == cut
+    assert support_steps.tidy(R(cut)).draft == cut
     assert "cut off" in support_steps.grounding_check({"draft": cut, "text": "", "passages": []})
+
+
+def test_tidy_states_the_record_from_the_record():
+    """The reasoner's first sentence about the order or account is written by code from the
+    looked-up record (the 135M reasoner wrote "Please help us find your order Z-9999" for an
+    order the lookup did not find, "was processed" for one not shipped)."""
+    policy = "Damaged items are refunded in full, including shipping."
+    lost = S.TidyInput(draft=f"Please help us find your order Z-9999. {policy}",
+                       category="refund", order_id="Z-9999", lookup=None)
+    assert support_steps.tidy(lost).draft == (
+        f"I could not find order Z-9999; please check the order id. {policy}")
+    rec = {"order_id": "B-77", "status": "processing", "item": "desk lamp",
+           "ordered_on": "2026-11-12"}
+    wrong = S.TidyInput(draft="Order B-77 (desk lamp) was processed on 2026-11-12. Orders ship "
+                              "in 1-2 business days. Express is faster.",
+                        category="shipping", order_id="B-77", lookup=rec)
+    out = support_steps.tidy(wrong).draft
+    assert out.startswith("Order B-77 (desk lamp) has not shipped yet; it was ordered on "
+                          "2026-11-12. Orders ship")
+    # a first sentence that does not name the id is left to the check (which rejects a reply
+    # leaving out the ticket's id): prepending the record would dress up any draft
+    acct = S.TidyInput(draft="I am a helpful assistant.", category="account", account_id="40112",
+                       lookup={"account_id": "40112", "plan": "none", "status": "locked"})
+    assert support_steps.tidy(acct).draft == "I am a helpful assistant."
+    # no id in the ticket: left as written
+    free = S.TidyInput(draft=policy, category="refund")
+    assert support_steps.tidy(free).draft == policy
+
+
+def test_the_check_does_not_count_the_record_sentence_as_grounding():
+    """The record sentence is written by code (tidy); the words the model wrote after it must
+    be grounded on their own."""
+    rec = {"order_id": "A-1042", "status": "delivered", "item": "ceramic mug set",
+           "delivered_on": "2026-11-28"}
+    state = {"text": "My order A-1042 arrived broken", "category": "refund", "order_id": "A-1042",
+             "lookup": rec, "passages": [{"id": "damaged-items#0", "text": "Damaged items are "
+                                          "refunded in full, including shipping.", "score": 1.0}]}
+    first, _ = support_steps.record_sentence("order", "A-1042", rec, True)
+    state["draft"] = first + " I am a helpful assistant, how can I help you today?"
+    assert "not grounded" in support_steps.grounding_check(state)
+    state["draft"] = first
+    assert "only states the record" in support_steps.grounding_check(state)
+    state["draft"] = first + " Damaged items are refunded in full, including shipping."
+    assert support_steps.grounding_check(state) is None
 
 
 def test_the_referral_passes_only_for_tickets_no_policy_covers():

@@ -104,6 +104,16 @@ class Reply(BaseModel):
     draft: str
 
 
+class TidyInput(BaseModel):
+    """What `support_steps.tidy` reads: the reasoner's draft and the record it was drafted from."""
+
+    draft: str
+    category: Category
+    order_id: Optional[str] = None
+    account_id: Optional[str] = None
+    lookup: Optional[dict[str, Any]] = None
+
+
 class VerifyInput(BaseModel):
     text: str
     draft: str = Field(min_length=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from support_schemas import (Answer, AnswerInput, IdsFound, IdsInput, Passage, Reply, RetrievalInput,
-                             Retrieved, Ticket)
+                             Retrieved, Ticket, TidyInput)
 
 KB = Path(__file__).parent / "kb"
 _STOP = set("a an the and or of to in on for is are was were be it its this that with you your "
@@ -170,8 +170,15 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
     for n in NUMBER_RE.findall(draft):
         if n not in stated:
             return f"draft states {n!r}, which no passage, record or ticket states"
+    first = _record_of(state.get("category"), state.get("order_id"), state.get("account_id"),
+                       state.get("lookup") if isinstance(state.get("lookup"), dict) else None)
+    own = draft  # what the model wrote: the record sentence is code's (tidy), not grounding
+    if first and draft.startswith(first):
+        own = draft[len(first):].strip()
+        if len(own) < 10:
+            return "draft only states the record, it does not answer the ticket"
     ctx = set(tokens(ctx_text))
-    words = set(tokens(draft))
+    words = set(tokens(own))
     overlap = len(words & ctx) / max(1, len(words))
     if overlap < 0.2:
         return f"draft is not grounded in the passages (word overlap {overlap:.2f} < 0.20)"
@@ -204,15 +211,73 @@ MAX_SENTENCES = 3
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
-def tidy(d: Reply) -> Reply:
-    """The reply in the format the reasoner was trained on and asked for: at most three sentences
-    (what the record says, then the two policy sentences). A 135M reasoner sometimes does not close
-    its JSON string after them and runs on into the next passage until ``max_tokens``; the
-    sentences after the third are dropped here, before the verifier sees the reply. A reply whose
-    first three sentences are themselves cut off stays as it is (the check rejects it)."""
-    parts = _SENTENCE_END.split(d.draft.strip())
+def record_sentence(kind: str, rid: str | None, rec: dict[str, Any] | None,
+                    wants_id: bool) -> tuple[str, str]:
+    """(the reply's first sentence about the id/record, the reasoning's `record` field)."""
+    noun = "order" if kind == "order" else "account"
+    if rid is None:
+        if wants_id:
+            return f"Please send us your {noun} id.", f"no {noun} id"
+        return "", "none needed"
+    if rec is None:
+        return (f"I could not find {noun} {rid}; please check the {noun} id.",
+                f"{noun} {rid} not found")
+    if kind == "order":
+        st = rec["status"]
+        if st == "delivered":
+            return (f"Order {rid} ({rec['item']}) was delivered on {rec['delivered_on']}.",
+                    f"{rid} delivered {rec['delivered_on']}")
+        if st == "shipped":
+            return (f"Order {rid} ({rec['item']}) shipped on {rec['shipped_on']}.",
+                    f"{rid} shipped {rec['shipped_on']}")
+        return (f"Order {rid} ({rec['item']}) has not shipped yet; it was ordered on "
+                f"{rec['ordered_on']}.", f"{rid} processing since {rec['ordered_on']}")
+    plan = f" on the {rec['plan']} plan" if rec["plan"] != "none" else ""
+    return (f"Account {rid} is {rec['status']}{plan}.", f"{rid} {rec['status']}")
+
+
+def _record_of(category: str | None, order_id: str | None, account_id: str | None,
+               lookup: dict[str, Any] | None) -> str | None:
+    """The record sentence for a ticket, or None where its category looks nothing up or the
+    ticket gave no id of that kind."""
+    kind = {"refund": "order", "shipping": "order", "billing": "account",
+            "account": "account"}.get(category or "")
+    rid = order_id if kind == "order" else account_id if kind == "account" else None
+    if kind is None or rid is None:
+        return None
+    return record_sentence(kind, rid, lookup, True)[0]
+
+
+def _record_first(draft: str, x: TidyInput) -> str:
+    """The draft with its first sentence, the one about the ticket's order or account, written
+    from the looked-up record by `record_sentence` (the sentence the reasoner was trained to
+    write, made by that same function). On held-out tickets the 135M reasoner restates records
+    wrongly ("Please help us find your order Z-9999" for an order the lookup did not find, "was
+    processed" for one that has not shipped); a record is structured data, so code states it.
+    Only where the ticket gave an id of the kind its category looks up, and only a first
+    sentence that names the id and has sentences after it (a one-sentence reply may carry the
+    policy in it too): one that does not name the id is left for the check to reject (a reply
+    that leaves out the ticket's id), as a record sentence put in front would dress up any
+    draft."""
+    first = _record_of(x.category, x.order_id, x.account_id, x.lookup)
+    parts = _SENTENCE_END.split(draft.strip())
+    rid = x.order_id if x.category in ("refund", "shipping") else x.account_id
+    if first and rid and rid in parts[0] and len(parts) > 1:
+        parts[0] = first
+    return " ".join(p for p in parts if p)
+
+
+def tidy(x: TidyInput) -> Reply:
+    """The reply in the format the reasoner was trained on and asked for: the record sentence
+    (`_record_first`), then at most two more (the policy sentences), three in all. A 135M
+    reasoner sometimes does not close its JSON string after them and runs on into the next
+    passage until ``max_tokens``; the sentences after the third are dropped here, before the
+    verifier sees the reply. A reply whose first three sentences are themselves cut off stays as
+    it is (the check rejects it)."""
+    draft = _record_first(x.draft, x)
+    parts = _SENTENCE_END.split(draft.strip())
     if len(parts) <= MAX_SENTENCES:
-        return d
+        return Reply(draft=draft)
     return Reply(draft=" ".join(parts[:MAX_SENTENCES]))
 
 

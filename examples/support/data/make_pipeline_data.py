@@ -52,6 +52,7 @@ from make_training_data import (CLOSERS, ITEMS, OPENERS, URGENT, account_id,  # 
                                 order_id, protected_inputs)
 
 from support_steps import REFERRAL  # noqa: E402  the answer to a ticket no policy covers
+from support_steps import record_sentence  # noqa: E402  the reply's first sentence, from the record
 
 
 @dataclass
@@ -312,31 +313,6 @@ def account_record(aid: str, rng: random.Random) -> dict[str, Any]:
     user = rng.choice(["j.doe", "m.rossi", "a.khan", "l.chen", "s.muller", "p.silva"])
     return {"account_id": aid, "plan": rng.choice(["monthly", "monthly", "yearly", "none"]),
             "email": f"{user}@example.com", "status": rng.choice(["active", "active", "locked"])}
-
-
-def record_sentence(kind: str, rid: str | None, rec: dict[str, Any] | None,
-                    wants_id: bool) -> tuple[str, str]:
-    """(the reply's first sentence about the id/record, the reasoning's `record` field)."""
-    noun = "order" if kind == "order" else "account"
-    if rid is None:
-        if wants_id:
-            return f"Please send us your {noun} id.", f"no {noun} id"
-        return "", "none needed"
-    if rec is None:
-        return (f"I could not find {noun} {rid}; please check the {noun} id.",
-                f"{noun} {rid} not found")
-    if kind == "order":
-        st = rec["status"]
-        if st == "delivered":
-            return (f"Order {rid} ({rec['item']}) was delivered on {rec['delivered_on']}.",
-                    f"{rid} delivered {rec['delivered_on']}")
-        if st == "shipped":
-            return (f"Order {rid} ({rec['item']}) shipped on {rec['shipped_on']}.",
-                    f"{rid} shipped {rec['shipped_on']}")
-        return (f"Order {rid} ({rec['item']}) has not shipped yet; it was ordered on "
-                f"{rec['ordered_on']}.", f"{rid} processing since {rec['ordered_on']}")
-    plan = f" on the {rec['plan']} plan" if rec["plan"] != "none" else ""
-    return (f"Account {rid} is {rec['status']}{plan}.", f"{rid} {rec['status']}")
 
 
 # ---- tickets -----------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ Variants (the same scenarios, in the same order, each after one warm-up ticket):
 (b) ``zero135``: the same pipeline zero-shot on SmolLM2-135M (no adapters; the schema text goes
     into each prompt, as ``slmflow run --no-adapters`` serves it).
 (c) ``zero1.5b``: the same pipeline zero-shot on Qwen2.5-Coder-1.5B-Instruct, the biggest local
-    model in the catalog (every agent and the fallback on it).
+    model in the catalog (every agent on it).
+
+No variant has a fallback model (the workflow's default: escalating to the same model without an
+adapter is a step down, and a re-run on the very same model at temperature 0 repeats itself).
 (d) ``single1.5b``: one prompt to Qwen2.5-Coder-1.5B doing the whole job
     (examples/support/workflow_single.yaml: retrieval, then one constrained call that classifies,
     extracts and answers; no lookup tools, no verifier).
@@ -61,7 +64,7 @@ def run_variant(key: str, part: str) -> dict[str, Any]:
     label, spec, model, adapters = VARIANTS[key]
     if not adapters:
         set_adapter_resolver(base_model_resolver)
-    wf = load_workflow(EX / spec, model=model, fallback=model)
+    wf = load_workflow(EX / spec, model=model)
     wf.run_sync("My order A-1042 arrived broken, I want a refund")  # warm-up (loads, caches)
     t0 = time.perf_counter()
     rep = run_scenarios(wf, PARTS[part], progress=False)

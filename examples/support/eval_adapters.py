@@ -85,10 +85,11 @@ def extraction_scores(outs: list[dict | None], cases: list) -> dict[str, float]:
 
 def reasoner_scores(outs: list[dict | None], cases: list) -> dict[str, float]:
     sys.path.insert(0, str(HERE))
-    from support_steps import grounding_check
+    from support_schemas import TidyInput
+    from support_steps import grounding_check, tidy
 
     n = max(1, len(cases))
-    ids = grounded = policy = exact = 0
+    ids = grounded = tidied = policy = exact = 0
     for o, c in zip(outs, cases):
         if o is None:
             continue
@@ -99,7 +100,12 @@ def reasoner_scores(outs: list[dict | None], cases: list) -> dict[str, float]:
         ids += all(v in o.get("draft", "") for v in want)
         state = {**inp, "draft": o.get("draft", "")}
         grounded += grounding_check(state) is None
+        # as the pipeline checks it: after the tidy step (the record sentence from the record)
+        state["draft"] = tidy(TidyInput.model_validate(
+            {k: state.get(k) for k in TidyInput.model_fields})).draft
+        tidied += grounding_check(state) is None
     return {"policy": policy / n, "mentions_id": ids / n, "grounded": grounded / n,
+            "grounded_after_tidy": tidied / n,
             "exact_draft": exact / n, "ok_rate": sum(o is not None for o in outs) / n}
 
 

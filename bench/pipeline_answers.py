@@ -13,12 +13,12 @@ Variants (the same scenarios, in the same order, each after one warm-up ticket):
     into each prompt, as ``slmflow run --no-adapters`` serves it).
 (c) ``zero1.5b``: the same pipeline zero-shot on Qwen2.5-Coder-1.5B-Instruct, the biggest local
     model in the catalog (every agent on it).
-
-No variant has a fallback model (the workflow's default: escalating to the same model without an
-adapter is a step down, and a re-run on the very same model at temperature 0 repeats itself).
 (d) ``single1.5b``: one prompt to Qwen2.5-Coder-1.5B doing the whole job
     (examples/support/workflow_single.yaml: retrieval, then one constrained call that classifies,
     extracts and answers; no lookup tools, no verifier).
+
+No variant has a fallback model (the workflow's default: escalating to the same model without an
+adapter is a step down, and a re-run on the very same model at temperature 0 repeats itself).
 
 Per variant: scenario pass rate (every check passed), the pass rate without the path check (the
 only check a single prompt cannot pass by construction: it has no router/lookup steps), per-check

@@ -296,6 +296,22 @@ def test_pipeline_end_to_end_on_embedded_model(real_wf):
 
 
 @pytest.mark.slow
+def test_off_topic_ticket_on_embedded_model_is_referred_by_code(real_wf):
+    """On the real adapters: whatever the router decides, a ticket it sends to `other` is
+    answered with the referral and never reaches the reasoner; one it routes to a policy never
+    gets the referral step."""
+    r = real_wf.run_sync("Do you have a shop in Paris?")
+    _check_invariants(r)
+    ran = [s.step for s in r.steps]
+    if r.state["category"] == "other":
+        assert r.status == "ok" and r.answer == support_steps.REFERRAL
+        assert "refer" in ran and "reason" not in ran and "verify" not in ran
+        assert r.state["sources"] == []
+    else:
+        assert "refer" not in ran and "reason" in ran
+
+
+@pytest.mark.slow
 def test_cli_run_prints_answer_and_table(real_wf):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
     p = subprocess.run([str(Path(sys.executable).parent / "slmflow"), "run", str(SPEC), "--json",

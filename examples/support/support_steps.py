@@ -170,11 +170,11 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
     for n in NUMBER_RE.findall(draft):
         if n not in stated:
             return f"draft states {n!r}, which no passage, record or ticket states"
-    first = _record_of(state.get("category"), state.get("order_id"), state.get("account_id"),
-                       state.get("lookup") if isinstance(state.get("lookup"), dict) else None)
+    rec = _record_of(state.get("category"), state.get("order_id"), state.get("account_id"),
+                     state.get("lookup") if isinstance(state.get("lookup"), dict) else None)
     own = draft  # what the model wrote: the record sentence is code's (tidy), not grounding
-    if first and draft.startswith(first):
-        own = draft[len(first):].strip()
+    if rec and draft.startswith(rec[0]):
+        own = draft[len(rec[0]):].strip()
         if len(own) < 10:
             return "draft only states the record, it does not answer the ticket"
     ctx = set(tokens(ctx_text))
@@ -237,47 +237,39 @@ def record_sentence(kind: str, rid: str | None, rec: dict[str, Any] | None,
 
 
 def _record_of(category: str | None, order_id: str | None, account_id: str | None,
-               lookup: dict[str, Any] | None) -> str | None:
-    """The record sentence for a ticket, or None where its category looks nothing up or the
-    ticket gave no id of that kind."""
+               lookup: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(the record sentence, the id it is about) for a ticket, or None where its category looks
+    nothing up or the ticket gave no id of that kind."""
     kind = {"refund": "order", "shipping": "order", "billing": "account",
             "account": "account"}.get(category or "")
     rid = order_id if kind == "order" else account_id if kind == "account" else None
     if kind is None or rid is None:
         return None
-    return record_sentence(kind, rid, lookup, True)[0]
-
-
-def _record_first(draft: str, x: TidyInput) -> str:
-    """The draft with its first sentence, the one about the ticket's order or account, written
-    from the looked-up record by `record_sentence` (the sentence the reasoner was trained to
-    write, made by that same function). On held-out tickets the 135M reasoner restates records
-    wrongly ("Please help us find your order Z-9999" for an order the lookup did not find, "was
-    processed" for one that has not shipped); a record is structured data, so code states it.
-    Only where the ticket gave an id of the kind its category looks up, and only a first
-    sentence that names the id and has sentences after it (a one-sentence reply may carry the
-    policy in it too): one that does not name the id is left for the check to reject (a reply
-    that leaves out the ticket's id), as a record sentence put in front would dress up any
-    draft."""
-    first = _record_of(x.category, x.order_id, x.account_id, x.lookup)
-    parts = _SENTENCE_END.split(draft.strip())
-    rid = x.order_id if x.category in ("refund", "shipping") else x.account_id
-    if first and rid and rid in parts[0] and len(parts) > 1:
-        parts[0] = first
-    return " ".join(p for p in parts if p)
+    return record_sentence(kind, rid, lookup, True)[0], rid
 
 
 def tidy(x: TidyInput) -> Reply:
-    """The reply in the format the reasoner was trained on and asked for: the record sentence
-    (`_record_first`), then at most two more (the policy sentences), three in all. A 135M
-    reasoner sometimes does not close its JSON string after them and runs on into the next
-    passage until ``max_tokens``; the sentences after the third are dropped here, before the
-    verifier sees the reply. A reply whose first three sentences are themselves cut off stays as
-    it is (the check rejects it)."""
-    draft = _record_first(x.draft, x)
-    parts = _SENTENCE_END.split(draft.strip())
-    if len(parts) <= MAX_SENTENCES:
-        return Reply(draft=draft)
+    """The reply in the format the reasoner was trained on and asked for: the record sentence,
+    then at most two more (the policy sentences), three in all.
+
+    The first sentence, the one about the ticket's order or account, is written from the
+    looked-up record by `record_sentence` (the sentence the reasoner was trained to write, made by
+    that same function). On held-out tickets the 135M reasoner restates records wrongly ("Please
+    help us find your order Z-9999" for an order the lookup did not find, "was processed" for one
+    that has not shipped); a record is structured data, so code states it. Only where the ticket
+    gave an id of the kind its category looks up, and only a first sentence that names the id and
+    has sentences after it (a one-sentence reply may carry the policy in it too); one that does
+    not name the id is left for the check to reject (a reply that leaves out the ticket's id), as
+    a record sentence put in front would dress up any draft.
+
+    A 135M reasoner sometimes does not close its JSON string after three sentences and runs on
+    into the next passage until ``max_tokens``; the sentences after the third are dropped here,
+    before the verifier sees the reply. A reply whose first three sentences are themselves cut
+    off stays as it is (the check rejects it)."""
+    parts = _SENTENCE_END.split(x.draft.strip())
+    rec = _record_of(x.category, x.order_id, x.account_id, x.lookup)
+    if rec and rec[1] in parts[0] and len(parts) > 1:
+        parts[0] = rec[0]
     return Reply(draft=" ".join(parts[:MAX_SENTENCES]))
 
 

@@ -66,6 +66,23 @@ def test_train_agent_cli_registers_and_gates(tmp_path):
                              env=env)
     assert listing.returncode == 0 and "v1" in listing.stdout
 
+    # --init-adapter: one more step from v1's weights (recorded on the card); a folder that is
+    # not a PEFT adapter is refused by name, before any step
+    more = [exe, "train", "agent", "router", "--workflow",
+            str(ROOT / "examples/support/workflow.yaml"), "--data", str(tmp_path / "t.jsonl"),
+            "--max-steps", "1", "--batch-size", "4", "--r", "4", "--threads", "1",
+            "--no-promote", "--out", str(tmp_path / "more")]
+    p = subprocess.run(more + ["--init-adapter", str(d / "adapter")], capture_output=True,
+                       text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "starting from the adapter in" in p.stdout + p.stderr
+    card2 = json.loads((home / "adapters" / "router" / "v2" / "card.json").read_text())
+    assert card2["config"]["init_adapter"] == str(d / "adapter")
+    p = subprocess.run(more + ["--init-adapter", str(tmp_path)], capture_output=True, text=True,
+                       env=env, timeout=900)
+    assert p.returncode == 1 and "not a PEFT adapter folder" in p.stderr, p.stderr[-2000:]
+    assert str(tmp_path) in p.stderr and "Traceback" not in p.stderr
+
     bad = _write(tmp_path / "bad.jsonl", [("hello", "not-a-category")])
     p = subprocess.run([exe, "train", "agent", "router", "--workflow",
                         str(ROOT / "examples/support/workflow.yaml"), "--data", str(bad)],

@@ -436,9 +436,10 @@ BAD_KINDS = ["wrong_id", "wrong_fact", "unsupported_promise", "off_topic", "inco
 
 def passages_for(text: str, category: str) -> list[dict[str, Any]]:
     from support_schemas import RetrievalInput
-    from support_steps import retrieve
+    from support_steps import TRAIN_PASSAGES, retrieve
 
-    return [p.model_dump() for p in retrieve(RetrievalInput(text=text, category=category)).passages]
+    return [p.model_dump() for p in retrieve(RetrievalInput(text=text, category=category),
+                                             k=TRAIN_PASSAGES).passages]
 
 
 def build(split: str, n_per_intent: int, rng: random.Random) -> list[tuple[Ticket, dict, list]]:

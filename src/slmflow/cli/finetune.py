@@ -41,6 +41,9 @@ def train_agent_cmd(
     targets: str = TARGETS, bf16: Optional[bool] = BF16, threads: int = THREADS,
     promote: bool = typer.Option(True, help="promote through the eval gate"),
     seed: int = SEED,
+    init_adapter: Optional[Path] = typer.Option(
+        None, "--init-adapter", help="start from this trained PEFT adapter folder (same rank and "
+        "targets) instead of a fresh LoRA: more epochs on an adapter without redoing the first"),
 ) -> None:
     """Train a LoRA adapter for one agent, register it, and promote it only through its gate.
 
@@ -58,6 +61,10 @@ def train_agent_cmd(
                            target_key=target_key) if eval_data else [])
     cfg = train_config(r=r, lr=lr, epochs=epochs, batch_size=batch_size, max_len=max_len,
                        max_steps=max_steps, seed=seed, bf16=bf16, targets=targets)
+    if init_adapter is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, init_adapter=str(init_adapter))
     with main_process_first():  # a first run dequantizes the base once, not once per process
         base_for(agent.model)
     main = is_main_process()  # in a multi-process launch the others train their shard only

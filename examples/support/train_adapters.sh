@@ -34,8 +34,8 @@ if [ -z "${SKIP_DATA:-}" ]; then  # SKIP_DATA=1: train on the committed files as
   N_TRAIN=30 N_EVAL=4 MAX_VERIFIER_TRAIN=240 "$PY" $EX/data/make_pipeline_data.py
 fi
 
-train() {  # agent data-prefix epochs [max-len] [lr] [init-adapter]
-  local agent=$1 data=$2 epochs=$3 maxlen=${4:-256} lr=${5:-1e-3} init=${6:-}
+train() {  # agent data-prefix epochs [max-len] [lr] [init-adapter] [also: NAME=TRAIN,EVAL]
+  local agent=$1 data=$2 epochs=$3 maxlen=${4:-256} lr=${5:-1e-3} init=${6:-} also=${7:-}
   rm -rf "$SCRATCH/$agent"
   mkdir -p "$SCRATCH/$agent" "$HOME_DIR/models"
   # share the dequantized base model (made once under $SLMFLOW_HOME/models) with the scratch home
@@ -45,7 +45,7 @@ train() {  # agent data-prefix epochs [max-len] [lr] [init-adapter]
       --data $EX/data/${data}_train.jsonl --eval-data $EX/data/${data}_eval.jsonl \
       --r 8 --targets q_proj,k_proj,v_proj,o_proj --lr "$lr" --batch-size 8 --epochs "$epochs" \
       --max-len "$maxlen" --threads "${THREADS:-1}" $BF16 --seed 0 --out "$SCRATCH/$agent/run" \
-      ${init:+--init-adapter "$init"}
+      ${init:+--init-adapter "$init"} ${also:+--also "$also"}
   local v=$SCRATCH/$agent/adapters/$agent/v1
   rm -rf "$EX/adapters/$agent"
   mkdir -p "$EX/adapters/$agent"
@@ -68,7 +68,13 @@ for a in "${AGENTS[@]}"; do
         train reasoner reasoner 1 512 1e-3 "$SCRATCH/reasoner-stage1"
       fi ;;
     verifier) train verifier verifier "${VERIFIER_EPOCHS:-2}" 512 ;;
-    *) echo "unknown agent $a (router, extractor, reasoner, verifier)" >&2; exit 2 ;;
+    reasoner+verifier)
+      # One adapter for both agents (--also): on one adapter the verifier reads the policy and
+      # the ticket from the reasoner's KV state instead of evaluating them again.
+      train reasoner reasoner "${SHARED_EPOCHS:-1}" 512 1e-3 "" \
+        "verifier=$EX/data/verifier_train.jsonl,$EX/data/verifier_eval.jsonl" ;;
+    *) echo "unknown agent $a (router, extractor, reasoner, verifier, reasoner+verifier)" >&2
+       exit 2 ;;
   esac
 done
 if [ ${#AGENTS[@]} -eq 4 ]; then

@@ -44,6 +44,10 @@ def train_agent_cmd(
     init_adapter: Optional[Path] = typer.Option(
         None, "--init-adapter", help="start from this trained PEFT adapter folder (same rank and "
         "targets) instead of a fresh LoRA: more epochs on an adapter without redoing the first"),
+    also: List[str] = typer.Option(
+        [], "--also", help="another agent of the workflow trained into the same adapter, as "
+        "NAME=TRAIN.jsonl[,EVAL.jsonl] (repeatable): a multi-task adapter, so agents on it share "
+        "llama.cpp KV states; each is gated on its own eval file"),
 ) -> None:
     """Train a LoRA adapter for one agent, register it, and promote it only through its gate.
 
@@ -59,6 +63,8 @@ def train_agent_cmd(
                              target_key=target_key)
     cases = (load_examples(eval_data, input_field=input_field, target_field=target_field,
                            target_key=target_key) if eval_data else [])
+    others = [_also_agent(spec, workflow, find_agent, load_examples, input_field, target_field,
+                          target_key) for spec in also]
     cfg = train_config(r=r, lr=lr, epochs=epochs, batch_size=batch_size, max_len=max_len,
                        max_steps=max_steps, seed=seed, bf16=bf16, targets=targets)
     if init_adapter is not None:
@@ -69,13 +75,30 @@ def train_agent_cmd(
         base_for(agent.model)
     main = is_main_process()  # in a multi-process launch the others train their shard only
     res = train_agent(agent, examples, eval_cases=cases, config=cfg, run_dir=out,
-                      promote=promote, threads=threads or None,
+                      promote=promote, threads=threads or None, also=others,
                       log=typer.echo if main else (lambda s: None), progress=main)
     if not main:
         return
     typer.echo(json.dumps({"version": res.version, "promoted": res.promoted,
                            "scores": res.scores, "baseline": res.baseline_scores,
                            "metrics": res.card["metrics"]}, indent=2))
+
+
+def _also_agent(spec: str, workflow: Path, find_agent, load_examples, input_field: str,
+                target_field: str, target_key: Optional[str]):
+    """`--also NAME=TRAIN.jsonl[,EVAL.jsonl]` → the agent, its examples and its eval cases."""
+    from ..errors import ConfigError
+    from ..finetune.agent_train import AlsoAgent
+
+    name, eq, files = spec.partition("=")
+    paths = [p for p in files.split(",") if p]
+    if not eq or not name.strip() or not 1 <= len(paths) <= 2:
+        raise ConfigError(f"--also {spec!r}: write NAME=TRAIN.jsonl or NAME=TRAIN.jsonl,EVAL.jsonl",
+                          where="--also")
+    load = lambda p: load_examples(Path(p), input_field=input_field,  # noqa: E731
+                                   target_field=target_field, target_key=target_key)
+    return AlsoAgent(find_agent(workflow, name.strip()), load(paths[0]),
+                     load(paths[1]) if len(paths) == 2 else [])
 
 
 def _registry():

@@ -140,6 +140,63 @@ def _with_threads(model: Any, threads: int | None) -> Any:
                          prefix_cache=model.prefix_cache)
 
 
+@dataclass(frozen=True)
+class ForAgent:
+    """A training input tagged with the agent whose prompt renders it: the rows of a multi-task
+    adapter (`train_agent(..., also=...)`). ``model_dump`` keeps dedupe, the split and the
+    leakage check working on (agent, input), so the same input for two agents is two rows."""
+
+    agent: str
+    input: Any
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        x = self.input.model_dump(mode=mode) if hasattr(self.input, "model_dump") else self.input
+        return {"agent": self.agent, "input": x}
+
+
+@dataclass(frozen=True)
+class AlsoAgent:
+    """A second agent trained into the same adapter: its examples and its held-out cases."""
+
+    agent: Any
+    examples: Sequence[Example]
+    eval_cases: Sequence[Example] = ()
+
+
+def multitask_rows(agent: Any, examples: Sequence[Example],
+                   also: Sequence[AlsoAgent]) -> tuple[list[Example], Callable[[Any], Any]]:
+    """Every agent's examples as one training set, and the format function that renders each
+    row with its own agent's prompt.
+
+    Why one adapter for two agents: llama.cpp's KV states are kept per (model, adapter) and an
+    adapter changes K and V, so two agents on different adapters never share a prefix. The
+    support pipeline's verifier reads the same policy passages and ticket as the reasoner just
+    before it; trained into the reasoner's adapter, it reads them from the reasoner's KV state
+    instead of evaluating them again (docs/models.md, "Prefix reuse")."""
+    agents = {agent.name: agent}
+    rows = [replace(ex, input=ForAgent(agent.name, ex.input)) for ex in examples]
+    for a in also:
+        if a.agent.name in agents:
+            raise ConfigError(f"agent {a.agent.name} is named twice in one multi-task adapter",
+                              where=f"agent {a.agent.name}")
+        agents[a.agent.name] = a.agent
+        validate_targets(a.examples, a.agent.output_type, where=f"agent {a.agent.name} data")
+        if a.eval_cases:
+            check_leakage(a.examples, [c.input for c in a.eval_cases],
+                          where=f"agent {a.agent.name}")
+        rows += [replace(ex, input=ForAgent(a.agent.name, ex.input),
+                         target=decoder_order(ex.target, a.agent.output_type))
+                 for ex in a.examples]
+
+    def fmt(x: Any) -> Any:
+        if isinstance(x, ForAgent):
+            ag = agents[x.agent]
+            return ag.messages(ag.coerce_input(x.input))
+        return agent.messages(agent.coerce_input(x))
+
+    return rows, fmt
+
+
 @dataclass
 class AgentTrainResult:
     version: str
@@ -157,21 +214,36 @@ def train_agent(agent: Any, examples: Sequence[Example], *, eval_cases: Sequence
                 tolerance: float = 0.0, threads: int | None = None, progress: bool = True,
                 trace_ids: Sequence[str] = (),
                 score: Callable[..., dict[str, float]] = exact_match_accuracy,
+                also: Sequence[AlsoAgent] = (),
                 log: Callable[[str], None] = print) -> AgentTrainResult:
-    """Train `agent` on `examples`, register the adapter, gate it on `eval_cases`."""
+    """Train `agent` on `examples`, register the adapter, gate it on `eval_cases`.
+
+    also: other agents on the same base trained into the same adapter (a multi-task adapter,
+    `multitask_rows`); each is scored on its own held-out cases with the scores' keys prefixed
+    by its name (``verifier.accuracy``), so the gate holds every agent the adapter serves."""
     registry = registry or AdapterRegistry()
     validate_targets(examples, agent.output_type, where=f"agent {agent.name} data")
     examples = [replace(ex, target=decoder_order(ex.target, agent.output_type))
                 for ex in examples]
     if eval_cases:
         check_leakage(examples, [c.input for c in eval_cases], where=f"agent {agent.name}")
+    if also:
+        if any(a.agent.model != agent.model for a in also):
+            raise ConfigError("a multi-task adapter needs every agent on the same base model: "
+                              + ", ".join(f"{a.name}={a.model}" for a in
+                                          [agent, *(x.agent for x in also)]),
+                              where=f"agent {agent.name}")
+        examples, fmt = multitask_rows(agent, examples, also)
+    else:
+        fmt = lambda x: agent.messages(agent.coerce_input(x))  # noqa: E731  its own prompt
     train, val = split(dedupe(examples), 0.05, seed=config.seed)
     hf_dir, gguf, base_name = base_for(agent.model)
     run_dir = Path(run_dir) if run_dir else subdir("runs") / f"{agent.name}"
-    fmt = lambda x: agent.messages(agent.coerce_input(x))  # noqa: E731  the agent's own prompt
     res = train_lora(hf_dir, train, val, fmt, run_dir, config, base_name=base_name,
                      progress=progress, log=log, threads=threads)
     card = {**res.card, "agent": agent.name, "schema_hint": False}
+    if also:
+        card["agents"] = [agent.name, *(a.agent.name for a in also)]
     if not is_main_process():  # a multi-process launch: only the main process registers, gates
         return AgentTrainResult("", Path(run_dir), card, {}, None, False, None)
     parent = registry.promoted(agent.name)
@@ -191,10 +263,20 @@ def train_agent(agent: Any, examples: Sequence[Example], *, eval_cases: Sequence
         candidate = replace(agent, model=registry.model_for(base_model, agent.name, version),
                             adapter=None)
         scores = score(candidate, eval_cases)
+        for a in also:  # every agent the adapter serves, on its own cases
+            if a.eval_cases:
+                other = replace(a.agent, model=candidate.model, adapter=None)
+                scores.update({f"{a.agent.name}.{k}": v
+                               for k, v in score(other, a.eval_cases).items()})
         registry.record_scores(agent.name, version, scores)
         log(f"{agent.name}@{version} on {len(eval_cases)} held-out cases: {scores}")
         if parent is None:
             baseline = score(replace(agent, model=base_model, adapter=None), eval_cases)
+            for a in also:
+                if a.eval_cases:
+                    other = replace(a.agent, model=base_model, adapter=None)
+                    baseline.update({f"{a.agent.name}.{k}": v
+                                     for k, v in score(other, a.eval_cases).items()})
             log(f"{agent.name} without adapter: {baseline}")
     if promote and eval_cases:
         try:

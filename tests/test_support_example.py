@@ -365,3 +365,21 @@ def test_cli_run_prints_answer_and_table(real_wf):
     p2 = subprocess.run([str(Path(sys.executable).parent / "slmflow"), "run", str(SPEC), "--input", ""],
                         capture_output=True, text=True, env=env, timeout=120)
     assert p2.returncode == 1 and "failed" in p2.stdout and "at least 3" in p2.stdout
+
+
+def test_a_ticket_without_an_id_looks_nothing_up_without_an_error():
+    """No id in the ticket is the normal case for "how do I ..." tickets: the lookup step is
+    ``ok`` with no record (it was ``error_continued``, "invalid arguments for tool
+    'lookup_order'", in the demo's table). An id the records do not know still fails the
+    lookup, and the step says why."""
+    wf = _fake(load_workflow(SPEC), [{"order_id": None, "account_id": None, "urgent": False}],
+               "Please send us your order id. Damaged items are refunded in full.")
+    r = wf.run_sync({"text": "My parcel arrived broken, I want a refund"})
+    step = [s for s in r.steps if s.step == "order_status"][0]
+    assert step.status == "ok" and step.error is None, step.detail
+    assert r.state["lookup"] is None
+    wf = _fake(load_workflow(SPEC), [{"order_id": "Q-404", "account_id": None, "urgent": False}],
+               "I could not find order Q-404; please check the order id.")
+    r = wf.run_sync({"text": "Order Q-404 arrived broken, I want a refund"})
+    step = [s for s in r.steps if s.step == "order_status"][0]
+    assert step.status == "error_continued" and "Q-404" in step.detail

@@ -71,8 +71,14 @@ for a in "${AGENTS[@]}"; do
     reasoner+verifier)
       # One adapter for both agents (--also): on one adapter the verifier reads the policy and
       # the ticket from the reasoner's KV state instead of evaluating them again.
-      train reasoner reasoner "${SHARED_EPOCHS:-1}" 512 1e-3 "" \
-        "verifier=$EX/data/verifier_train.jsonl,$EX/data/verifier_eval.jsonl" ;;
+      # SHARED_STAGES=2 trains one more epoch from the first's adapter (--init-adapter).
+      also="verifier=$EX/data/verifier_train.jsonl,$EX/data/verifier_eval.jsonl"
+      train reasoner reasoner 1 512 1e-3 "" "$also"
+      if [ "${SHARED_STAGES:-1}" -ge 2 ]; then
+        rm -rf "$SCRATCH/shared-stage1"
+        cp -r "$SCRATCH/reasoner/adapters/reasoner/v1/adapter" "$SCRATCH/shared-stage1"
+        train reasoner reasoner 1 512 1e-3 "$SCRATCH/shared-stage1" "$also"
+      fi ;;
     *) echo "unknown agent $a (router, extractor, reasoner, verifier, reasoner+verifier)" >&2
        exit 2 ;;
   esac

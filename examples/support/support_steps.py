@@ -196,7 +196,7 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
             return (f"draft repeats {n!r} from the ticket, which no passage or record states "
                     "(a customer's claim is not policy)")
         if n not in stated:
-            return f"draft states {n!r}, which no passage, record or ticket states"
+            return f"draft states {n!r}, which no passage or record states"
     rec = _record_of(state.get("category"), state.get("order_id"), state.get("account_id"),
                      state.get("lookup") if isinstance(state.get("lookup"), dict) else None)
     own = draft  # what the model wrote: the record sentence is code's (tidy), not grounding

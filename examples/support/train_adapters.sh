@@ -53,6 +53,12 @@ train() {  # agent data-prefix epochs [max-len] [lr] [init-adapter] [also: NAME=
   ls -la "$EX/adapters/$agent"
 }
 
+again() {  # agent data also: one more epoch from the adapter `train` just made (--init-adapter)
+  rm -rf "$SCRATCH/$1-stage1"
+  cp -r "$SCRATCH/$1/adapters/$1/v1/adapter" "$SCRATCH/$1-stage1"
+  train "$1" "$2" 1 512 1e-3 "$SCRATCH/$1-stage1" "${3:-}"
+}
+
 for a in "${AGENTS[@]}"; do
   case $a in
     router) train router router 1 ;;
@@ -62,11 +68,7 @@ for a in "${AGENTS[@]}"; do
       # first's adapter (--init-adapter): val loss 0.73 -> 0.32, but scenario passes the same
       # (dev 14 -> 16 of 20, held-out 19 -> 17 of 26; docs/finetune.md), so it is not shipped.
       train reasoner reasoner 1 512
-      if [ "${REASONER_STAGES:-1}" -ge 2 ]; then
-        rm -rf "$SCRATCH/reasoner-stage1"
-        cp -r "$SCRATCH/reasoner/adapters/reasoner/v1/adapter" "$SCRATCH/reasoner-stage1"
-        train reasoner reasoner 1 512 1e-3 "$SCRATCH/reasoner-stage1"
-      fi ;;
+      if [ "${REASONER_STAGES:-1}" -ge 2 ]; then again reasoner reasoner; fi ;;
     verifier) train verifier verifier "${VERIFIER_EPOCHS:-2}" 512 ;;
     reasoner+verifier)
       # One adapter for both agents (--also): on one adapter the verifier reads the policy and
@@ -74,11 +76,7 @@ for a in "${AGENTS[@]}"; do
       # SHARED_STAGES=2 trains one more epoch from the first's adapter (--init-adapter).
       also="verifier=$EX/data/verifier_train.jsonl,$EX/data/verifier_eval.jsonl"
       train reasoner reasoner 1 512 1e-3 "" "$also"
-      if [ "${SHARED_STAGES:-1}" -ge 2 ]; then
-        rm -rf "$SCRATCH/shared-stage1"
-        cp -r "$SCRATCH/reasoner/adapters/reasoner/v1/adapter" "$SCRATCH/shared-stage1"
-        train reasoner reasoner 1 512 1e-3 "$SCRATCH/shared-stage1" "$also"
-      fi ;;
+      if [ "${SHARED_STAGES:-1}" -ge 2 ]; then again reasoner reasoner "$also"; fi ;;
     *) echo "unknown agent $a (router, extractor, reasoner, verifier, reasoner+verifier)" >&2
        exit 2 ;;
   esac

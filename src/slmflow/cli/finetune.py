@@ -63,8 +63,8 @@ def train_agent_cmd(
                              target_key=target_key)
     cases = (load_examples(eval_data, input_field=input_field, target_field=target_field,
                            target_key=target_key) if eval_data else [])
-    others = [_also_agent(spec, workflow, find_agent, load_examples, input_field, target_field,
-                          target_key) for spec in also]
+    others = [_also_agent(spec, workflow, input_field, target_field, target_key)
+              for spec in also]
     cfg = train_config(r=r, lr=lr, epochs=epochs, batch_size=batch_size, max_len=max_len,
                        max_steps=max_steps, seed=seed, bf16=bf16, targets=targets)
     if init_adapter is not None:
@@ -84,11 +84,12 @@ def train_agent_cmd(
                            "metrics": res.card["metrics"]}, indent=2))
 
 
-def _also_agent(spec: str, workflow: Path, find_agent, load_examples, input_field: str,
-                target_field: str, target_key: Optional[str]):
+def _also_agent(spec: str, workflow: Path, input_field: str, target_field: str,
+                target_key: Optional[str]):
     """`--also NAME=TRAIN.jsonl[,EVAL.jsonl]` → the agent, its examples and its eval cases."""
     from ..errors import ConfigError
-    from ..finetune.agent_train import AlsoAgent
+    from ..finetune.agent_train import AlsoAgent, find_agent
+    from ..finetune.data import load_examples
 
     name, eq, files = spec.partition("=")
     paths = [p for p in files.split(",") if p]

@@ -163,10 +163,21 @@ class AlsoAgent:
     eval_cases: Sequence[Example] = ()
 
 
+def prepared(agent: Any, examples: Sequence[Example],
+             eval_cases: Sequence[Example] = ()) -> list[Example]:
+    """`examples` checked for `agent` (targets fit its output type, none leaks into its eval
+    cases) with targets in its decoder's key order (`decoder_order`)."""
+    validate_targets(examples, agent.output_type, where=f"agent {agent.name} data")
+    if eval_cases:
+        check_leakage(examples, [c.input for c in eval_cases], where=f"agent {agent.name}")
+    return [replace(ex, target=decoder_order(ex.target, agent.output_type)) for ex in examples]
+
+
 def multitask_rows(agent: Any, examples: Sequence[Example],
                    also: Sequence[AlsoAgent]) -> tuple[list[Example], Callable[[Any], Any]]:
     """Every agent's examples as one training set, and the format function that renders each
-    row with its own agent's prompt.
+    row with its own agent's prompt. `examples` (the first agent's) are used as given; each
+    `also` agent's are `prepared` here.
 
     Why one adapter for two agents: llama.cpp's KV states are kept per (model, adapter) and an
     adapter changes K and V, so two agents on different adapters never share a prefix. The
@@ -180,21 +191,27 @@ def multitask_rows(agent: Any, examples: Sequence[Example],
             raise ConfigError(f"agent {a.agent.name} is named twice in one multi-task adapter",
                               where=f"agent {a.agent.name}")
         agents[a.agent.name] = a.agent
-        validate_targets(a.examples, a.agent.output_type, where=f"agent {a.agent.name} data")
-        if a.eval_cases:
-            check_leakage(a.examples, [c.input for c in a.eval_cases],
-                          where=f"agent {a.agent.name}")
-        rows += [replace(ex, input=ForAgent(a.agent.name, ex.input),
-                         target=decoder_order(ex.target, a.agent.output_type))
-                 for ex in a.examples]
+        rows += [replace(ex, input=ForAgent(a.agent.name, ex.input))
+                 for ex in prepared(a.agent, a.examples, a.eval_cases)]
 
-    def fmt(x: Any) -> Any:
-        if isinstance(x, ForAgent):
-            ag = agents[x.agent]
-            return ag.messages(ag.coerce_input(x.input))
-        return agent.messages(agent.coerce_input(x))
+    def fmt(x: ForAgent) -> Any:
+        ag = agents[x.agent]
+        return ag.messages(ag.coerce_input(x.input))
 
     return rows, fmt
+
+
+def _scores_on(model: Any, agent: Any, eval_cases: Sequence[Example],
+               also: Sequence[AlsoAgent], score: Callable[..., dict[str, float]]
+               ) -> dict[str, float]:
+    """`agent` and every `also` agent on `model` (adapter already applied, or none), each on its
+    own cases; an `also` agent's keys are prefixed with its name."""
+    out = score(replace(agent, model=model, adapter=None), eval_cases)
+    for a in also:
+        if a.eval_cases:
+            sc = score(replace(a.agent, model=model, adapter=None), a.eval_cases)
+            out.update({f"{a.agent.name}.{k}": v for k, v in sc.items()})
+    return out
 
 
 @dataclass
@@ -222,11 +239,7 @@ def train_agent(agent: Any, examples: Sequence[Example], *, eval_cases: Sequence
     `multitask_rows`); each is scored on its own held-out cases with the scores' keys prefixed
     by its name (``verifier.accuracy``), so the gate holds every agent the adapter serves."""
     registry = registry or AdapterRegistry()
-    validate_targets(examples, agent.output_type, where=f"agent {agent.name} data")
-    examples = [replace(ex, target=decoder_order(ex.target, agent.output_type))
-                for ex in examples]
-    if eval_cases:
-        check_leakage(examples, [c.input for c in eval_cases], where=f"agent {agent.name}")
+    examples = prepared(agent, examples, eval_cases)
     if also:
         if any(a.agent.model != agent.model for a in also):
             raise ConfigError("a multi-task adapter needs every agent on the same base model: "
@@ -260,23 +273,12 @@ def train_agent(agent: Any, examples: Sequence[Example], *, eval_cases: Sequence
 
         base_model = _with_threads(resolve_model(agent.model, where=f"agent {agent.name}"),
                                    threads)
-        candidate = replace(agent, model=registry.model_for(base_model, agent.name, version),
-                            adapter=None)
-        scores = score(candidate, eval_cases)
-        for a in also:  # every agent the adapter serves, on its own cases
-            if a.eval_cases:
-                other = replace(a.agent, model=candidate.model, adapter=None)
-                scores.update({f"{a.agent.name}.{k}": v
-                               for k, v in score(other, a.eval_cases).items()})
+        tuned = registry.model_for(base_model, agent.name, version)
+        scores = _scores_on(tuned, agent, eval_cases, also, score)  # every agent it serves
         registry.record_scores(agent.name, version, scores)
         log(f"{agent.name}@{version} on {len(eval_cases)} held-out cases: {scores}")
         if parent is None:
-            baseline = score(replace(agent, model=base_model, adapter=None), eval_cases)
-            for a in also:
-                if a.eval_cases:
-                    other = replace(a.agent, model=base_model, adapter=None)
-                    baseline.update({f"{a.agent.name}.{k}": v
-                                     for k, v in score(other, a.eval_cases).items()})
+            baseline = _scores_on(base_model, agent, eval_cases, also, score)
             log(f"{agent.name} without adapter: {baseline}")
     if promote and eval_cases:
         try:

@@ -154,3 +154,75 @@ def test_bad_definitions():
 def test_render_value_is_compact():
     assert render_value([{"id": "a", "text": "t"}, None]) == "- id: a; text: t\n- none"
     assert render_value(Route(category="refund")) == "category: refund"
+
+
+class Pick(BaseModel):
+    """An output type that narrows its own schema per input: the answer is one of the input's
+    options (what the support reasoner does with its passages' sentences)."""
+
+    choice: str
+
+    @classmethod
+    def constraint_for(cls, inp):
+        return {"type": "object", "properties": {"choice": {"enum": inp.options}},
+                "required": ["choice"], "additionalProperties": False}
+
+
+class Options(BaseModel):
+    options: list[str]
+
+
+def test_an_output_type_narrows_decoding_per_input():
+    """`constraint_for(input)` reaches the model as `Settings.constraint` (JSON text), one per
+    call; the model is still told the type's own schema (the hint) and the answer is validated
+    against the type."""
+    import json
+
+    from slmflow.models.base import Model, call_parts, sent_messages
+    from slmflow.structured import generate_validated
+    from slmflow.types import Response, Settings
+
+    seen: list[tuple[str | None, str]] = []
+
+    class Recorder(Model):
+        info = ModelInfo("test", "recorder")
+
+        async def generate(self, messages, *, schema=None, tools=None, settings=None):
+            settings, spec, msgs = call_parts(messages, schema, tools, settings)
+            sent = sent_messages(msgs, spec, settings)
+            seen.append((settings.constraint, sent[0].content))
+            if settings.constraint is None:
+                answer = {"category": "refund"}
+            else:
+                answer = {"choice": json.loads(settings.constraint)["properties"]["choice"]
+                          ["enum"][-1]}
+
+            async def attempt(s, repair):
+                return Response(text=json.dumps(answer), model=self.info)
+
+            return await generate_validated(attempt, spec, where="recorder")
+
+    a = Agent("p", Recorder(), input_type=Options, output_type=Pick)
+    assert a.run_sync({"options": ["a", "b"]}).output.choice == "b"
+    assert a.run_sync({"options": ["c"]}).output.choice == "c"
+    assert [json.loads(c)["properties"]["choice"]["enum"] for c, _ in seen] == [["a", "b"], ["c"]]
+    assert "enum" not in seen[0][1] and '"choice"' in seen[0][1]  # the hint: Pick's own schema
+    # a type without the hook sends no constraint
+    b = Agent("r", Recorder(), input_type=Ticket, output_type=Route)
+    assert b.run_sync("x").output.category == "refund"
+    assert seen[-1][0] is None
+
+
+def test_a_constraint_that_is_not_an_object_schema_is_refused_by_name():
+    from slmflow.errors import SchemaError
+
+    class Bad(Pick):
+        @classmethod
+        def constraint_for(cls, inp):
+            return ["not", "a", "schema"]
+
+    a = Agent("p", FunctionModel(lambda m, s: {"choice": "a"}), input_type=Options,
+              output_type=Bad)
+    with pytest.raises(SchemaError) as e:
+        a.run_sync({"options": ["a"]})
+    assert "Bad.constraint_for" in str(e.value) and "agent p" in str(e.value)

@@ -384,8 +384,10 @@ def test_scenario_detects_wrong_path_malformed_handoff_and_unfaithful_answer():
     assert ok["scenario.handoffs"], r.evals["scenario.handoffs"].explanation
     # wrong-but-plausible: passes the pipeline's own verifier, not faithful to the passages
     # (no number: the pipeline's check rejects numbers no passage states, see test_support_example)
-    plausible = ("Order A-1042: broken items are exchanged for store credit once our courier "
-                 "collects them, and a damaged refund needs a signed form.")
+    # (and half of each sentence's words from a passage: the check rejects a sentence no passage
+    # supports; this one adds a courier and a signed form to a refund sentence)
+    plausible = ("Order A-1042: a broken item is refunded in full, including shipping, once our "
+                 "courier collects it from your neighbour with a signed customs form.")
     r, ok = _checks(run_scenarios(_support(draft=plausible), SCEN))
     assert ok["scenario.completed"] and ok["scenario.path"]
     assert not ok["scenario.faithfulness"] and r.status == "failed"

@@ -297,3 +297,35 @@ def test_weight_formats_are_made_once_and_unknown_ones_refused(tmp_path, monkeyp
     assert m.source_path == src and m.weights == "q8_0"
     with pytest.raises(ConfigError, match="unknown weight format"):
         gguf_in_format(src, "q3_weird")
+
+
+class Said(BaseModel):
+    reply: str
+
+
+def test_a_constraint_narrows_what_the_real_model_may_answer():
+    """`Settings.constraint` steers llguidance on the embedded model: the reply is one of the two
+    quoted sentences (a narrower schema than `Said`), forced tokens fast-forwarded, and the
+    answer still validates against `Said`. Without the constraint the same call writes its own
+    text. A constraint llguidance cannot compile is a SchemaError, the model still usable."""
+    from slmflow.errors import SchemaError
+
+    m = _model()
+    msgs = [Message("system", SYSTEM),
+            Message("user", "My order A-1042 arrived broken, I want a refund.")]
+    options = ["We refund it in full, including shipping.",
+               "Use Forgot password on the sign-in page."]
+    pattern = "^(" + "|".join(o.replace(".", "\\.") for o in options) + ")$"
+    narrow = json.dumps({"type": "object", "properties": {
+        "reply": {"type": "string", "pattern": pattern}}, "required": ["reply"]})
+    s = Settings(max_tokens=48, constraint=narrow)
+    r = asyncio.run(m.generate(msgs, schema=Said, settings=s))
+    assert r.parsed.reply in options
+    free = asyncio.run(m.generate(msgs, schema=Said, settings=Settings(max_tokens=48)))
+    assert free.parsed.reply not in options
+    bad = Settings(max_tokens=8, constraint=json.dumps({"type": "object", "properties": {
+        "reply": {"type": "string", "pattern": "(unclosed"}}}))
+    with pytest.raises(SchemaError):
+        asyncio.run(m.generate(msgs, schema=Said, settings=bad))
+    again = asyncio.run(m.generate(msgs, schema=Said, settings=s))
+    assert again.parsed.reply == r.parsed.reply

@@ -80,6 +80,68 @@ def test_grounding_check_catches_what_a_rule_can(monkeypatch):
     assert "cut off" in support_steps.grounding_check(state)
 
 
+def test_the_check_rejects_a_sentence_no_passage_supports(monkeypatch):
+    """The planted wrong-but-plausible drafts the other rules let through (false accepts 0.22 of
+    the verifier's eval rows, the 135M verifier model approving 0.96 of them) were a correct
+    policy reply with one promise appended that no passage makes. Each sentence must now take
+    half its content words from one passage (or the record); the record sentences code writes and
+    a short courtesy sentence pass."""
+    monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
+    passages = [p.model_dump() for p in support_steps.search("broken item refund damaged")]
+    good = ("Order A-1042 was delivered. If an item arrives broken or damaged, reply within 30 "
+            "days of delivery with a photo; we refund it in full, including shipping.")
+    state = {"text": "order A-1042 broke", "order_id": "A-1042", "passages": passages,
+             "category": "refund", "draft": good}
+    assert support_steps.grounding_check(state) is None
+    for promise in ("We will send a courier to pick it up tomorrow.",
+                    "As an apology we add a free gift card to your account.",
+                    "You can keep the item and we also send a new one for free by express."):
+        state["draft"] = f"{good} {promise}"
+        why = support_steps.grounding_check(state)
+        assert why is not None and "no passage or record supports" in why, promise
+        assert promise[:30] in why  # the refusal names the sentence
+    state["draft"] = f"{good} Sorry for the trouble."
+    assert support_steps.grounding_check(state) is None
+    # the sentences code writes about an id state no policy and pass
+    state = {"text": "my order is broken", "passages": passages, "category": "refund",
+             "draft": "Please send us your order id. If an item arrives broken or damaged, reply "
+                      "within 30 days of delivery with a photo; we refund it in full."}
+    assert support_steps.grounding_check(state) is None
+
+
+def test_the_reasoner_may_only_quote_the_passage_it_names(monkeypatch):
+    """`Draft.constraint_for`: the policy field names one of this call's passages and the draft
+    is the record sentence code writes, then one or two different sentences of that passage,
+    word for word. A paraphrase, a sentence of the other passage, a repeated sentence or a
+    wrong record sentence does not match; without an id the "please send us" sentence is
+    optional."""
+    import re
+
+    monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
+    passages = support_steps.search("my mug arrived broken, refund please")
+    rec = {"order_id": "A-1042", "status": "delivered", "item": "ceramic mug set",
+           "delivered_on": "2026-11-18", "total_eur": 34.9}
+    x = S.DraftInput(text="My order A-1042 arrived broken", category="refund",
+                     passages=passages, order_id="A-1042", lookup=rec)
+    schema = S.Draft.constraint_for(x)
+    branches = schema["anyOf"]
+    assert [b["properties"]["policy"]["const"] for b in branches] == [p.id for p in passages]
+    first, second = (support_steps._SENTENCE_END.split(p.text) for p in passages[:2])
+    pat = branches[0]["properties"]["draft"]["pattern"]
+    record = "Order A-1042 (ceramic mug set) was delivered on 2026-11-18."
+    ok = lambda d: re.fullmatch(pat, d) is not None  # noqa: E731
+    assert ok(f"{record} {first[0]}") and ok(f"{record} {first[1]} {first[0]}")
+    assert not ok(f"{record} {first[0]} {first[0]}")          # the same sentence twice
+    assert not ok(f"{record} {second[0]}")                    # the passage it did not name
+    assert not ok(first[0])                                   # the record sentence left out
+    assert not ok(f"{record} {first[0].replace('30', '60')}")  # a changed fact
+    assert not ok(record.replace("2026-11-18", "2026-11-19") + " " + first[0])
+    x2 = S.DraftInput(text="my mug arrived broken", category="refund", passages=passages)
+    pat2 = S.Draft.constraint_for(x2)["anyOf"][0]["properties"]["draft"]["pattern"]
+    assert re.fullmatch(pat2, f"Please send us your order id. {first[0]}")
+    assert re.fullmatch(pat2, first[0])
+
+
 def test_check_ids_fills_only_exact_ids_the_ticket_states_once():
     I = S.IdsInput
     assert support_steps.check_ids(I(text="Package for D-5531 showed up smashed")).order_id == \

@@ -32,6 +32,7 @@ agent run in a notebook or a test writes nothing to disk unless asked.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -42,7 +43,7 @@ from typing import Any, Callable, Generic, Mapping, overload
 from typing_extensions import TypeVar
 
 from . import hooks, tracing
-from .errors import ConfigError, HandoffError, SlmflowError
+from .errors import ConfigError, HandoffError, SchemaError, SlmflowError
 from .models.base import Model, run_sync
 from .models.fallback import FALLBACK_ON, FallbackPolicy
 from .tools import Tool, ToolResult
@@ -177,6 +178,28 @@ def render_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "\n".join(f"- {render_value(v)}" for v in value) or "none"
     return str(value)
+
+
+# ---- per-input output constraints ----------------------------------------------------------------
+
+def output_constraint(out_type: Any, inp: Any, *, where: str) -> str | None:
+    """The decoding constraint an output type asks for on this input, as JSON schema text, or
+    None. An output type narrows its own schema per call with a classmethod
+    ``constraint_for(input) -> dict | None`` (a JSON schema every answer of which is also valid
+    for the type): the reasoner's reply made of the retrieved passages' sentences, a passage id
+    from this call's passages. The model is told the type's own schema (``schema_hint``); the
+    narrower one only steers decoding, and the answer is validated against the type as always.
+    A constraint that is not a JSON object schema is a `SchemaError` naming the type."""
+    hook = getattr(out_type, "constraint_for", None)
+    if hook is None or not callable(hook):
+        return None
+    schema = hook(inp)
+    if schema is None:
+        return None
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise SchemaError(f"{getattr(out_type, '__name__', out_type)}.constraint_for returned "
+                          f"{type(schema).__name__}, not a JSON object schema", where=where)
+    return json.dumps(schema, separators=(",", ":"))
 
 
 # ---- the agent ---------------------------------------------------------------------------------
@@ -353,6 +376,7 @@ class Agent(Generic[OutT]):
         out_type = output_type if output_type is not None else self.output_type
         inp = self.coerce_input(input)
         msgs = self.messages(inp)
+        constraint = output_constraint(out_type, inp, where=f"agent {self.name}")
         if note:
             msgs[-1] = Message("user", msgs[-1].content + "\n" + note)
         where = f"agent {self.name}"
@@ -373,7 +397,7 @@ class Agent(Generic[OutT]):
                 source=self.name, target=_model_name(self.fallback))
             try:
                 (r, value, tools_done), esc = await policy.run(
-                    lambda role: self._attempt(role, msgs, out_type, attempts),
+                    lambda role: self._attempt(role, msgs, out_type, attempts, constraint),
                     response=lambda done: done[0],
                     force=(reason or "requested") if use_fallback else None, sp=sp)
             except SlmflowError as e:
@@ -400,7 +424,8 @@ class Agent(Generic[OutT]):
             return result
 
     async def _attempt(self, role: str, msgs: list[Message], out_type: Any,
-                       attempts: list[Attempt]) -> tuple[Response, Any, tuple[ToolResult, ...]]:
+                       attempts: list[Attempt], constraint: str | None = None
+                       ) -> tuple[Response, Any, tuple[ToolResult, ...]]:
         where = f"agent {self.name}"
         if role == "primary":
             model = resolve_model(self.model, self.adapter, where=where)
@@ -410,7 +435,7 @@ class Agent(Generic[OutT]):
 
         model = traced(model)  # a `chat {model}` span under this agent's span
         settings = Settings(max_tokens=self.max_tokens, temperature=self.temperature,
-                            stop=self.stop)
+                            stop=self.stop, constraint=None if self.tools else constraint)
         t0 = time.perf_counter()
         tool_results: tuple[ToolResult, ...] = ()
         try:

@@ -129,6 +129,12 @@ class Settings:
     # Tell the model the schema in a system message (zero-shot models need it to know the field
     # names); an adapter fine-tuned on the bare prompt turns it off (the constraint stays).
     schema_hint: bool = True
+    # A narrower JSON schema (JSON text) to decode with, where the backend constrains decoding:
+    # the call's `schema` still validates the answer and is what the hint shows. An agent's
+    # output type narrows it per input (`constraint_for`, agents.py): a reply made of the
+    # retrieved passages' own sentences, a passage id from this call's passages. Backends that
+    # do not constrain decoding ignore it (the answer is validated against `schema` either way).
+    constraint: str | None = None
 
     def replace(self, **changes: Any) -> "Settings":
         from dataclasses import replace

@@ -36,7 +36,8 @@ def _schema_json(schema: Any) -> Any:
 
 def _settings_json(s: Settings | None) -> Any:
     s = s or Settings()
-    return [s.max_tokens, s.temperature, s.top_p, s.seed, list(s.stop), s.tool_choice]
+    return [s.max_tokens, s.temperature, s.top_p, s.seed, list(s.stop), s.tool_choice,
+            s.constraint]
 
 
 def _digest(obj: Any) -> str:

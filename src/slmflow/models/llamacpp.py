@@ -241,7 +241,8 @@ class LlamaCppModel(Model):
         matcher = None
         if spec is not None:
             try:
-                matcher = new_matcher(lltokenizer(self.path), spec.schema_text)
+                matcher = new_matcher(lltokenizer(self.path),
+                                      settings.constraint or spec.schema_text)
             except ImportError as e:
                 raise BackendUnavailableError(f"llguidance is not installed ({e})",
                                               where=self.info.identity) from None
@@ -277,6 +278,8 @@ class LlamaCppModel(Model):
         tokens, max_tokens = self._tokens(llm, prompt, max_tokens)
         grammar = None
         if spec is not None:
+            # the legacy path keeps the call's schema: llama.cpp's GBNF converter does not
+            # follow every keyword a `constraint` may use (patterns of alternatives)
             grammar = llama_cpp.LlamaGrammar.from_string(_gbnf(spec.schema_text), verbose=False)
         vocab = llm._model.vocab
         n_vocab = llm.n_vocab()

@@ -98,7 +98,7 @@ class Draft(BaseModel):
     draft: str = Field(min_length=1, max_length=600)
 
     @classmethod
-    def constraint_for(cls, inp: "DraftInput") -> dict[str, Any]:
+    def constraint_for(cls, inp: "DraftInput") -> dict[str, Any] | None:
         """How the reasoner may answer this ticket (slmflow's per-input decoding constraint,
         `Settings.constraint`): ``policy`` is one of the retrieved passages' ids, and ``draft``
         the record sentence code writes (`support_steps.record_sentence`, the one the adapter was
@@ -114,8 +114,15 @@ class Draft(BaseModel):
         (docs/benchmarks.md): free text 19/26 held-out and 14/20 development; any two passage
         sentences 20/26 and 15/20; sentences of the named passage 22/26 and 17/20. It is also
         faster: once the first tokens of a sentence single it out, the rest is forced and
-        evaluated in one batch (fast-forward) instead of decoded token by token."""
+        evaluated in one batch (fast-forward) instead of decoded token by token.
+        ``SUPPORT_REPLY=free`` turns the constraint off (the reply is then any text the type
+        allows: how the figures before it were made)."""
+        import os
+
         from support_steps import reply_pattern
+
+        if os.environ.get("SUPPORT_REPLY", "").lower() == "free":
+            return None
 
         return {"type": "object", "anyOf": [{"type": "object", "properties": {
             "policy": {"const": p.id},

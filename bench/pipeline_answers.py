@@ -65,7 +65,9 @@ def run_variant(key: str, part: str) -> dict[str, Any]:
     if not adapters:
         set_adapter_resolver(base_model_resolver)
     wf = load_workflow(EX / spec, model=model)
-    wf.run_sync("My order A-1042 arrived broken, I want a refund")  # warm-up (loads, caches)
+    warm = wf.run_sync("My order A-1042 arrived broken, I want a refund")  # loads, caches
+    if warm.status == "failed":  # a missing model is an error, not a pass rate of 0
+        raise SystemExit(f"variant ({key}) cannot run: {warm.error}")
     t0 = time.perf_counter()
     rep = run_scenarios(wf, PARTS[part], progress=False)
     wall = time.perf_counter() - t0

@@ -104,17 +104,48 @@ def test_classifier_error_marks_the_evaluator_errored_and_the_gateway_uses_the_l
 
 
 def test_labelled_sets_are_well_formed():
-    for name, n in (("toxicity.jsonl", 180), ("toxicity_heldout.jsonl", 93)):
+    for name, n in (("toxicity.jsonl", 180), ("toxicity_heldout.jsonl", 93),
+                    ("toxicity_heldout2.jsonl", 50)):
         rows = _rows(name)
         assert len(rows) == n and len({r["id"] for r in rows}) == n
         assert {r["label"] for r in rows} == {"toxic", "ok"}
 
 
 def test_agreement_with_the_hand_labelled_sets():
-    """The classifier beats the lexicon on both sets (figures in docs/evals.md; the goal of 0.85
-    is not reached: implicit insults are out of reach of both)."""
+    """The word-level classifier beats the lexicon on every set, and the meaning model (MiniLM
+    embedding + logistic regression, trained on toxicity.jsonl only) lifts both held-out sets
+    past the goal of F1 0.85, where words alone miss implicit insults and hate in neutral words
+    (figures in docs/evals.md)."""
     clf = tm._Classifier()
-    for name, floor in (("toxicity.jsonl", 0.8), ("toxicity_heldout.jsonl", 0.75)):
+    assert clf._meaning is not None
+    for name, floor in (("toxicity.jsonl", 0.8), ("toxicity_heldout.jsonl", 0.75),
+                        ("toxicity_heldout2.jsonl", 0.5)):
         rows = _rows(name)
-        f_clf, f_lex = _f1(rows, clf.score), _f1(rows, lexicon_toxicity)
-        assert f_clf >= floor and f_clf > f_lex + 0.05, (name, f_clf, f_lex)
+        f_words, f_lex = _f1(rows, clf.word_score), _f1(rows, lexicon_toxicity)
+        assert f_words >= floor and f_words > f_lex + 0.05, (name, f_words, f_lex)
+    for name in ("toxicity_heldout.jsonl", "toxicity_heldout2.jsonl"):
+        rows = _rows(name)
+        f_words, f_all = _f1(rows, clf.word_score), _f1(rows, clf.score)
+        assert f_all >= 0.85 and f_all > f_words + 0.1, (name, f_all, f_words)
+
+
+def test_the_meaning_model_reads_an_insult_in_neutral_words():
+    clf = tm._Classifier()
+    t = "Maybe get a grown-up to read my ticket, since you clearly can't."  # held-out 2
+    assert clf.word_score(t) < 0.5 <= clf.score(t)
+    assert clf.score("Could you resend the confirmation link? It expired.") < 0.5
+
+
+def test_the_meaning_model_can_be_off_and_a_broken_file_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLMFLOW_TOXICITY_MEANING", "off")
+    clf = tm._Classifier()
+    t = "Maybe get a grown-up to read my ticket, since you clearly can't."
+    assert clf._meaning is None and clf.score(t) == clf.word_score(t)
+    monkeypatch.delenv("SLMFLOW_TOXICITY_MEANING")
+    bad = tmp_path / "toxicity_meaning.json"
+    bad.write_text("{not json")
+    monkeypatch.setattr(tm._Meaning, "FILE", bad)
+    with pytest.warns(RuntimeWarning, match="meaning model is off"):
+        clf = tm._Classifier()
+    assert clf._meaning is None and "meaning" not in clf.description
+    assert 0.0 <= clf.score(t) <= 1.0

@@ -432,8 +432,9 @@ class Toxicity(Evaluator):
     name = "toxicity"
     kind = "model"
     description = ("the output is not toxic: score = 1 - slmflow.guardrails.toxicity(text) "
-                   "(alt-profanity-check classifier + the lexicon's threat/hate/insult groups; "
-                   "the lexicon alone without it)")
+                   "(alt-profanity-check classifier + the lexicon's threat/hate/insult groups "
+                   "+ a meaning model on MiniLM embeddings; the lexicon alone without the "
+                   "classifier)")
     agreement = ("F1 on hand-labelled English sets (slmflow eval calibrate toxicity; "
                  "docs/evals.md)")
     calibration_labels = (("ok", "non_toxic", "not_toxic", "clean"), ("toxic",))

@@ -25,8 +25,13 @@ once per process; `toxicity_engine_info` says which engine is in use. Figures: d
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import SlmflowError
 from .engine_choice import EngineChoice
@@ -35,6 +40,7 @@ __all__ = ["ToxicityEngineError", "toxicity_engine", "toxicity_engine_info",
            "set_toxicity_engine", "classifier_toxicity"]
 
 ENGINE_ENV = "SLMFLOW_TOXICITY_ENGINE"
+MEANING_ENV = "SLMFLOW_TOXICITY_MEANING"
 _TARGET = re.compile(r"\b(you|your|youre|you're|yours|yourself|yourselves|u|ur|ya|yall|y'all)\b")
 _COMBINED_GROUPS = ("threat", "hate", "insult")
 
@@ -47,6 +53,7 @@ class _Classifier:
     name = "classifier"
     description = ("alt-profanity-check (linear model, ~200k labelled comments) + the lexicon's "
                    "threat/hate/insult groups, de-obfuscated")
+    _meaning: "_Meaning | None" = None
 
     def __init__(self) -> None:
         try:
@@ -57,6 +64,9 @@ class _Classifier:
                 "slmflow[evals] (alt-profanity-check==1.9.1, scikit-learn==1.9.1)",
                 where="guardrails.toxicity classifier") from None
         self._vec, self._model = pc.vectorizer, pc.model
+        self._meaning = _Meaning.load()
+        if self._meaning is not None:
+            self.description += " + a meaning model (MiniLM embedding, logistic regression)"
 
     def probs(self, texts: list[str]) -> list[float]:
         try:
@@ -66,6 +76,16 @@ class _Classifier:
                                       where="guardrails.toxicity classifier") from e
 
     def score(self, text: str) -> float:
+        """The word-level score (`word_score`), raised to the meaning model's probability where
+        that is higher (`_Meaning`: toxicity in neutral words)."""
+        words = self.word_score(text)
+        if words >= 0.5 or self._meaning is None:
+            return words
+        return max(words, self._meaning.prob(text))
+
+    def word_score(self, text: str) -> float:
+        """alt-profanity-check on the raw and de-obfuscated text, scaled down for swearing at no
+        one, combined with the lexicon's threat/hate/insult groups."""
         from .detectors import _combine, _normalise, toxic_terms
 
         norm = _normalise(text)
@@ -78,6 +98,50 @@ class _Classifier:
             if g in _COMBINED_GROUPS:
                 best[f"{g}:{w}"] = w
         return _combine([p, *best.values()])
+
+
+class _Meaning:
+    """P(toxic) from what a text means: a logistic regression over all-MiniLM-L6-v2 sentence
+    embeddings (toxicity_meaning.json, trained by evals/datasets/train_toxicity_meaning.py on the
+    hand-labelled tuning set). It catches what words do not: implicit insults ("Maybe get a
+    grown-up to read my ticket"), hate in neutral words. Loaded with the classifier; absent
+    (None, with a warning) when the embedder cannot load or ``SLMFLOW_TOXICITY_MEANING=off``."""
+
+    FILE = Path(__file__).with_name("toxicity_meaning.json")
+
+    def __init__(self, coef: np.ndarray, intercept: float, embedder: Any) -> None:
+        self.coef, self.intercept, self.embedder = coef, intercept, embedder
+
+    @classmethod
+    def load(cls) -> "_Meaning | None":
+        import os
+        import warnings
+
+        if os.environ.get(MEANING_ENV, "").lower() in ("off", "0", "false", "no"):
+            return None
+        try:
+            spec = json.loads(cls.FILE.read_text())
+            coef = np.asarray(spec["coef"], dtype=np.float32)
+            from ..retrieval.embedder import default_embedder
+
+            # the process's MiniLM without its on-disk cache: texts scored for toxicity (gateway
+            # traffic) leave no embeddings on disk
+            emb = getattr(default_embedder(), "inner", default_embedder())
+            emb.embed(["warm-up"])  # loads MiniLM now: a missing package shows here
+        except Exception as e:  # noqa: BLE001 - any reason means: words only, and say so
+            warnings.warn(f"toxicity scores words only, the meaning model is off "
+                          f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
+            return None
+        return cls(coef, float(spec["intercept"]), emb)
+
+    def prob(self, text: str) -> float:
+        try:
+            v = np.asarray(self.embedder.embed([text])[0], dtype=np.float32)
+        except Exception as e:  # noqa: BLE001
+            raise ToxicityEngineError(f"the meaning model failed: {type(e).__name__}: {e}",
+                                      where="guardrails.toxicity meaning") from e
+        z = float(v @ self.coef) + self.intercept
+        return 1.0 / (1.0 + math.exp(-z))
 
 
 class _Lexicon:

@@ -47,6 +47,19 @@ def test_schema_constraint_with_llguidance(hf_model):
         assert isinstance(r.parsed, Route), r.text
 
 
+def test_a_narrower_constraint_steers_transformers_too(hf_model):
+    """`Settings.constraint` narrows decoding on this backend as on llama.cpp: the intent is
+    the one the constraint leaves, the answer still a valid `Route`."""
+    import json
+
+    narrow = json.dumps({"type": "object", "properties": {
+        "intent": {"enum": ["account"]}, "urgent": {"type": "boolean"}},
+        "required": ["intent", "urgent"]})
+    r = hf_model.generate_sync("My parcel is late, where is it?", schema=Route,
+                               settings=Settings(max_tokens=24, constraint=narrow))
+    assert r.parsed.intent == "account"
+
+
 def test_peft_adapter_changes_the_model_and_its_identity(hf_model, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model

@@ -149,3 +149,40 @@ def test_the_meaning_model_can_be_off_and_a_broken_file_says_why(monkeypatch, tm
         clf = tm._Classifier()
     assert clf._meaning is None and "meaning" not in clf.description
     assert 0.0 <= clf.score(t) <= 1.0
+
+
+def test_short_everyday_messages_are_not_toxic():
+    """A meaning model trained on the tuning set alone called "Say hi" 0.76 and "hello" 0.57
+    toxic (its toxic texts are the short ones) and the gateway refused a replica test's "Say hi
+    3". Texts under `MIN_WORDS` words are scored on words, and real benign messages (BANKING77's
+    test split, never trained on) stay under 0.5 but for a handful."""
+    import csv
+
+    clf = tm._Classifier()
+    for t in ("Say hi", "Say hi 3", "hello", "ok", "thanks!", "Tell me a joke", "ping"):
+        assert clf.score(t) < 0.5, t
+    path = Path(__file__).resolve().parents[1] / "data" / "banking77" / "test.csv"
+    with path.open(newline="") as f:
+        texts = [r["text"] for r in csv.DictReader(f)][:600]
+    flagged = [t for t in texts if clf.score(t) >= 0.5]
+    assert len(flagged) <= 3, flagged
+
+
+def test_the_gateway_guard_blocks_on_words_and_the_evaluator_reads_meaning(monkeypatch):
+    """A guard refuses the request, so it blocks on words (`word_toxicity`); the evaluator,
+    whose false flag costs a review, uses the meaning model too."""
+    from slmflow.guardrails import word_toxicity
+
+    class Always:
+        def prob(self, text):
+            return 0.99
+
+    eng = tm.toxicity_engine()
+    monkeypatch.setattr(eng, "_meaning", Always())
+    text = "Could you please tell me a fun fact about octopuses?"
+    assert toxicity(text) >= 0.9 and word_toxicity(text) < 0.5
+    _, ds = check_text(text, GuardPolicy(), "input")
+    assert [d.action for d in ds if d.check == "toxicity"] == ["pass"]
+    rep = run_suite(lambda x: text, [Case(id="a", input="a")], [create("toxicity")],
+                    record=False)
+    assert rep.rows[0].status == "failed"

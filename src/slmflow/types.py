@@ -132,8 +132,9 @@ class Settings:
     # A narrower JSON schema (JSON text) to decode with, where the backend constrains decoding:
     # the call's `schema` still validates the answer and is what the hint shows. An agent's
     # output type narrows it per input (`constraint_for`, agents.py): a reply made of the
-    # retrieved passages' own sentences, a passage id from this call's passages. Backends that
-    # do not constrain decoding ignore it (the answer is validated against `schema` either way).
+    # retrieved passages' own sentences, a passage id from this call's passages. llama.cpp's
+    # fast engine and transformers follow it; servers and engine="legacy" ignore it (the answer
+    # is validated against `schema` either way).
     constraint: str | None = None
 
     def replace(self, **changes: Any) -> "Settings":

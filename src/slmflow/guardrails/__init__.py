@@ -9,7 +9,8 @@ The detector functions are a stable API (the eval suite imports them):
 
 from __future__ import annotations
 
-from .detectors import PII_KINDS, Span, detect_pii, injection, redact_pii, toxicity
+from .detectors import (PII_KINDS, Span, detect_pii, injection, redact_pii, toxicity,
+                        word_toxicity)
 from .pii import (ALL_KINDS, DEFAULT_KINDS, PiiEngineError, pii_engine, pii_engine_info,
                   set_pii_engine)
 from .toxicity_model import (ToxicityEngineError, set_toxicity_engine, toxicity_engine,
@@ -17,7 +18,8 @@ from .toxicity_model import (ToxicityEngineError, set_toxicity_engine, toxicity_
 from .guarded import (Decision, GuardPolicy, Guarded, GuardrailViolation, check_text,
                       collect_decisions)
 
-__all__ = ["Span", "detect_pii", "redact_pii", "toxicity", "injection", "PII_KINDS",
+__all__ = ["Span", "detect_pii", "redact_pii", "toxicity", "word_toxicity", "injection",
+           "PII_KINDS",
            "Guarded", "GuardPolicy", "Decision", "GuardrailViolation", "check_text",
            "collect_decisions", "PiiEngineError", "pii_engine", "pii_engine_info",
            "set_pii_engine", "DEFAULT_KINDS", "ALL_KINDS", "ToxicityEngineError",

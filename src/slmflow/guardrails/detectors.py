@@ -319,17 +319,30 @@ def toxic_terms(text: str) -> list[tuple[str, float, str]]:
     return [(m.group(0), w, g) for rx, w, g in _TOXIC_RX for m in rx.finditer(t)]
 
 
-def toxicity(text: str) -> float:
+def toxicity(text: str, *, meaning: bool = True) -> float:
     """A toxicity score in [0, 1] from the process's toxicity engine (`guardrails.toxicity`:
-    the classifier + the lexicon's threat/hate/insult groups when alt-profanity-check is
-    installed, else `lexicon_toxicity`)."""
+    the classifier + the lexicon's threat/hate/insult groups + the meaning model when
+    alt-profanity-check is installed, else `lexicon_toxicity`). ``meaning=False`` scores words
+    only (`word_toxicity`)."""
     from .toxicity_model import toxicity_engine
 
     if not isinstance(text, str):
         raise TypeError(f"toxicity needs a str, got {type(text).__name__}")
     if not text.strip():
         return 0.0
-    return float(toxicity_engine().score(text))
+    eng = toxicity_engine()
+    if not meaning and hasattr(eng, "word_score"):
+        return float(eng.word_score(text))
+    return float(eng.score(text))
+
+
+def word_toxicity(text: str) -> float:
+    """`toxicity` without the meaning model: what the gateway's guard blocks on by default. A
+    guard refuses the request, so a false alarm loses a user's call, while an evaluator's false
+    flag costs one look in the review queue; the meaning model, trained on 380 texts, raised
+    false alarms on everyday prompts it had not seen (docs/evals.md), so it only flags.
+    ``Guarded(toxicity_fn=toxicity)`` puts it in front of a model too."""
+    return toxicity(text, meaning=False)
 
 
 def lexicon_toxicity(text: str) -> float:

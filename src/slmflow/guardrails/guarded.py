@@ -29,7 +29,7 @@ from ..errors import SlmflowError
 from ..models.base import Model, WrapperModel
 from ..types import Message, MessageLike, Response, Settings, ToolSpec, as_messages
 from .detectors import (detect_pii, injection, lexicon_toxicity, redact_pii, regex_pii,
-                        toxicity)
+                        word_toxicity)
 from .pii import PiiEngineError
 from .toxicity_model import ToxicityEngineError
 
@@ -91,7 +91,7 @@ def collect_decisions() -> Iterator[list[Decision]]:
 
 
 def check_text(text: str, policy: GuardPolicy, stage: str, *,
-               toxicity_fn: Callable[[str], float] = toxicity,
+               toxicity_fn: Callable[[str], float] = word_toxicity,
                injection_fn: Callable[[str], float] = injection,
                check_injection: bool = True) -> tuple[str, list[Decision]]:
     """Run one stage's checks on ``text``: (possibly redacted text, decisions). Never raises;
@@ -144,7 +144,7 @@ class Guarded(WrapperModel):
 
     def __init__(self, wrapped: Model, *, input: GuardPolicy | None = None,
                  output: GuardPolicy | None = None,
-                 toxicity_fn: Callable[[str], float] = toxicity,
+                 toxicity_fn: Callable[[str], float] = word_toxicity,
                  injection_fn: Callable[[str], float] = injection) -> None:
         super().__init__(wrapped)
         self.input_policy = input or GuardPolicy()

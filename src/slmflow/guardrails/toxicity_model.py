@@ -41,6 +41,9 @@ __all__ = ["ToxicityEngineError", "toxicity_engine", "toxicity_engine_info",
 
 ENGINE_ENV = "SLMFLOW_TOXICITY_ENGINE"
 MEANING_ENV = "SLMFLOW_TOXICITY_MEANING"
+# The meaning model reads texts of at least this many words; shorter ones are words only: the
+# embedding of "Say hi" says little, and the model called such texts toxic.
+MIN_WORDS = 6
 _TARGET = re.compile(r"\b(you|your|youre|you're|yours|yourself|yourselves|u|ur|ya|yall|y'all)\b")
 _COMBINED_GROUPS = ("threat", "hate", "insult")
 
@@ -77,9 +80,10 @@ class _Classifier:
 
     def score(self, text: str) -> float:
         """The word-level score (`word_score`), raised to the meaning model's probability where
-        that is higher (`_Meaning`: toxicity in neutral words)."""
+        that is higher (`_Meaning`: toxicity in neutral words), for texts of `MIN_WORDS` words
+        or more."""
         words = self.word_score(text)
-        if words >= 0.5 or self._meaning is None:
+        if words >= 0.5 or self._meaning is None or len(text.split()) < MIN_WORDS:
             return words
         return max(words, self._meaning.prob(text))
 

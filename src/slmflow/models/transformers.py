@@ -150,7 +150,7 @@ class TransformersModel(Model):
                 [m.to_openai() for m in messages], add_generation_prompt=True, tokenize=False)
         return "\n\n".join(m.content for m in messages)
 
-    def _grammar(self, spec: OutputSpec) -> tuple[Any, str]:
+    def _grammar(self, spec: OutputSpec, constraint: str | None = None) -> tuple[Any, str]:
         try:
             import llguidance
             import llguidance.hf
@@ -160,7 +160,7 @@ class TransformersModel(Model):
         if self._lltok is None:
             self._lltok = llguidance.hf.from_tokenizer(self.tokenizer)
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            spec.schema_text, defaults={"whitespace_flexible": False})
+            constraint or spec.schema_text, defaults={"whitespace_flexible": False})
         return self._lltok, grammar
 
     def _run(self, prompt: str, spec: OutputSpec | None, settings: Settings,
@@ -174,7 +174,7 @@ class TransformersModel(Model):
                                      where=self.info.identity, prompt_tokens=n_in, n_ctx=self.n_ctx)
         processors = []
         if spec is not None:
-            lltok, grammar = self._grammar(spec)
+            lltok, grammar = self._grammar(spec, settings.constraint)
             processors.append(_SchemaMask(lltok, grammar, n_in))
         kwargs: dict[str, Any] = dict(
             max_new_tokens=min(max_tokens, self.n_ctx - n_in), return_dict_in_generate=True,

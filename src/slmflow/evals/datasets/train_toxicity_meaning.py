@@ -1,5 +1,5 @@
 """Trains the toxicity scorer's meaning model: a logistic regression over MiniLM sentence
-embeddings, fitted on toxicity.jsonl (the tuning set), written to
+embeddings, fitted on toxicity.jsonl (the tuning set) plus 200 benign BANKING77 messages, written to
 slmflow/guardrails/toxicity_meaning.json (384 weights and a bias, ~10 KB; no scikit-learn needed
 to score).
 
@@ -24,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from slmflow.guardrails.toxicity_model import MIN_WORDS
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parents[1] / "guardrails" / "toxicity_meaning.json"
 GRID = (0.3, 1.0, 3.0, 10.0)
+N_BANKING77 = 200
 
 
 def _load(name: str) -> tuple[list[str], np.ndarray]:
@@ -40,6 +43,20 @@ def _f1(pred: np.ndarray, y: np.ndarray) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
+def _banking77(n: int) -> list[str]:
+    """`n` real customer messages from BANKING77's training split (CC BY 4.0, in the repo's
+    data/banking77/), every one benign: the tuning set's 85 ok texts are support tickets and
+    complaints, and a model trained on them alone called short everyday messages toxic ("Say hi",
+    "hello": 0.6-0.85), because its toxic texts are the short ones."""
+    import csv
+    import random
+
+    path = HERE.parents[3] / "data" / "banking77" / "train.csv"
+    with path.open(newline="") as f:
+        rows = [r["text"] for r in csv.DictReader(f)]
+    return random.Random(0).sample(rows, n)
+
+
 def main() -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -48,16 +65,19 @@ def main() -> int:
     from slmflow.retrieval.embedder import default_embedder
 
     texts, y = _load("toxicity.jsonl")
+    extra = _banking77(N_BANKING77)
+    texts, y = texts + extra, np.r_[y, np.zeros(len(extra), dtype=bool)]
     emb = getattr(default_embedder(), "inner", default_embedder())
     x = np.asarray(emb.embed(texts), dtype=np.float64)
     clf = _Classifier()
     words = np.array([clf.word_score(t) for t in texts])  # the word-level scorer
+    short = np.array([len(t.split()) < MIN_WORDS for t in texts])
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     cv = {}
     for c in GRID:
         p = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x, y, cv=folds,
                               method="predict_proba")[:, 1]
-        cv[c] = _f1(np.maximum(p, words) >= 0.5, y)
+        cv[c] = _f1(np.maximum(np.where(short, 0.0, p), words) >= 0.5, y)
         print(f"C={c:<5} cross-validated F1 (max with the word scorer, 0.5): {cv[c]:.3f}")
     best = max(GRID, key=lambda c: (cv[c], -c))
     lr = LogisticRegression(C=best, max_iter=5000).fit(x, y)
@@ -67,6 +87,7 @@ def main() -> int:
         "embedder": emb.name, "dim": int(x.shape[1]), "C": best,
         "cv_f1_combined": round(cv[best], 4), "trained_on": "evals/datasets/toxicity.jsonl",
         "trained_on_sha256": hashlib.sha256(data).hexdigest(), "n": int(len(y)),
+        "benign_banking77": N_BANKING77, "min_words": MIN_WORDS,
         "made_by": "evals/datasets/train_toxicity_meaning.py",
         "intercept": float(lr.intercept_[0]),
         "coef": [round(float(v), 6) for v in lr.coef_[0]]}, indent=1) + "\n")

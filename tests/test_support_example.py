@@ -60,9 +60,9 @@ def test_grounding_check(monkeypatch):
     assert "not grounded" in support_steps.grounding_check(state)
 
 
-def test_grounding_check_catches_what_a_rule_can(monkeypatch):
-    """The planted faults a rule can see exactly: a cut-off reply, a wrong order id, a changed
-    deadline (the verifier model is left with promises in words and answers to other questions)."""
+def _good_refund_reply(monkeypatch):
+    """A correct reply to a broken-item ticket and its state (BM25 passages), which the check
+    passes: what the planted faults below are made from."""
     monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
     passages = [p.model_dump() for p in support_steps.search("broken item refund damaged")]
     good = ("Order A-1042 was delivered. If an item arrives broken or damaged, reply within 30 "
@@ -70,6 +70,13 @@ def test_grounding_check_catches_what_a_rule_can(monkeypatch):
     state = {"text": "order A-1042 broke", "order_id": "A-1042", "passages": passages,
              "category": "refund", "draft": good}
     assert support_steps.grounding_check(state) is None
+    return good, state
+
+
+def test_grounding_check_catches_what_a_rule_can(monkeypatch):
+    """The planted faults a rule can see exactly: a cut-off reply, a wrong order id, a changed
+    deadline (the verifier model is left with promises in words and answers to other questions)."""
+    good, state = _good_refund_reply(monkeypatch)
     state["draft"] = good.replace("A-1042", "A-1043")
     assert "does not mention order_id" in support_steps.grounding_check(state)
     state["draft"] = good + " Your other order B-19 ships today."
@@ -86,13 +93,7 @@ def test_the_check_rejects_a_sentence_no_passage_supports(monkeypatch):
     policy reply with one promise appended that no passage makes. Each sentence must now take
     half its content words from one passage (or the record); the record sentences code writes and
     a short courtesy sentence pass."""
-    monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
-    passages = [p.model_dump() for p in support_steps.search("broken item refund damaged")]
-    good = ("Order A-1042 was delivered. If an item arrives broken or damaged, reply within 30 "
-            "days of delivery with a photo; we refund it in full, including shipping.")
-    state = {"text": "order A-1042 broke", "order_id": "A-1042", "passages": passages,
-             "category": "refund", "draft": good}
-    assert support_steps.grounding_check(state) is None
+    good, state = _good_refund_reply(monkeypatch)
     for promise in ("We will send a courier to pick it up tomorrow.",
                     "As an apology we add a free gift card to your account.",
                     "You can keep the item and we also send a new one for free by express."):
@@ -103,7 +104,7 @@ def test_the_check_rejects_a_sentence_no_passage_supports(monkeypatch):
     state["draft"] = f"{good} Sorry for the trouble."
     assert support_steps.grounding_check(state) is None
     # the sentences code writes about an id state no policy and pass
-    state = {"text": "my order is broken", "passages": passages, "category": "refund",
+    state = {"text": "my order is broken", "passages": state["passages"], "category": "refund",
              "draft": "Please send us your order id. If an item arrives broken or damaged, reply "
                       "within 30 days of delivery with a photo; we refund it in full."}
     assert support_steps.grounding_check(state) is None

@@ -110,6 +110,16 @@ def test_the_check_rejects_a_sentence_no_passage_supports(monkeypatch):
     assert support_steps.grounding_check(state) is None
 
 
+def _mug_ticket(monkeypatch) -> S.DraftInput:
+    """The reasoner's input for the demo's broken-mug ticket: BM25 passages and the record."""
+    monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
+    rec = {"order_id": "A-1042", "status": "delivered", "item": "ceramic mug set",
+           "delivered_on": "2026-11-18", "total_eur": 34.9}
+    return S.DraftInput(text="My order A-1042 arrived broken", category="refund",
+                        passages=support_steps.search("my mug arrived broken, refund please"),
+                        order_id="A-1042", lookup=rec)
+
+
 def test_the_reasoner_may_only_quote_the_passage_it_names(monkeypatch):
     """`Draft.constraint_for`: the policy field names one of this call's passages and the draft
     is the record sentence code writes, then one or two different sentences of that passage,
@@ -118,12 +128,8 @@ def test_the_reasoner_may_only_quote_the_passage_it_names(monkeypatch):
     optional."""
     import re
 
-    monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
-    passages = support_steps.search("my mug arrived broken, refund please")
-    rec = {"order_id": "A-1042", "status": "delivered", "item": "ceramic mug set",
-           "delivered_on": "2026-11-18", "total_eur": 34.9}
-    x = S.DraftInput(text="My order A-1042 arrived broken", category="refund",
-                     passages=passages, order_id="A-1042", lookup=rec)
+    x = _mug_ticket(monkeypatch)
+    passages = x.passages
     schema = S.Draft.constraint_for(x)
     branches = schema["anyOf"]
     assert [b["properties"]["policy"]["const"] for b in branches] == [p.id for p in passages]
@@ -393,6 +399,21 @@ def test_pipeline_end_to_end_on_embedded_model(real_wf):
     r = real_wf.run_sync(TICKETS[0])
     _check_invariants(r)
     assert r.state["category"] in ("refund", "shipping", "billing", "account", "other")
+
+
+@pytest.mark.slow
+def test_the_real_reasoner_quotes_the_passage_it_names(real_wf, monkeypatch):
+    """`Draft.constraint_for` on the shipped reasoner adapter and the embedded weights: the reply
+    is the record sentence, then one or two sentences of the passage `policy` names, word for
+    word, whatever the model prefers."""
+    x = _mug_ticket(monkeypatch)
+    out = real_wf.agents["reason"].run_sync(x).output
+    named = next(p for p in x.passages if p.id == out.policy)
+    record = "Order A-1042 (ceramic mug set) was delivered on 2026-11-18."
+    assert out.draft.startswith(record + " ")
+    quoted = support_steps._SENTENCE_END.split(out.draft[len(record) + 1:])
+    assert 1 <= len(quoted) <= 2 and len(set(quoted)) == len(quoted)
+    assert all(q in support_steps._SENTENCE_END.split(named.text) for q in quoted), out.draft
 
 
 @pytest.mark.slow

@@ -117,7 +117,7 @@ def test_agreement_with_the_hand_labelled_sets():
     past the goal of F1 0.85, where words alone miss implicit insults and hate in neutral words
     (figures in docs/evals.md)."""
     clf = tm._Classifier()
-    assert clf._meaning is not None
+    assert clf.meaning is not None
     for name, floor in (("toxicity.jsonl", 0.8), ("toxicity_heldout.jsonl", 0.75),
                         ("toxicity_heldout2.jsonl", 0.5)):
         rows = _rows(name)
@@ -140,14 +140,15 @@ def test_the_meaning_model_can_be_off_and_a_broken_file_says_why(monkeypatch, tm
     monkeypatch.setenv("SLMFLOW_TOXICITY_MEANING", "off")
     clf = tm._Classifier()
     t = "Maybe get a grown-up to read my ticket, since you clearly can't."
-    assert clf._meaning is None and clf.score(t) == clf.word_score(t)
+    assert clf.meaning is None and clf.score(t) == clf.word_score(t)
     monkeypatch.delenv("SLMFLOW_TOXICITY_MEANING")
     bad = tmp_path / "toxicity_meaning.json"
     bad.write_text("{not json")
     monkeypatch.setattr(tm._Meaning, "FILE", bad)
+    clf = tm._Classifier()
     with pytest.warns(RuntimeWarning, match="meaning model is off"):
-        clf = tm._Classifier()
-    assert clf._meaning is None and "meaning" not in clf.description
+        assert clf.meaning is None
+    assert "meaning" not in clf.description
     assert 0.0 <= clf.score(t) <= 1.0
 
 
@@ -186,3 +187,14 @@ def test_the_gateway_guard_blocks_on_words_and_the_evaluator_reads_meaning(monke
     rep = run_suite(lambda x: text, [Case(id="a", input="a")], [create("toxicity")],
                     record=False)
     assert rep.rows[0].status == "failed"
+
+
+def test_the_guard_path_never_loads_the_meaning_model():
+    """`word_toxicity` (the gateway guard's scorer) leaves the meaning model unloaded: no torch
+    and MiniLM in a gateway process that blocks on words."""
+    from slmflow.guardrails import word_toxicity
+
+    word_toxicity("Could you please tell me a fun fact about octopuses?")
+    assert tm.toxicity_engine()._meaning is tm._UNLOADED
+    toxicity("Could you please tell me a fun fact about octopuses?")
+    assert tm.toxicity_engine()._meaning is not tm._UNLOADED

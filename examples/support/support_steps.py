@@ -180,9 +180,10 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
         v = state.get(key)
         if v and v in ticket and v not in draft:
             return f"draft does not mention {key} {v}"
+    lookup = state.get("lookup") if isinstance(state.get("lookup"), dict) else None
+    record = " ".join(str(v) for v in lookup.values()) if lookup else ""
     ctx_text = " ".join(p["text"] for p in state.get("passages") or [])
-    if isinstance(state.get("lookup"), dict):  # the looked-up record is context too
-        ctx_text += " " + " ".join(str(v) for v in state["lookup"].values())
+    ctx_text += " " + record  # the looked-up record is context too
     known = ticket + " " + ctx_text
     for oid in ORDER_ID_RE.findall(draft):
         if oid not in known:
@@ -198,7 +199,7 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
         if n not in stated:
             return f"draft states {n!r}, which no passage or record states"
     rec = _record_of(state.get("category"), state.get("order_id"), state.get("account_id"),
-                     state.get("lookup") if isinstance(state.get("lookup"), dict) else None)
+                     lookup)
     own = draft  # what the model wrote: the record sentence is code's (tidy), not grounding
     if rec and draft.startswith(rec[0]):
         own = draft[len(rec[0]):].strip()
@@ -209,8 +210,6 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
     overlap = len(words & ctx) / max(1, len(words))
     if overlap < 0.2:
         return f"draft is not grounded in the passages (word overlap {overlap:.2f} < 0.20)"
-    lookup = state.get("lookup") if isinstance(state.get("lookup"), dict) else None
-    record = " ".join(str(v) for v in lookup.values()) if lookup else ""
     if rec:
         record += " " + rec[0]
     # a sentence may join the record and one passage ("the mug set was delivered on ..., so you
@@ -220,8 +219,9 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
         # the sentences code writes about an id ("Please send us your order id.", "I could not
         # find account 42405; ..."): the reasoner learned them, they state no policy
         sources.append(record_sentence(kind, state.get(key), None, True)[0])
+    source_words = [_stems(src) for src in sources]
     for sentence in _SENTENCE_END.split(own):
-        why = unsupported(sentence, sources)
+        why = unsupported(sentence, source_words)
         if why:
             return why
     return None
@@ -244,17 +244,20 @@ def _stem(word: str) -> str:
     return word
 
 
-def unsupported(sentence: str, sources: list[str]) -> str | None:
-    """Why `sentence` is not supported by any of `sources`, or None when one source holds at
-    least `SENTENCE_SUPPORT` of its content words. The rule catches what the whole-draft overlap
+def _stems(text: str) -> set[str]:
+    return {_stem(w) for w in tokens(text)}
+
+
+def unsupported(sentence: str, source_words: list[set[str]]) -> str | None:
+    """Why `sentence` is not supported by any source (each given as its `_stems`), or None when
+    one source holds at least `SENTENCE_SUPPORT` of its content words. The rule catches what the whole-draft overlap
     cannot: a correct policy sentence followed by one the policy never states ("We refund you
     twice the amount", "As an apology we add a free gift card"), which the 135M verifier model
     approved (false accepts 0.96 on the planted drafts, 0.22 with the other rules)."""
-    words = {_stem(w) for w in tokens(sentence)}
+    words = _stems(sentence)
     if len(words) < _MIN_CLAIM_WORDS:
         return None
-    best = max((len(words & {_stem(w) for w in tokens(src)}) / len(words) for src in sources),
-               default=0.0)
+    best = max((len(words & src) / len(words) for src in source_words), default=0.0)
     if best < SENTENCE_SUPPORT:
         short = sentence.strip() if len(sentence) <= 80 else sentence.strip()[:77] + "..."
         return (f"draft states {short!r}, which no passage or record supports "
@@ -332,12 +335,15 @@ def record_sentence(kind: str, rid: str | None, rec: dict[str, Any] | None,
     return (f"Account {rid} is {rec['status']}{plan}.", f"{rid} {rec['status']}")
 
 
+# What a category looks up: the kind of id (and record) its tickets are about.
+LOOKUP_KIND = {"refund": "order", "shipping": "order", "billing": "account", "account": "account"}
+
+
 def _record_of(category: str | None, order_id: str | None, account_id: str | None,
                lookup: dict[str, Any] | None) -> tuple[str, str] | None:
     """(the record sentence, the id it is about) for a ticket, or None where its category looks
     nothing up or the ticket gave no id of that kind."""
-    kind = {"refund": "order", "shipping": "order", "billing": "account",
-            "account": "account"}.get(category or "")
+    kind = LOOKUP_KIND.get(category or "")
     rid = order_id if kind == "order" else account_id if kind == "account" else None
     if kind is None or rid is None:
         return None
@@ -378,11 +384,10 @@ def reply_pattern(x: Any, passages: list[Any]) -> str:
     """The reasoner's reply as a regular expression (`Draft.constraint_for`): the record sentence
     for the ticket's id (what `tidy` would put first), then one or two different sentences of
     `passages`, word for word. `x` is the reasoner's input (a `DraftInput`)."""
-    kind = {"refund": "order", "shipping": "order", "billing": "account",
-            "account": "account"}.get(x.category)
+    kind = LOOKUP_KIND.get(x.category)
+    rid = x.order_id if kind == "order" else x.account_id
     first = ""
     if kind is not None:
-        rid = x.order_id if kind == "order" else x.account_id
         first = record_sentence(kind, rid, x.lookup if isinstance(x.lookup, dict) else None,
                                 True)[0]
     sentences: list[str] = []
@@ -400,7 +405,7 @@ def reply_pattern(x: Any, passages: list[Any]) -> str:
         # the record sentence is forced when the ticket gave an id; "Please send us your order
         # id." is the model's choice (an e-mail change needs no account id)
         head = _literal(first) + " "
-        if not ((x.order_id if kind == "order" else x.account_id)):
+        if not rid:
             head = f"({head})?"
     return f"^{head}({body})$"
 

@@ -376,7 +376,9 @@ class Agent(Generic[OutT]):
         out_type = output_type if output_type is not None else self.output_type
         inp = self.coerce_input(input)
         msgs = self.messages(inp)
-        constraint = output_constraint(out_type, inp, where=f"agent {self.name}")
+        # a tool-calling agent decodes under the tool-call schema, not its output type's
+        constraint = (None if self.tools else
+                      output_constraint(out_type, inp, where=f"agent {self.name}"))
         if note:
             msgs[-1] = Message("user", msgs[-1].content + "\n" + note)
         where = f"agent {self.name}"
@@ -435,7 +437,7 @@ class Agent(Generic[OutT]):
 
         model = traced(model)  # a `chat {model}` span under this agent's span
         settings = Settings(max_tokens=self.max_tokens, temperature=self.temperature,
-                            stop=self.stop, constraint=None if self.tools else constraint)
+                            stop=self.stop, constraint=constraint)
         t0 = time.perf_counter()
         tool_results: tuple[ToolResult, ...] = ()
         try:

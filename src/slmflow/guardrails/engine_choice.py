@@ -93,6 +93,10 @@ class EngineChoice:
         return eng if eng is not None else self.select(os.environ.get(self.env, "auto"))
 
     def info(self) -> dict[str, Any]:
-        """``{"engine", "description", "reason"}`` (chooses the engine if none is chosen yet)."""
-        self.get()
-        return dict(self._info)
+        """``{"engine", "description", "reason"}`` (chooses the engine if none is chosen yet).
+        The description is read from the engine now: an engine that loads a part on first use
+        (the toxicity classifier's meaning model) says what it is using by then."""
+        eng = self.get()
+        out = dict(self._info)
+        out["description"] = getattr(eng, "description", out.get("description", ""))
+        return out

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ MEANING_ENV = "SLMFLOW_TOXICITY_MEANING"
 MIN_WORDS = 6
 _TARGET = re.compile(r"\b(you|your|youre|you're|yours|yourself|yourselves|u|ur|ya|yall|y'all)\b")
 _COMBINED_GROUPS = ("threat", "hate", "insult")
+_UNLOADED = object()
 
 
 class ToxicityEngineError(SlmflowError):
@@ -54,9 +56,8 @@ class ToxicityEngineError(SlmflowError):
 
 class _Classifier:
     name = "classifier"
-    description = ("alt-profanity-check (linear model, ~200k labelled comments) + the lexicon's "
-                   "threat/hate/insult groups, de-obfuscated")
-    _meaning: "_Meaning | None" = None
+    _WORDS = ("alt-profanity-check (linear model, ~200k labelled comments) + the lexicon's "
+              "threat/hate/insult groups, de-obfuscated")
 
     def __init__(self) -> None:
         try:
@@ -67,9 +68,24 @@ class _Classifier:
                 "slmflow[evals] (alt-profanity-check==1.9.1, scikit-learn==1.9.1)",
                 where="guardrails.toxicity classifier") from None
         self._vec, self._model = pc.vectorizer, pc.model
-        self._meaning = _Meaning.load()
-        if self._meaning is not None:
-            self.description += " + a meaning model (MiniLM embedding, logistic regression)"
+        self._meaning: Any = _UNLOADED
+        self._meaning_lock = threading.Lock()
+
+    @property
+    def meaning(self) -> "_Meaning | None":
+        """The meaning model, loaded on the first score that needs it: the gateway's guard
+        scores words only (`word_toxicity`) and so never loads torch and MiniLM."""
+        if self._meaning is _UNLOADED:
+            with self._meaning_lock:
+                if self._meaning is _UNLOADED:
+                    self._meaning = _Meaning.load()
+        return self._meaning
+
+    @property
+    def description(self) -> str:
+        if self._meaning is _UNLOADED or self._meaning is None:
+            return self._WORDS
+        return self._WORDS + " + a meaning model (MiniLM embedding, logistic regression)"
 
     def probs(self, texts: list[str]) -> list[float]:
         try:
@@ -83,9 +99,9 @@ class _Classifier:
         that is higher (`_Meaning`: toxicity in neutral words), for texts of `MIN_WORDS` words
         or more."""
         words = self.word_score(text)
-        if words >= 0.5 or self._meaning is None or len(text.split()) < MIN_WORDS:
+        if words >= 0.5 or len(text.split()) < MIN_WORDS or self.meaning is None:
             return words
-        return max(words, self._meaning.prob(text))
+        return max(words, self.meaning.prob(text))
 
     def word_score(self, text: str) -> float:
         """alt-profanity-check on the raw and de-obfuscated text, scaled down for swearing at no
@@ -107,9 +123,10 @@ class _Classifier:
 class _Meaning:
     """P(toxic) from what a text means: a logistic regression over all-MiniLM-L6-v2 sentence
     embeddings (toxicity_meaning.json, trained by evals/datasets/train_toxicity_meaning.py on the
-    hand-labelled tuning set). It catches what words do not: implicit insults ("Maybe get a
-    grown-up to read my ticket"), hate in neutral words. Loaded with the classifier; absent
-    (None, with a warning) when the embedder cannot load or ``SLMFLOW_TOXICITY_MEANING=off``."""
+    hand-labelled tuning set and benign BANKING77 messages). It catches what words do not:
+    implicit insults ("Maybe get a grown-up to read my ticket"), hate in neutral words. Loaded by
+    the classifier on first need; absent (None, with a warning) when the embedder cannot load or
+    ``SLMFLOW_TOXICITY_MEANING=off``."""
 
     FILE = Path(__file__).with_name("toxicity_meaning.json")
 
@@ -130,7 +147,8 @@ class _Meaning:
 
             # the process's MiniLM without its on-disk cache: texts scored for toxicity (gateway
             # traffic) leave no embeddings on disk
-            emb = getattr(default_embedder(), "inner", default_embedder())
+            emb = default_embedder()
+            emb = getattr(emb, "inner", emb)
             emb.embed(["warm-up"])  # loads MiniLM now: a missing package shows here
         except Exception as e:  # noqa: BLE001 - any reason means: words only, and say so
             warnings.warn(f"toxicity scores words only, the meaning model is off "

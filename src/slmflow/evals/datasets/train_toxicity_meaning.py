@@ -67,7 +67,8 @@ def main() -> int:
     texts, y = _load("toxicity.jsonl")
     extra = _banking77(N_BANKING77)
     texts, y = texts + extra, np.r_[y, np.zeros(len(extra), dtype=bool)]
-    emb = getattr(default_embedder(), "inner", default_embedder())
+    emb = default_embedder()
+    emb = getattr(emb, "inner", emb)
     x = np.asarray(emb.embed(texts), dtype=np.float64)
     clf = _Classifier()
     words = np.array([clf.word_score(t) for t in texts])  # the word-level scorer

@@ -43,7 +43,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EX = ROOT / "examples" / "support"
-PARTS = {"dev": EX / "scenarios.yaml", "heldout": EX / "scenarios_heldout.yaml"}
+PARTS = {"dev": EX / "scenarios.yaml", "heldout": EX / "scenarios_heldout.yaml",
+         "heldout2": EX / "scenarios_heldout2.yaml"}
 VARIANTS = {
     "a": ("tuned", "workflow.yaml", "smollm2-135m", True),
     "b": ("zero135", "workflow.yaml", "smollm2-135m", False),
@@ -119,7 +120,7 @@ def _tokens(rows: list[Any]) -> float | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="a,b,c,d")
-    ap.add_argument("--part", default="heldout,dev", help="heldout, dev or both (comma)")
+    ap.add_argument("--part", default="heldout,dev", help="heldout, heldout2, dev (comma-separated)")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant:part, print JSON
     a = ap.parse_args()

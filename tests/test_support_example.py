@@ -128,6 +128,7 @@ def test_the_reasoner_may_only_quote_the_passage_it_names(monkeypatch):
     optional."""
     import re
 
+    monkeypatch.setenv("SUPPORT_SENTENCES", "model")
     x = _mug_ticket(monkeypatch)
     passages = x.passages
     schema = S.Draft.constraint_for(x)
@@ -147,6 +148,38 @@ def test_the_reasoner_may_only_quote_the_passage_it_names(monkeypatch):
     pat2 = S.Draft.constraint_for(x2)["anyOf"][0]["properties"]["draft"]["pattern"]
     assert re.fullmatch(pat2, f"Please send us your order id. {first[0]}")
     assert re.fullmatch(pat2, first[0])
+
+
+@pytest.mark.parametrize("retrieval", ["bm25", "hybrid"])
+def test_the_reply_quotes_the_sentences_that_answer_the_ticket(monkeypatch, retrieval):
+    """SUPPORT_SENTENCES=ranked (the default): the reply quotes the two sentences of the named
+    passage most similar to the ticket, in the passage's order, and nothing else. Before it, a
+    refund-timing question answered from the returns passage could only get that passage's
+    first sentences (the return label), never the one with the 5-7 days. Both similarity
+    engines: MiniLM (the retrieval's embedder) and stem overlap (SUPPORT_RETRIEVAL=bm25)."""
+    import re
+
+    if retrieval == "bm25":
+        monkeypatch.setenv("SUPPORT_RETRIEVAL", "bm25")
+    else:
+        monkeypatch.delenv("SUPPORT_RETRIEVAL", raising=False)
+    monkeypatch.delenv("SUPPORT_SENTENCES", raising=False)
+    kb = {p["id"]: p for p in support_steps.index().docs}
+    returns = S.Passage(id="returns#0", title="returns", text=kb["returns#0"]["text"], score=1.0)
+    window, label, timing = support_steps._SENTENCE_END.split(returns.text)
+    assert "5-7 business days" in timing and "label" in label
+    x = S.DraftInput(text="When will the money from my refund reach my account?",
+                     category="refund", passages=[returns])
+    pat = S.Draft.constraint_for(x)["anyOf"][0]["properties"]["draft"]["pattern"]
+    ok = lambda d: re.fullmatch(pat, d) is not None  # noqa: E731
+    ask = "Please send us your order id. "
+    assert not ok(f"{window} {label}") and not ok(window)   # the first sentences: refused
+    got = [d for d in (f"{label} {timing}", f"{window} {timing}") if ok(d) or ok(ask + d)]
+    assert len(got) == 1, got                                 # exactly one reply: the ranked one
+    assert not ok(f"{timing} {window}") and not ok(timing)    # not reordered, not cut
+    with pytest.raises(Exception, match="SUPPORT_SENTENCES must be"):
+        monkeypatch.setenv("SUPPORT_SENTENCES", "best")
+        S.Draft.constraint_for(x)
 
 
 def test_check_ids_fills_only_exact_ids_the_ticket_states_once():

@@ -109,12 +109,15 @@ class Draft(BaseModel):
         Why: free text from a 135M model restated policy wrongly where no rule sees it ("click
         the reset link" for the e-mail change's confirmation link, "The return label from the
         order page is printed on the return return label"), and the verifier model approved
-        it. Quoted sentences state only policy; which passage and which sentences apply stays
-        the model's choice, the job it was fine-tuned for. Measured on the scenario suites
-        (docs/benchmarks.md): free text 19/26 held-out and 14/20 development; any two passage
-        sentences 20/26 and 15/20; sentences of the named passage 22/26 and 17/20. It is also
-        faster: once the first tokens of a sentence single it out, the rest is forced and
-        evaluated in one batch (fast-forward) instead of decoded token by token.
+        it. Quoted sentences state only policy; which passage applies stays the model's choice,
+        the job it was fine-tuned for, and which of its sentences answer the ticket is ranked
+        by similarity to the ticket (`support_steps.rank_sentences`; ``SUPPORT_SENTENCES=model``
+        leaves that to the model too, which then quotes a passage's first sentences whatever
+        the question). Measured on the scenario suites (docs/benchmarks.md): free text 19/26
+        held-out and 14/20 development; any two passage sentences 20/26 and 15/20; sentences of
+        the named passage, the model's pick 22/26 and 17/20, ranked 24/26 and 18/20. It is also
+        faster: once the passage is named, the rest of the reply is forced and evaluated in one
+        batch (fast-forward) instead of decoded token by token.
         ``SUPPORT_REPLY=free`` turns the constraint off (the reply is then any text the type
         allows: how the figures before it were made)."""
         import os

@@ -380,10 +380,59 @@ def _literal(text: str) -> str:
     return re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", text)
 
 
+# Which sentences of the named passage the reply quotes (``SUPPORT_SENTENCES``):
+#   ranked (default): the two most similar to the ticket (cosine of MiniLM embeddings, the
+#     retrieval's own embedder; stem overlap when SUPPORT_RETRIEVAL=bm25 loads none), in the
+#     passage's order. The model names the passage; code picks what of it answers the ticket.
+#   model: any one or two different sentences, the model's choice (before session 11).
+# Why: left to choose, the 135M reasoner quotes a passage's *first* sentences whatever the
+# question ("When will the refund reach my card?" got the returns passage's return-label
+# sentences; the sentence with the 5-7 days is the third). Measured in docs/benchmarks.md.
+RANKED_SENTENCES = 2
+
+
+def _sentence_mode() -> str:
+    import os
+
+    v = os.environ.get("SUPPORT_SENTENCES", "ranked").lower()
+    if v not in ("ranked", "model"):
+        from slmflow.errors import ConfigError
+
+        raise ConfigError(f"SUPPORT_SENTENCES must be 'ranked' or 'model', got {v!r}",
+                          where="SUPPORT_SENTENCES")
+    return v
+
+
+@lru_cache(maxsize=512)
+def _embedding(text: str) -> Any:
+    import numpy as np
+
+    v = np.asarray(kb_index().embedder.embed([text])[0], dtype=np.float32)
+    return v / (float(np.linalg.norm(v)) or 1.0)
+
+
+def rank_sentences(query: str, sentences: list[str], k: int = RANKED_SENTENCES) -> list[str]:
+    """The `k` sentences most similar to `query`, in their own order (ties: the earlier)."""
+    import os
+
+    if len(sentences) <= k:
+        return list(sentences)
+    if os.environ.get("SUPPORT_RETRIEVAL") == "bm25":
+        q = _stems(query)
+        score = [len(q & _stems(s)) / (len(_stems(s)) or 1) for s in sentences]
+    else:
+        qv = _embedding(query)
+        score = [float(_embedding(s) @ qv) for s in sentences]
+    top = sorted(range(len(sentences)), key=lambda i: (-score[i], i))[:k]
+    return [sentences[i] for i in sorted(top)]
+
+
 def reply_pattern(x: Any, passages: list[Any]) -> str:
     """The reasoner's reply as a regular expression (`Draft.constraint_for`): the record sentence
-    for the ticket's id (what `tidy` would put first), then one or two different sentences of
-    `passages`, word for word. `x` is the reasoner's input (a `DraftInput`)."""
+    for the ticket's id (what `tidy` would put first), then sentences of `passages`, word for
+    word: the two most similar to the ticket in the passage's order (``SUPPORT_SENTENCES=ranked``,
+    the default), or one or two different ones the model picks (``model``). `x` is the
+    reasoner's input (a `DraftInput`)."""
     kind = LOOKUP_KIND.get(x.category)
     rid = x.order_id if kind == "order" else x.account_id
     first = ""
@@ -395,11 +444,15 @@ def reply_pattern(x: Any, passages: list[Any]) -> str:
         for sent in _SENTENCE_END.split(p.text.strip()):
             if sent and sent not in sentences:
                 sentences.append(sent)
-    quoted = [_literal(t) for t in sentences]
-    # one sentence, or two different ones (a 135M model repeats a sentence when it may)
-    body = "|".join(
-        q + ("( (" + "|".join(o for o in quoted if o != q) + "))?" if len(quoted) > 1 else "")
-        for q in quoted)
+    if _sentence_mode() == "ranked":
+        body = _literal(" ".join(rank_sentences(x.text or "", sentences)))
+    else:
+        quoted = [_literal(t) for t in sentences]
+        # one sentence, or two different ones (a 135M model repeats a sentence when it may)
+        body = "|".join(
+            q + ("( (" + "|".join(o for o in quoted if o != q) + "))?" if len(quoted) > 1
+                 else "")
+            for q in quoted)
     head = ""
     if first:
         # the record sentence is forced when the ticket gave an id; "Please send us your order

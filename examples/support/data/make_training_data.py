@@ -273,6 +273,100 @@ def pipeline_router_rows(split: str, n_per_intent: int,
     return rows
 
 
+# Router rows added in session 11 (issue 18), each from a generator of its own so the rows above
+# stay as they were. Both kinds were written after reading the router's two misses on the first
+# held-out part ("Package for D-5531 showed up smashed" routed to shipping; "arrived broken and also
+# I want to change my email" routed to account), so that part no longer measures them blind;
+# the second held-out part, written before, does.
+#  * in transit damage: a delivery word (package, parcel, box, courier) *and* damage is a refund,
+#    not shipping (the damaged-items passage answers it);
+#  * two intents in one ticket: the first one decides the category (the scenario suite's rule: the
+#    first intent is answered from the policy, the reply can only follow one passage).
+TRANSIT_DAMAGE = [
+    "The package for order {order} showed up {dmg}.",
+    "My parcel arrived today and the {item} inside is {dmg}.",
+    "Delivery of order {order} came {dmg}, what now?",
+    "The courier dropped off my {item} {dmg}.",
+    "The box with order {order} was {dmg} on arrival and so is the {item}.",
+    "Parcel {order} got here {dmg}. What do I do?",
+    "my package came {dmg} and the {item} doesnt work, order {order}",
+    "The delivery guy left the {item} at my door {dmg}.",
+    # held out for the eval file
+    "Order {order} was delivered {dmg}, the {item} is ruined.",
+    "Your shipment reached me {dmg}. Order {order}.",
+]
+DAMAGE = ["smashed", "crushed", "dented", "broken", "cracked", "soaked", "in pieces",
+          "badly damaged"]
+# Noise is "other": with the two kinds above alone the router learned that a long ticket takes the
+# category of its first sentence, and sent 2,000 characters of keyboard noise to a policy
+# (answered `ok` with the order-cancellation passage: the silent wrong answer the issue forbids).
+# (none of these parts is a token of the held-out noise scenario)
+NOISE_PARTS = ["asdf", "zxcv", "jkl;", "poiu", "mnbv", "1234", "5678", "0000", "!!!", "???", "~~~",
+               "+++", "===", "<<>>", "lol", "aaaa", "xyz", "...", "///", "-_-", "lorem", "ipsum",
+               "dolor", "sit", "amet", "foo", "bar", "baz", "test", "ggg", "blah", "hmm"]
+
+
+def noise(rng: random.Random) -> str:
+    n = rng.choice((1, 2, 3, 5, 8, 12, 20, 40, 60))
+    parts = [rng.choice(NOISE_PARTS) for _ in range(rng.randint(max(1, n // 2), n))]
+    if rng.random() < 0.3:  # a repeated block, as pasted noise often is
+        parts = (parts * rng.randint(2, 6))[:80]
+    return " ".join(parts) if rng.random() < 0.8 else "".join(parts)
+
+
+JOINERS = [" Also, ", " And also ", " Oh and ", " Plus, ", " Besides that, ", " Another thing: "]
+N_EXTRA = {"train": {"transit": 48, "compound": 72, "noise": 40},
+           "eval": {"transit": 8, "compound": 12, "noise": 6}}
+
+
+def extra_router_rows(split: str, rng: random.Random) -> list[tuple[str, str, dict]]:
+    """In-transit damage, two-intent tickets and noise (see above). ``split`` picks the templates: the
+    last two TRANSIT_DAMAGE templates and make_pipeline_data's held-out intent templates are the
+    eval's."""
+    import make_pipeline_data as mp
+
+    rows, seen = [], set()
+
+    def add(text: str, cat: str) -> bool:
+        key = " ".join(text.lower().split())
+        if key in seen or key in protected_inputs() or key in mp.protected_scenarios():
+            return False
+        seen.add(key)
+        rows.append((text, cat, {"order_id": None, "account_id": None, "urgent": False}))
+        return True
+
+    pool = TRANSIT_DAMAGE[-2:] if split == "eval" else TRANSIT_DAMAGE[:-2]
+    made = tries = 0
+    while made < N_EXTRA[split]["transit"] and tries < 5000:
+        tries += 1
+        t = rng.choice(pool).format(order=order_id(rng), item=rng.choice(ITEMS),
+                                    dmg=rng.choice(DAMAGE))
+        made += add(rng.choice(OPENERS) + t + rng.choice(CLOSERS), "refund")
+    policy = [it for it in mp.INTENTS if it.category != "other"]
+    made = tries = 0
+    while made < N_EXTRA[split]["compound"] and tries < 5000:
+        tries += 1
+        first = rng.choice(policy)
+        second = rng.choice([it for it in policy if it.category != first.category])
+        tpl = (lambda it: it.templates[-mp.EVAL_TEMPLATES:] if split == "eval"
+               else it.templates[:-mp.EVAL_TEMPLATES])
+        slots = lambda: {"item": rng.choice(ITEMS), "order": order_id(rng),  # noqa: E731
+                         "account": account_id(rng), "days": str(rng.randint(3, 21)),
+                         "amount": f"${rng.randint(5, 250)}.{rng.randint(0, 99):02d}"}
+        a = rng.choice(tpl(first)).format(**slots())
+        b = rng.choice(tpl(second)).format(**slots())
+        if not a.endswith((".", "?", "!")):
+            a += "."
+        made += add(rng.choice(OPENERS) + a + rng.choice(JOINERS) + b[0].lower() + b[1:]
+                    + rng.choice(CLOSERS), first.category)
+    made = tries = 0
+    while made < N_EXTRA[split]["noise"] and tries < 5000:
+        tries += 1
+        made += add(noise(rng), "other")
+    rng.shuffle(rows)
+    return rows
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -294,6 +388,9 @@ def main() -> int:
     prng = random.Random(SEED + 1)
     router["train"] += pipeline_router_rows("train", N_PIPE_ROUTER["train"], prng)
     router["eval"] += pipeline_router_rows("eval", N_PIPE_ROUTER["eval"], prng)
+    xrng = random.Random(SEED + 2)
+    router["train"] += extra_router_rows("train", xrng)
+    router["eval"] += extra_router_rows("eval", xrng)
     for name, sets in (("router", router), ("extraction", extraction)):
         train_keys = {" ".join(t.lower().split()) for t, _, _ in sets["train"]}
         leaked = [t for t, _, _ in sets["eval"] if " ".join(t.lower().split()) in train_keys]

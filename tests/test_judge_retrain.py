@@ -361,6 +361,21 @@ def test_a_few_shot_rubric_that_raises_held_out_kappa_is_promoted(tmp_path):
     assert [h["action"] for h in learned.history("tone", root)] == ["promoted", "rejected"]
 
 
+def test_min_gain_holds_back_a_candidate_that_gains_less(tmp_path):
+    """`min_gain` (CLI `--min-gain`): a candidate must beat the serving judge's held-out kappa
+    by more than it; the learner's gain is 1.0, so a min_gain of 1.0 keeps the base rubric."""
+    log, _ = _ready(tmp_path)
+    root = tmp_path / "judges"
+    res = retrain_judge("tone", log, evaluator=_judge(learner, learned=False), lora=False,
+                        min_gain=1.0, say=lambda s: None, root=root)
+    assert res.candidates["v1"]["scores"]["kappa"] == 1.0 and res.current_scores["kappa"] == 0.0
+    assert res.promoted is None and learned.promoted_version("tone", root) is None
+    assert learned.history("tone", root)[-1]["action"] == "rejected"
+    res = retrain_judge("tone", log, evaluator=_judge(learner, learned=False), lora=False,
+                        min_gain=0.5, say=lambda s: None, root=root)
+    assert res.promoted == "v2"
+
+
 def test_the_gate_measures_held_out_decisions_not_training_ones(tmp_path):
     """A judge that only memorises its examples is perfect on the decisions it learned from and
     no better on held-out ones: not promoted."""

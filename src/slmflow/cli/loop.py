@@ -229,6 +229,9 @@ def retrain_cmd(
     no_few_shot: bool = typer.Option(False, "--no-few-shot", help="--judge: no few-shot "
                                      "candidate"),
     no_lora: bool = typer.Option(False, "--no-lora", help="--judge: no LoRA candidate"),
+    min_gain: float = typer.Option(0.0, "--min-gain", help="--judge: kappa a candidate must add "
+                                   "over the serving judge to be promoted (a few hundred "
+                                   "decisions: use ~0.1, smaller gains are noise)"),
     data: Optional[Path] = typer.Option(None, "--data", help="the agent's original training "
                                                              "pairs (.jsonl/.csv)"),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="the agent's eval cases"),
@@ -274,7 +277,7 @@ def retrain_cmd(
             jr = retrain_judge(judge, log, model=judge_model, holdout=holdout,
                                min_decisions=min_decisions, min_holdout=min_holdout,
                                few_shot=not no_few_shot, lora=not no_lora, shots=shots,
-                               config=cfg, threads=threads or None, say=typer.echo)
+                               min_gain=min_gain, config=cfg, threads=threads or None, say=typer.echo)
         finally:
             log.close()
         typer.echo(json.dumps({k: v for k, v in jr.as_dict().items()

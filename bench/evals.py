@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -103,15 +102,9 @@ def agreement(n_pairs: int, judge_model: str) -> dict:
                      "accuracy": round(acc, 4), "kappa": round(k, 4),
                      "predicted_faithful": pred_pos, "seconds": round(time.perf_counter() - t0, 1)}
         print(name, json.dumps(res[name]), flush=True)
-    rng = random.Random(0)
-    rows = router.load("test")
-    rng.shuffle(rows)
-    cases = []
-    for i, (text, intent) in enumerate(rows[:n_pairs]):
-        ok = i % 2 == 0
-        label = intent if ok else rng.choice([x for x in router.INTENTS if x != intent])
-        cases.append(Case(id=f"b77-{i}", input={"message": text, "intent": label},
-                          expected="yes" if ok else "no"))
+    cases = [Case(id=f"b77-{i}", input={"message": text, "intent": label},
+                  expected="yes" if ok else "no")
+             for i, (text, label, ok) in enumerate(router.label_pairs("test", n_pairs, seed=0))]
     judge = create("judge", model=judge_model, labels=("yes", "no"), pass_labels=("yes",),
                    include=("output",),
                    rubric="Does the intent label correctly describe what the customer message "

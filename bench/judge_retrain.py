@@ -61,24 +61,16 @@ TASKS = {
                            "CONTEXT and the record say, and keeps the order or account id. "
                            "'pass' or 'fail'."),
 }
-TASK = TASKS["banking77"]
 
 
-def pairs(split: str, n: int, seed: int) -> list[tuple[Any, str, bool, Any]]:
+def pairs(task: str, split: str, n: int, seed: int) -> list[tuple[Any, str, bool, Any]]:
     """(input, output shown, a person passes it, context)."""
-    if TASK is TASKS["support"]:
+    if task == "support":
         return support_rows(split, n, seed)
     import router
 
-    rng = random.Random(seed)
-    rows = router.load(split)
-    rng.shuffle(rows)
-    out = []
-    for i, (text, intent) in enumerate(rows[:n]):
-        ok = i % 2 == 0
-        label = intent if ok else rng.choice([x for x in router.INTENTS if x != intent])
-        out.append((text, label.replace("_", " "), ok, None))
-    return out
+    return [(text, label.replace("_", " "), ok, None)
+            for text, label, ok in router.label_pairs(split, n, seed)]
 
 
 def support_rows(split: str, n: int, seed: int) -> list[tuple[Any, str, bool, Any]]:
@@ -100,11 +92,11 @@ def support_rows(split: str, n: int, seed: int) -> list[tuple[Any, str, bool, An
     return out
 
 
-def judge(**kw):
+def judge(task: dict, **kw):
     from slmflow.evals.builtin import Judge
 
-    return Judge(TASK["rubric"], model="smollm2-135m", name=TASK["name"], labels=TASK["labels"],
-                 pass_labels=TASK["labels"][:1], include=TASK["include"], max_tokens=48, **kw)
+    return Judge(task["rubric"], model="smollm2-135m", name=task["name"], labels=task["labels"],
+                 pass_labels=task["labels"][:1], include=task["include"], max_tokens=48, **kw)
 
 
 def timed_kappa(ev, rows) -> dict:
@@ -128,9 +120,8 @@ def main() -> int:
     ap.add_argument("--work", help="keep the call log, judges and registry here")
     ap.add_argument("--out", help="write the figures as JSON here")
     a = ap.parse_args()
-    global TASK
-    TASK = TASKS[a.task]
-    NAME = TASK["name"]
+    task = TASKS[a.task]
+    NAME = task["name"]
 
     from slmflow.evals import learned
     from slmflow.evals.base import Case
@@ -153,7 +144,7 @@ def main() -> int:
     # 1. the logged calls
     log = open_call_log(work / "calls.db")
     truth, recs = {}, []
-    for i, (text, label, ok, ctx) in enumerate(pairs("train", a.decisions, seed=1)):
+    for i, (text, label, ok, ctx) in enumerate(pairs(a.task, "train", a.decisions, seed=1)):
         r = CallRecord(agent="intent", input=text, output=label, confidence=0.2,
                        trace_id=f"{i + 1:032x}", model=f"{a.task}-agent",
                        meta={"context": ctx} if ctx else {},
@@ -165,7 +156,7 @@ def main() -> int:
 
     # 2. online judging, 3. flagging
     t0 = time.perf_counter()
-    rep = evaluate_calls(log, judge(learned=False), agent="intent", since="1h", limit=None)
+    rep = evaluate_calls(log, judge(task, learned=False), agent="intent", since="1h", limit=None)
     online_s = time.perf_counter() - t0
     flag_calls(log, since="1h", rules=FlagRules(budget_per_agent=None))  # N/50 days of review
     print(f"judged online: {rep.checked} calls in {online_s:.0f} s, errors {len(rep.errors)}",
@@ -192,17 +183,17 @@ def main() -> int:
     jroot = work / "judges"
     cfg = TrainConfig(r=a.r, alpha=2 * a.r, target_modules=("q_proj", "k_proj", "v_proj",
                                                               "o_proj"),
-                      lr=a.lr, epochs=a.epochs, batch_size=8, max_len=TASK["max_len"], seed=0)
+                      lr=a.lr, epochs=a.epochs, batch_size=8, max_len=task["max_len"], seed=0)
     t0 = time.perf_counter()
-    res = retrain_judge(NAME, log, evaluator=judge(learned=False), config=cfg,
+    res = retrain_judge(NAME, log, evaluator=judge(task, learned=False), config=cfg,
                         threads=a.threads, registry=registry, root=jroot,
                         run_dir=work / "run", progress=True)
     result["retrain"] = {**res.as_dict(), "seconds": round(time.perf_counter() - t0, 1)}
 
     # 6. the separate test set: every candidate and the zero-shot judge
     test_rows = [(Case(id=f"{a.task}-test-{i}", input=text, context=ctx), label, ok)
-                 for i, (text, label, ok, ctx) in enumerate(pairs("test", a.test, seed=0))]
-    base_ev = judge(learned=False)
+                 for i, (text, label, ok, ctx) in enumerate(pairs(a.task, "test", a.test, seed=0))]
+    base_ev = judge(task, learned=False)
     test = {"zero-shot": timed_kappa(base_ev, test_rows)}
     print("test zero-shot", json.dumps(test["zero-shot"]), flush=True)
     for v, cand in res.candidates.items():

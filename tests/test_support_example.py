@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from slmflow import FunctionModel
-from slmflow.errors import HandoffError, SlmflowError
+from slmflow.errors import ConfigError, HandoffError, SlmflowError
 from slmflow.workflow import RunResult, load_workflow
 from slmflow.workflow.report import COLUMNS, step_rows
 
@@ -177,8 +177,8 @@ def test_the_reply_quotes_the_sentences_that_answer_the_ticket(monkeypatch, retr
     got = [d for d in (f"{label} {timing}", f"{window} {timing}") if ok(d) or ok(ask + d)]
     assert len(got) == 1, got                                 # exactly one reply: the ranked one
     assert not ok(f"{timing} {window}") and not ok(timing)    # not reordered, not cut
-    with pytest.raises(Exception, match="SUPPORT_SENTENCES must be"):
-        monkeypatch.setenv("SUPPORT_SENTENCES", "best")
+    monkeypatch.setenv("SUPPORT_SENTENCES", "best")
+    with pytest.raises(ConfigError, match="SUPPORT_SENTENCES must be 'ranked' or 'model'"):
         S.Draft.constraint_for(x)
 
 

@@ -250,8 +250,8 @@ def _stems(text: str) -> set[str]:
 
 def unsupported(sentence: str, source_words: list[set[str]]) -> str | None:
     """Why `sentence` is not supported by any source (each given as its `_stems`), or None when
-    one source holds at least `SENTENCE_SUPPORT` of its content words. The rule catches what the whole-draft overlap
-    cannot: a correct policy sentence followed by one the policy never states ("We refund you
+    one source holds at least `SENTENCE_SUPPORT` of its content words. The rule catches what the
+    whole-draft overlap cannot: a correct policy sentence followed by one the policy never states ("We refund you
     twice the amount", "As an apology we add a free gift card"), which the 135M verifier model
     approved (false accepts 0.96 on the planted drafts, 0.22 with the other rules)."""
     words = _stems(sentence)
@@ -419,7 +419,7 @@ def rank_sentences(query: str, sentences: list[str], k: int = RANKED_SENTENCES) 
         return list(sentences)
     if os.environ.get("SUPPORT_RETRIEVAL") == "bm25":
         q = _stems(query)
-        score = [len(q & _stems(s)) / (len(_stems(s)) or 1) for s in sentences]
+        score = [len(q & st) / (len(st) or 1) for st in map(_stems, sentences)]
     else:
         qv = _embedding(query)
         score = [float(_embedding(s) @ qv) for s in sentences]

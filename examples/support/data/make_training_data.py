@@ -28,6 +28,7 @@ import re
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SEED = 7
@@ -320,9 +321,9 @@ N_EXTRA = {"train": {"transit": 48, "compound": 72, "noise": 40},
 
 
 def extra_router_rows(split: str, rng: random.Random) -> list[tuple[str, str, dict]]:
-    """In-transit damage, two-intent tickets and noise (see above). ``split`` picks the templates: the
-    last two TRANSIT_DAMAGE templates and make_pipeline_data's held-out intent templates are the
-    eval's."""
+    """In-transit damage, two-intent tickets and noise (see above). ``split`` picks the templates:
+    the last two TRANSIT_DAMAGE templates and make_pipeline_data's held-out intent templates are
+    the eval's."""
     import make_pipeline_data as mp
 
     rows, seen = [], set()
@@ -342,17 +343,21 @@ def extra_router_rows(split: str, rng: random.Random) -> list[tuple[str, str, di
         t = rng.choice(pool).format(order=order_id(rng), item=rng.choice(ITEMS),
                                     dmg=rng.choice(DAMAGE))
         made += add(rng.choice(OPENERS) + t + rng.choice(CLOSERS), "refund")
+    def tpl(it: Any) -> list[str]:
+        return it.templates[-mp.EVAL_TEMPLATES:] if split == "eval" \
+            else it.templates[:-mp.EVAL_TEMPLATES]
+
+    def slots() -> dict[str, str]:
+        return {"item": rng.choice(ITEMS), "order": order_id(rng), "account": account_id(rng),
+                "days": str(rng.randint(3, 21)),
+                "amount": f"${rng.randint(5, 250)}.{rng.randint(0, 99):02d}"}
+
     policy = [it for it in mp.INTENTS if it.category != "other"]
     made = tries = 0
     while made < N_EXTRA[split]["compound"] and tries < 5000:
         tries += 1
         first = rng.choice(policy)
         second = rng.choice([it for it in policy if it.category != first.category])
-        tpl = (lambda it: it.templates[-mp.EVAL_TEMPLATES:] if split == "eval"
-               else it.templates[:-mp.EVAL_TEMPLATES])
-        slots = lambda: {"item": rng.choice(ITEMS), "order": order_id(rng),  # noqa: E731
-                         "account": account_id(rng), "days": str(rng.randint(3, 21)),
-                         "amount": f"${rng.randint(5, 250)}.{rng.randint(0, 99):02d}"}
         a = rng.choice(tpl(first)).format(**slots())
         b = rng.choice(tpl(second)).format(**slots())
         if not a.endswith((".", "?", "!")):

@@ -277,7 +277,8 @@ def retrain_cmd(
             jr = retrain_judge(judge, log, model=judge_model, holdout=holdout,
                                min_decisions=min_decisions, min_holdout=min_holdout,
                                few_shot=not no_few_shot, lora=not no_lora, shots=shots,
-                               min_gain=min_gain, config=cfg, threads=threads or None, say=typer.echo)
+                               min_gain=min_gain, config=cfg, threads=threads or None,
+                               say=typer.echo)
         finally:
             log.close()
         typer.echo(json.dumps({k: v for k, v in jr.as_dict().items()

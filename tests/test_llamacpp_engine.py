@@ -216,6 +216,60 @@ def test_constrained_decoding_fast_forwards_and_stops_when_complete():
     assert matcher.is_stopped()
 
 
+def test_unscored_forced_tokens_give_the_same_answer_without_evaluating_the_forced_tail():
+    """score_forced=False (the reference reasoner's quoted reply): the same tokens under greedy
+    decoding, log-probabilities for the chosen tokens only, and a forced tail that ends the answer
+    is not evaluated (the context holds fewer tokens than the scored run's)."""
+    m = _model(prefix_cache=False)
+    from slmflow.models.llamacpp_engine import lltokenizer, new_matcher
+
+    schema = json.dumps({"type": "object", "properties": {
+        "category": {"enum": ["refund", "shipping"]},
+        "reply": {"const": "We refund broken items in full, including the shipping costs."}},
+        "required": ["category", "reply"], "additionalProperties": False})
+    msgs = [Message("system", "Classify the ticket, then reply."),
+            Message("user", "Ticket: my mug arrived broken, I want my money back")]
+    llm = m._llamas[0]
+    prompt = _tokens(m, m.prompt_text(msgs))
+    runs = {}
+    for scored in (True, False):
+        sess = m._session(llm)
+        sess._truncate(0)
+        res = sess.run(prompt, matcher=new_matcher(lltokenizer(m.path), schema), max_tokens=64,
+                       score_forced=scored)
+        runs[scored] = (res, len(sess.tokens))
+    (a, held_a), (b, held_b) = runs[True], runs[False]
+    assert a.tokens == b.tokens and a.finish == b.finish == "stop"
+    json.loads(llm.detokenize(b.tokens).decode())
+    assert len(a.logprobs) == len(a.tokens)
+    assert len(b.logprobs) == len(b.tokens) - b.forced_tokens >= 1
+    assert held_b < held_a  # the forced reply was evaluated only when it was scored
+    # each chosen token's log-probability is one of the scored run's
+    assert all(any(abs(lp - x) < 1e-4 for x in a.logprobs) for lp in b.logprobs)
+
+
+def test_an_agent_that_does_not_score_forced_tokens_passes_it_to_the_model():
+    from slmflow.agents import Agent
+    from slmflow.models.base import WrapperModel
+
+    seen = []
+
+    class Spy(WrapperModel):
+        async def generate(self, messages, *, schema=None, tools=None, settings=None):
+            r = await self.wrapped.generate(messages, schema=schema, tools=tools,
+                                            settings=settings)
+            seen.append((settings, r))
+            return r
+
+    a = Agent("cls", Spy(_model()), instructions="Classify the ticket.", output_type=Route,
+              max_tokens=16, score_forced=False)
+    r = a.run_sync("refund please")
+    assert r.output.category in ("refund", "shipping", "billing", "account", "other")
+    settings, resp = seen[-1]
+    assert settings.score_forced is False
+    assert resp.token_logprobs and len(resp.token_logprobs) < resp.usage.output_tokens
+
+
 def test_closed_objects_require_every_key_in_order():
     s = closed_objects({"type": "object", "properties": {"b": {}, "a": {}, "c": {}},
                         "required": ["c"]})

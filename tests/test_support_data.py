@@ -127,3 +127,40 @@ def test_corruptions_change_what_they_claim(gen):
     assert fact != good and _numbers(fact) != _numbers(good) or "50%" in fact
     promise = gen.corrupt("unsupported_promise", good, t, "", rng)
     assert any(p in promise for p in gen.PROMISES)
+
+
+def test_every_extracted_id_is_a_candidate_the_constraint_offers(gen):
+    """The extractor decodes under `Fields.constraint_for`: an id must be one of the ticket's
+    id-shaped strings. Every training and eval target must stay reachable under it."""
+    from support_schemas import Fields, Ticket
+
+    for name in ("extraction_train", "extraction_eval"):
+        for r in _rows(name + ".jsonl"):
+            text = r["input"]["text"] if isinstance(r["input"], dict) else r["input"]
+            c = Fields.constraint_for(Ticket(text=text))["properties"]
+            for key in ("order_id", "account_id"):
+                assert r["target"][key] in c[key]["enum"], (name, text, key)
+
+
+def test_id_candidates_are_the_id_shaped_strings_of_the_ticket(gen):
+    from support_schemas import Fields, Ticket, id_candidates
+
+    assert id_candidates("Order a-1042 and B-77, account 12345678, not 123 or 2026-11-18") == (
+        ["A-1042", "B-77"], ["12345678"])
+    c = Fields.constraint_for(Ticket(text="My order #1042 is late"))["properties"]
+    assert c["order_id"]["enum"] == [None] and c["account_id"]["enum"] == ["1042", None]
+
+
+def test_every_reasoner_note_is_one_the_constraint_allows(gen):
+    """`record_note_constraint` forces the record note where the ticket gave the id: every
+    training and eval target's note must be the one it forces (or one of the two it allows)."""
+    from support_schemas import DraftInput, record_note_constraint
+
+    for name in ("reasoner_train", "reasoner_eval"):
+        for r in _rows(name + ".jsonl"):
+            c = record_note_constraint(DraftInput.model_validate(r["input"]))
+            note = r["target"]["record"]
+            if "const" in c:
+                assert note == c["const"], (name, r["input"]["text"])
+            elif "enum" in c:
+                assert note in c["enum"], (name, r["input"]["text"])

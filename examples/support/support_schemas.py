@@ -6,6 +6,7 @@ handoff contract is checked, and a producer that breaks it is re-generated under
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
@@ -36,6 +37,42 @@ class Fields(BaseModel):
     order_id: Optional[str] = Field(None, pattern=ORDER_ID, max_length=12)
     account_id: Optional[str] = Field(None, pattern=ACCOUNT_ID, max_length=12)
     urgent: bool
+
+    @classmethod
+    def constraint_for(cls, inp: "Ticket") -> dict[str, Any] | None:
+        """How the extractor may answer this ticket: each id is one of the id-shaped strings the
+        ticket itself contains (an order id like A-1042, a run of 4-8 digits), or null. Which
+        string is which id, or none, stays the model's decision; writing an id the ticket does
+        not contain becomes impossible (the 135M extractor completed "order #1042" into
+        "MR-1042", which `support_steps.check_ids` then had to drop). Every id in the training
+        rows is a verbatim substring of its ticket (checked by tests/test_support_data.py).
+
+        It is also the extractor's speed lever: an id was decoded a token per character (the
+        135M tokenizer splits digits), now the first token picks a candidate and the rest is
+        forced, evaluated in one batch. ``SUPPORT_EXTRACT=free`` turns it off."""
+        import os
+
+        if os.environ.get("SUPPORT_EXTRACT", "").lower() == "free":
+            return None
+        orders, accounts = id_candidates(inp.text)
+        # the key order the adapter learned (llama.cpp's GBNF order: required keys first)
+        return {"type": "object", "properties": {
+            "urgent": {"type": "boolean"},
+            "order_id": {"enum": [*orders, None]},
+            "account_id": {"enum": [*accounts, None]}},
+            "required": ["urgent", "order_id", "account_id"], "additionalProperties": False}
+
+
+_ORDER_CANDIDATE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{1,2}-[0-9]{2,6}(?![0-9])")
+_ACCOUNT_CANDIDATE = re.compile(r"(?<![A-Za-z0-9-])[0-9]{4,8}(?![0-9]|-[0-9])")  # not a date
+
+
+def id_candidates(text: str) -> tuple[list[str], list[str]]:
+    """The id-shaped strings of a ticket, in order of appearance: order ids (upper-cased, the
+    form `ORDER_ID` accepts) and runs of 4-8 digits."""
+    orders = list(dict.fromkeys(m.upper() for m in _ORDER_CANDIDATE.findall(text)))
+    accounts = list(dict.fromkeys(_ACCOUNT_CANDIDATE.findall(text)))
+    return orders, accounts
 
 
 class IdsInput(BaseModel):
@@ -126,13 +163,34 @@ class Draft(BaseModel):
 
         if os.environ.get("SUPPORT_REPLY", "").lower() == "free":
             return None
+        record = record_note_constraint(inp)
 
         return {"type": "object", "anyOf": [{"type": "object", "properties": {
             "policy": {"const": p.id},
-            "record": {"type": "string", "maxLength": 80},
+            "record": record,
             "draft": {"type": "string", "pattern": reply_pattern(inp, [p])}},
             "required": ["policy", "record", "draft"], "additionalProperties": False}
             for p in inp.passages]}
+
+
+def record_note_constraint(inp: "DraftInput") -> dict[str, Any]:
+    """The schema of the reasoner's ``record`` note on this input. Where the ticket gave the id
+    its category looks up, the note is the one `support_steps.record_sentence` writes for that
+    record (every training row's note is: tests/test_support_data.py), so it is forced and
+    evaluated in one batch instead of decoded a token per character of a date; without an id,
+    one of the two notes the adapter learned ("no order id" where the policy needs the id,
+    "none needed" where it does not). The note cannot change the reply: the passage is named
+    before it and the reply is quoted from that passage (`constraint_for`)."""
+    from support_steps import LOOKUP_KIND, record_sentence
+
+    kind = LOOKUP_KIND.get(inp.category)
+    if kind is None:
+        return {"type": "string", "maxLength": 80}
+    rid = inp.order_id if kind == "order" else inp.account_id
+    if rid is None:
+        return {"enum": [f"no {kind} id", "none needed"]}
+    lookup = inp.lookup if isinstance(inp.lookup, dict) else None
+    return {"const": record_sentence(kind, rid, lookup, True)[1]}
 
 
 class Reply(BaseModel):

@@ -237,6 +237,10 @@ class Agent(Generic[OutT]):
     max_tokens: int = 128
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    # False: confidence counts only the tokens the model chose, not those its output constraint
+    # forced, and llama.cpp does not evaluate a forced tail (`Settings.score_forced`): for an
+    # output whose tail code writes, such as the reference reasoner's quoted reply.
+    score_forced: bool = True
 
     def __post_init__(self) -> None:
         where = f"agent {self.name}"
@@ -437,7 +441,8 @@ class Agent(Generic[OutT]):
 
         model = traced(model)  # a `chat {model}` span under this agent's span
         settings = Settings(max_tokens=self.max_tokens, temperature=self.temperature,
-                            stop=self.stop, constraint=constraint)
+                            stop=self.stop, constraint=constraint,
+                            score_forced=self.score_forced)
         t0 = time.perf_counter()
         tool_results: tuple[ToolResult, ...] = ()
         try:

@@ -136,6 +136,11 @@ class Settings:
     # fast engine and transformers follow it; servers and engine="legacy" ignore it (the answer
     # is validated against `schema` either way).
     constraint: str | None = None
+    # Whether tokens the constraint forces count in `Response.confidence` (their raw
+    # probability; the default) or only the tokens the model chose do. False is the lever for
+    # an output whose tail code writes (a quoted reply): llama.cpp's fast engine then does not
+    # evaluate a forced tail at all. Other backends score what they are given.
+    score_forced: bool = True
 
     def replace(self, **changes: Any) -> "Settings":
         from dataclasses import replace

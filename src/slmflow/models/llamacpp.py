@@ -251,7 +251,8 @@ class LlamaCppModel(Model):
             res = sess.run(np.asarray(tokens, dtype=np.int32), matcher=matcher,
                            temperature=settings.temperature, top_p=settings.top_p,
                            seed=settings.seed, max_tokens=max_tokens, stop=settings.stop,
-                           on_tokens=on_tokens, cancel=cancel)
+                           on_tokens=on_tokens, cancel=cancel,
+                           score_forced=settings.score_forced)
         except (GenerationError, SchemaError):
             raise
         except Exception as e:
@@ -263,7 +264,9 @@ class LlamaCppModel(Model):
             text=text, model=self.info,
             usage=Usage(len(tokens), len(res.tokens), res.reused_tokens),
             latency_s=time.perf_counter() - t0, finish_reason=res.finish,
-            confidence=confidence_from_logprobs(res.logprobs),
+            # an answer the constraint forced whole, unscored: the model chose nothing
+            confidence=(1.0 if not res.logprobs and res.tokens and not settings.score_forced
+                        else confidence_from_logprobs(res.logprobs)),
             token_logprobs=tuple(res.logprobs), time_to_first_token_s=res.ttft_s)
 
     def _run_legacy(self, llm, prompt: str, spec: OutputSpec | None, settings: Settings,

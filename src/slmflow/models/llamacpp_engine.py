@@ -21,10 +21,15 @@ every call, and the verifier reads the passages and ticket the reasoner read a m
   first and the ~50 us mask is computed only when the grammar rejects it; generation stops as
   soon as the grammar is complete (no decode of a closing EOS). llama.cpp's GBNF sampler, which
   checks every vocabulary entry per token, stays behind ``engine="legacy"``.
-* Confidence stays what it was: the mean log-probability of every emitted token under the raw
-  (unconstrained) distribution, forced tokens included. A forced batch asks llama.cpp for one
-  logits row per forced token (one output-projection row each, no extra decode), so a forced
-  token the model would not have chosen still lowers confidence.
+* Confidence stays what it was by default: the mean log-probability of every emitted token under
+  the raw (unconstrained) distribution, forced tokens included. A forced batch asks llama.cpp for
+  one logits row per forced token (one output-projection row each, no extra decode), so a forced
+  token the model would not have chosen still lowers confidence. With ``score_forced=False``
+  (`Settings.score_forced`) confidence covers only the tokens the model chose (where the grammar
+  allowed more than one): a forced batch then asks for its last row only, and a forced batch
+  that ends the answer is not evaluated at all (nothing after it needs its KV cells). That is
+  the lever for outputs whose tail code writes (the reference reasoner's quoted reply: ~60
+  forced tokens, ~200 ms of evaluation whose only product was their probability).
 
 Threads: prefill is compute-bound and scales with cores; the decode of one token is short and
 suffers most when another process holds a core. `n_threads_batch` and `n_threads` are set per
@@ -331,10 +336,12 @@ class LlamaSession:
             top_p: float = 1.0, seed: int | None = 0, max_tokens: int = 256,
             stop: Sequence[str] = (), eog: Any = None,
             on_tokens: Callable[[list[int]], None] | None = None,
-            cancel: threading.Event | None = None) -> LoopResult:
+            cancel: threading.Event | None = None, score_forced: bool = True) -> LoopResult:
         """Generate after `prompt`. on_tokens(out) is called (on this thread) each time tokens
         are added to the answer (streaming); with `cancel` set the loop stops before the next
-        token, finish ``"cancelled"`` (a client that went away)."""
+        token, finish ``"cancelled"`` (a client that went away). score_forced=False: forced
+        tokens get no log-probability (`logprobs` holds the chosen tokens' only) and a forced
+        batch that ends the answer is not evaluated (see the module docstring)."""
         t0 = time.perf_counter()
         logits, reused = self.prefill(prompt)
         t_prefill = time.perf_counter() - t0
@@ -361,7 +368,8 @@ class LlamaSession:
                     ff = ff[:max_tokens - len(out)]
                     if not matcher.consume_tokens(ff):
                         raise _grammar_error(matcher)
-                    lps.append(_logprob(logits, ff[0]))
+                    if score_forced:
+                        lps.append(_logprob(logits, ff[0]))
                     out.extend(ff)
                     forced += len(ff)
                     if on_tokens is not None:
@@ -369,13 +377,14 @@ class LlamaSession:
                     ttft = ttft if ttft is not None else time.perf_counter() - t0
                     if matcher.is_stopped() or len(out) >= max_tokens:
                         # the remaining forced tokens' confidence needs their rows
-                        if len(ff) > 1:
+                        if len(ff) > 1 and score_forced:
                             rows = self._decode(ff[:-1], all_logits=True)
                             lps.extend(_logprob(r, t) for r, t in zip(rows, ff[1:]))
                         finish = "stop" if matcher.is_stopped() else "length"
                         break
-                    rows = self._decode(ff, all_logits=True)
-                    lps.extend(_logprob(r, t) for r, t in zip(rows[:-1], ff[1:]))
+                    rows = self._decode(ff, all_logits=score_forced)
+                    if score_forced:
+                        lps.extend(_logprob(r, t) for r, t in zip(rows[:-1], ff[1:]))
                     logits = rows[-1]
                     continue
             tok = self._pick(logits, temperature, top_p, rng)

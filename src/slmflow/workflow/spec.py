@@ -79,6 +79,7 @@ class AgentSpec(_Spec):
     max_tokens: int = Field(128, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     stop: list[str] = Field(default_factory=list)
+    score_forced: bool = True  # Agent.score_forced: forced tokens count in confidence
 
 
 class BranchSpec(_Spec):
@@ -400,7 +401,7 @@ def _build(spec: WorkflowSpec, ctx: _Ctx, *, fallback: str | None, model: str | 
                 output_type=ctx.type_ref(a.output, loc + ("output",), allow_str=True),
                 tools=tuple(tools[t] for t in a.tools),
                 confidence_threshold=a.confidence_threshold, max_tokens=a.max_tokens,
-                temperature=a.temperature, stop=tuple(a.stop))
+                temperature=a.temperature, stop=tuple(a.stop), score_forced=a.score_forced)
         except ConfigError as e:
             if e.message.startswith(ctx.file):
                 raise

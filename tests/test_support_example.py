@@ -67,8 +67,11 @@ def _good_refund_reply(monkeypatch):
     passages = [p.model_dump() for p in support_steps.search("broken item refund damaged")]
     good = ("Order A-1042 was delivered. If an item arrives broken or damaged, reply within 30 "
             "days of delivery with a photo; we refund it in full, including shipping.")
+    # the record says it was delivered (a reply may state what the record states)
+    lookup = {"order_id": "A-1042", "status": "delivered", "item": "mug",
+              "delivered_on": "2026-11-18"}
     state = {"text": "order A-1042 broke", "order_id": "A-1042", "passages": passages,
-             "category": "refund", "draft": good}
+             "category": "refund", "lookup": lookup, "draft": good}
     assert support_steps.grounding_check(state) is None
     return good, state
 
@@ -500,3 +503,32 @@ def test_a_ticket_without_an_id_looks_nothing_up_without_an_error():
     r = wf.run_sync({"text": "Order Q-404 arrived broken, I want a refund"})
     step = [s for s in r.steps if s.step == "order_status"][0]
     assert step.status == "error_continued" and "Q-404" in step.detail
+
+
+def _planted(prefix: str) -> dict:
+    """A planted bad reply of the verifier's eval rows, as the eval harness checks it."""
+    import json
+
+    path = Path(support_steps.__file__).parent / "data" / "verifier_eval.jsonl"
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r["input"]["draft"].startswith(prefix) and not r["target"]["approved"]:
+            return r["input"]
+    raise AssertionError(f"no planted row starts {prefix!r}")
+
+
+def test_the_check_rejects_the_planted_replies_it_let_through():
+    """Two of the three planted drafts the verify step accepted in session 11: a reply that only
+    states the record (the ticket's question unanswered) and a promise in a passage's words
+    ("within 24 hours" after a passage that says "retried once after 24 hours": half its words,
+    which the 50% sentence rule let through)."""
+    import re
+
+    for prefix, why in (("I could not find account 42405", "only states the record"),
+                        ("We accept credit and debit cards", "no passage or record supports")):
+        inp = _planted(prefix)
+        ids = support_steps.ORDER_ID_RE.findall(inp["text"])
+        accounts = re.findall(r"\b\d{4,8}\b", inp["text"])
+        state = {**inp, "order_id": ids[0] if ids else None,
+                 "account_id": accounts[0] if accounts else None, "category": "refund"}
+        assert why in (support_steps.grounding_check(state) or ""), prefix

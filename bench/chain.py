@@ -12,7 +12,8 @@ Modes, each in a fresh process, each after one warm-up ticket, the same tickets 
     cache, one thread for prefill and decode, the shipped Q4_1 weights, a rejected draft re-run
     on the same-model fallback, and the workflow's prompts as they were (workflow_v0.yaml).
 (b) ``new``: the defaults: prefix cache, llguidance with fast-forward, threads per phase, the
-    default weight format, the reasoner and verifier sharing their context (workflow.yaml).
+    default weight format, forced tails unscored, the quoted reply and constrained ids
+    (workflow.yaml).
 (c) ``server``: llama.cpp's own server (``python -m llama_cpp.server``, prompt cache on,
     ``cache: true``) answering the same agent calls through slmflow's OpenAI backend: one server
     process per served model (base, and one per adapter the workflow ships), because one

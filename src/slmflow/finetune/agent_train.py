@@ -180,10 +180,11 @@ def multitask_rows(agent: Any, examples: Sequence[Example],
     `also` agent's are `prepared` here.
 
     Why one adapter for two agents: llama.cpp's KV states are kept per (model, adapter) and an
-    adapter changes K and V, so two agents on different adapters never share a prefix. The
-    support pipeline's verifier reads the same policy passages and ticket as the reasoner just
-    before it; trained into the reasoner's adapter, it reads them from the reasoner's KV state
-    instead of evaluating them again (docs/models.md, "Prefix reuse")."""
+    adapter changes K and V, so two agents on different adapters never share a prefix. Two
+    agents that read the same context one after the other (the support pipeline's reasoner and,
+    until session 12, its verifier: the policy passages and the ticket), trained into one
+    adapter, read it from the first one's KV state instead of evaluating it again (docs/models.md,
+    "Prefix reuse"; measured in docs/benchmarks.md, not shipped there)."""
     agents = {agent.name: agent}
     rows = [replace(ex, input=ForAgent(agent.name, ex.input)) for ex in examples]
     for a in also:

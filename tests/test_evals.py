@@ -348,6 +348,18 @@ SCEN = [{"id": "refund", "input": {"text": "My order A-1042 arrived broken, I wa
                     "answer_contains": ["A-1042"], "faithful": True}}]
 
 
+def _without_check(wf):
+    """`wf` with its verify step judged by the verifier model alone (no check function)."""
+    from dataclasses import replace
+
+    from slmflow.workflow.graph import Step, Workflow
+
+    nodes = [replace(n, check=None) if isinstance(n, Step) and n.name == "verify" else n
+             for n in wf.nodes]
+    return Workflow(wf.name, nodes, input_type=wf.input_type, output=wf.output,
+                    description=wf.description, max_input_chars=wf.max_input_chars)
+
+
 def _checks(rep):
     r = rep.rows[0]
     return r, {k: v.ok for k, v in r.evals.items()}
@@ -382,13 +394,13 @@ def test_scenario_detects_wrong_path_malformed_handoff_and_unfaithful_answer():
     # the extractor's own repair step, and no malformed handoff reaches the reasoner
     r, ok = _checks(run_scenarios(_support(extract=bad), strict))
     assert ok["scenario.handoffs"], r.evals["scenario.handoffs"].explanation
-    # wrong-but-plausible: passes the pipeline's own verifier, not faithful to the passages
-    # (no number: the pipeline's check rejects numbers no passage states, see test_support_example)
-    # (and half of each sentence's words from a passage: the check rejects a sentence no passage
-    # supports; this one adds a courier and a signed form to a refund sentence)
+    # wrong-but-plausible: passes the pipeline's verifier, not faithful to the passages. The
+    # reference verify step's grounding check rejects this draft since session 12 (each sentence
+    # must take 70% of its words from one passage: test_support_example), so the run here is the
+    # same pipeline with the verifier model alone, what the faithfulness metric guards against
     plausible = ("Order A-1042: a broken item is refunded in full, including shipping, once our "
                  "courier collects it from your neighbour with a signed customs form.")
-    r, ok = _checks(run_scenarios(_support(draft=plausible), SCEN))
+    r, ok = _checks(run_scenarios(_without_check(_support(draft=plausible)), SCEN))
     assert ok["scenario.completed"] and ok["scenario.path"]
     assert not ok["scenario.faithfulness"] and r.status == "failed"
     # dropped request: the verifier rejects, so no verified answer comes back

@@ -63,8 +63,10 @@ class Fields(BaseModel):
             "required": ["urgent", "order_id", "account_id"], "additionalProperties": False}
 
 
-_ORDER_CANDIDATE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{1,2}-[0-9]{2,6}(?![0-9])")
-_ACCOUNT_CANDIDATE = re.compile(r"(?<![A-Za-z0-9-])[0-9]{4,8}(?![0-9]|-[0-9])")  # not a date
+# the contract's own id patterns, unanchored: an order id in any case, digits not part of a date
+_ORDER_CANDIDATE = re.compile(r"(?<![A-Za-z0-9])" + ORDER_ID.strip("^$") + r"(?![0-9])", re.I)
+_ACCOUNT_CANDIDATE = re.compile(r"(?<![A-Za-z0-9-])" + ACCOUNT_ID.strip("^$")
+                                + r"(?![0-9]|-[0-9])")
 
 
 def id_candidates(text: str) -> tuple[list[str], list[str]]:

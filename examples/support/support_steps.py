@@ -201,7 +201,7 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
     rec = _record_of(state.get("category"), state.get("order_id"), state.get("account_id"),
                      lookup)
     own = draft  # what the model wrote: the record sentence is code's (tidy), not grounding
-    for first in _id_sentences(state, lookup, rec):
+    for first in _id_sentences(state, lookup):
         if draft.startswith(first):
             own = draft[len(first):].strip()
             # every reply quotes the policy after its sentence about the id (the reasoner's
@@ -232,12 +232,12 @@ def grounding_check(state: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _id_sentences(state: Mapping[str, Any], lookup: dict[str, Any] | None,
-                  rec: tuple[str, str] | None) -> list[str]:
-    """The sentences code writes about the ticket's ids (`record_sentence`): the one for the
-    category's record first, then those for either kind of id the state holds, found or not.
-    Which one a draft starts with is code's text, not the model's answer."""
-    out = [rec[0]] if rec else []
+def _id_sentences(state: Mapping[str, Any], lookup: dict[str, Any] | None) -> list[str]:
+    """The sentences code writes about the ticket's ids (`record_sentence`), for either kind of
+    id the state holds, from its record or not found (the category's own record sentence is one
+    of them), or asking for the id. Which one a draft starts with is code's text, not the
+    model's answer."""
+    out: list[str] = []
     for kind, key in (("order", "order_id"), ("account", "account_id")):
         rid = state.get(key)
         if rid:

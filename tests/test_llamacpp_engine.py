@@ -248,6 +248,46 @@ def test_unscored_forced_tokens_give_the_same_answer_without_evaluating_the_forc
     assert all(any(abs(lp - x) < 1e-4 for x in a.logprobs) for lp in b.logprobs)
 
 
+def test_one_decode_per_chosen_token():
+    """The forced start of the answer is evaluated in the prompt's batch, and a chosen token in
+    one batch with the forced tokens after it: a constrained call costs one llama_decode per
+    token the model chose (the last choice's forced tail, unscored, costs none). Before, each
+    forced run and each chosen token was a decode of its own (router: 3, extractor: 5)."""
+    m = _model(prefix_cache=False)
+    from slmflow.models.llamacpp_engine import lltokenizer, new_matcher
+
+    schema = json.dumps({"type": "object", "properties": {
+        "urgent": {"type": "boolean"},
+        "category": {"enum": ["refund", "shipping"]},
+        "reply": {"const": "We refund broken items in full, including the shipping costs."}},
+        "required": ["urgent", "category", "reply"], "additionalProperties": False})
+    msgs = [Message("system", "Classify the ticket, then reply."),
+            Message("user", "Ticket: my mug arrived broken, I want my money back")]
+    llm = m._llamas[0]
+    prompt = _tokens(m, m.prompt_text(msgs))
+    sess = m._session(llm)
+    sess._truncate(0)
+    batches: list[int] = []
+    decode = sess._decode
+
+    def counting(toks, all_logits, *rest, **kw):
+        batches.append(len(toks))
+        return decode(toks, all_logits, *rest, **kw)
+
+    sess._decode = counting
+    try:
+        res = sess.run(prompt, matcher=new_matcher(lltokenizer(m.path), schema), max_tokens=64,
+                       score_forced=False)
+    finally:
+        del sess._decode
+    out = json.loads(llm.detokenize(res.tokens).decode())
+    assert out["category"] in ("refund", "shipping") and isinstance(out["urgent"], bool)
+    chosen = len(res.tokens) - res.forced_tokens
+    assert chosen >= 2 and len(batches) == chosen
+    assert batches[0] > len(prompt)  # {"urgent": rode in the prompt's batch
+    assert batches[1] > 1  # the chosen boolean with ,"category":" after it
+
+
 def test_an_agent_that_does_not_score_forced_tokens_passes_it_to_the_model():
     from slmflow.agents import Agent
     from slmflow.models.base import WrapperModel

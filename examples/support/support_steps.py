@@ -107,26 +107,29 @@ def _body(text: str) -> str:
                     if ln.strip() and not ln.lstrip().startswith("#"))
 
 
-# Passages the reasoner and the verifier read: two, what both adapters were trained on
-# (make_pipeline_data.py). ``SUPPORT_PASSAGES=1`` hands on the top passage alone; measured
-# (bench/pipeline_answers.py, docs/benchmarks.md): 34 of the 46 scenarios pass with one (dev
-# 17/20, held-out 17/26) against 33 with two (14/20, 19/26), the same within the suite's noise,
-# at p50 1.9 s instead of 2.7 s (the reasoner's prompt is ~110 tokens shorter); but the verifier,
-# trained on two-passage contexts, then rejects a correct reply to one of the demo's tickets
-# (the double charge). Retraining both on one-passage data is what would make one the default.
+# Passages the reasoner's adapter was trained on: two (make_pipeline_data.py), so that it learned
+# to name the one that applies.
 TRAIN_PASSAGES = 2
+# Passages the pipeline hands the reasoner: the top one (``SUPPORT_PASSAGES=2`` restores the
+# training-time two). Measured in session 13 (docs/benchmarks.md, "Session 13"): with two, the
+# reasoner named the first passage on each of bench/chain.py's 40 tickets, so one gives the same
+# answers there (0 of 40 differ), and the scenario suites pass and fail the same scenarios
+# (held-out 24/26, second held-out 19/20, dev 17/20 with either), for ~30-55 fewer prompt tokens
+# per ticket: reason call 358 -> 216 ms p50. The verifier no longer reads passages (session 12), which is what made one passage reject
+# the demo's double-charge reply in session 10.
+PASSAGES = 1
 
 
 def _passages() -> int:
     import os
 
     v = os.environ.get("SUPPORT_PASSAGES", "")
-    return int(v) if v.isdigit() and int(v) > 0 else TRAIN_PASSAGES
+    return int(v) if v.isdigit() and int(v) > 0 else PASSAGES
 
 
 def retrieve(q: RetrievalInput, k: int | None = None) -> Retrieved:
     """Retrieval step: the ticket plus the routed category as the query, the top `k` passages
-    (``SUPPORT_PASSAGES``, else two)."""
+    (``SUPPORT_PASSAGES``, else `PASSAGES`)."""
     passages = search(f"{q.text} {q.category}", k=k or _passages())
     if not passages:  # never hand an empty context on: fall back to the category alone
         passages = search(q.category, k=1) or search("refund shipping account billing", k=1)

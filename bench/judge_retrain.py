@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/judge_retrain.py                    # 300 decisions, 100 test pairs
     .venv/bin/python bench/judge_retrain.py --decisions 120 --test 60 --epochs 2   # quicker
+    .venv/bin/python bench/judge_retrain.py --judge-model qwen2.5-coder-1.5b --no-lora
+        # the same loop with a bigger judge: few-shot candidate only (a LoRA on 1.5B
+        # parameters is hours on a 2-core CPU)
 
 The job: the `judge` evaluator with a custom rubric ("does this intent label describe what the
 customer asks?") on the embedded SmolLM2-135M, the agreement set of bench/evals.py where the
@@ -92,10 +95,10 @@ def support_rows(split: str, n: int, seed: int) -> list[tuple[Any, str, bool, An
     return out
 
 
-def judge(task: dict, **kw):
+def judge(task: dict, model: str = "smollm2-135m", **kw):
     from slmflow.evals.builtin import Judge
 
-    return Judge(task["rubric"], model="smollm2-135m", name=task["name"], labels=task["labels"],
+    return Judge(task["rubric"], model=model, name=task["name"], labels=task["labels"],
                  pass_labels=task["labels"][:1], include=task["include"], max_tokens=48, **kw)
 
 
@@ -117,6 +120,11 @@ def main() -> int:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--judge-model", default="smollm2-135m",
+                    help="the judge's model (a catalog name), zero-shot and for its candidates")
+    ap.add_argument("--no-lora", action="store_true",
+                    help="few-shot candidate only (a LoRA on a 1.5B model is hours on this CPU)")
+    ap.add_argument("--shots", type=int, default=4, help="examples in the few-shot candidate")
     ap.add_argument("--work", help="keep the call log, judges and registry here")
     ap.add_argument("--out", help="write the figures as JSON here")
     a = ap.parse_args()
@@ -156,7 +164,8 @@ def main() -> int:
 
     # 2. online judging, 3. flagging
     t0 = time.perf_counter()
-    rep = evaluate_calls(log, judge(task, learned=False), agent="intent", since="1h", limit=None)
+    rep = evaluate_calls(log, judge(task, a.judge_model, learned=False), agent="intent",
+                         since="1h", limit=None)
     online_s = time.perf_counter() - t0
     flag_calls(log, since="1h", rules=FlagRules(budget_per_agent=None))  # N/50 days of review
     print(f"judged online: {rep.checked} calls in {online_s:.0f} s, errors {len(rep.errors)}",
@@ -185,15 +194,17 @@ def main() -> int:
                                                               "o_proj"),
                       lr=a.lr, epochs=a.epochs, batch_size=8, max_len=task["max_len"], seed=0)
     t0 = time.perf_counter()
-    res = retrain_judge(NAME, log, evaluator=judge(task, learned=False), config=cfg,
+    res = retrain_judge(NAME, log, evaluator=judge(task, a.judge_model, learned=False),
+                        config=cfg,
                         threads=a.threads, registry=registry, root=jroot,
-                        run_dir=work / "run", progress=True)
+                        run_dir=work / "run", progress=True, lora=not a.no_lora,
+                        shots=a.shots)
     result["retrain"] = {**res.as_dict(), "seconds": round(time.perf_counter() - t0, 1)}
 
     # 6. the separate test set: every candidate and the zero-shot judge
     test_rows = [(Case(id=f"{a.task}-test-{i}", input=text, context=ctx), label, ok)
                  for i, (text, label, ok, ctx) in enumerate(pairs(a.task, "test", a.test, seed=0))]
-    base_ev = judge(task, learned=False)
+    base_ev = judge(task, a.judge_model, learned=False)
     test = {"zero-shot": timed_kappa(base_ev, test_rows)}
     print("test zero-shot", json.dumps(test["zero-shot"]), flush=True)
     for v, cand in res.candidates.items():
@@ -213,7 +224,8 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|")
     cur = res.current_scores
     z = test["zero-shot"]
-    print(f"| zero-shot 135M | {cur['kappa']:.3f} | {z['kappa']:.3f} | {z['accuracy']:.3f} | "
+    print(f"| zero-shot {a.judge_model} | {cur['kappa']:.3f} | {z['kappa']:.3f} | "
+          f"{z['accuracy']:.3f} | "
           f"{z['cases_per_s']:.2f} |")
     for key, s in test.items():
         if key == "zero-shot":

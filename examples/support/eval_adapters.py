@@ -134,8 +134,17 @@ def verifier_scores(outs: list[dict | None], cases: list) -> dict[str, float]:
     return s
 
 
+# passages the grounding check sees per row (0: all the row has). The rows were built on the
+# two-passage states of the pipeline before session 13; ``--check-passages 1`` replays them with
+# the state the one-passage pipeline builds (docs/benchmarks.md, "Answers").
+CHECK_PASSAGES = 0
+
+
 def _check_passes(inp: dict) -> bool:
     import re
+
+    if CHECK_PASSAGES:
+        inp = {**inp, "passages": (inp.get("passages") or [])[:CHECK_PASSAGES]}
 
     sys.path.insert(0, str(HERE))
     from support_steps import ORDER_ID_RE, REFERRAL, grounding_check
@@ -158,7 +167,11 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N eval rows only")
     ap.add_argument("--out", help="write the scores as JSON")
     ap.add_argument("--only", default="", help="comma-separated job names (e.g. reasoner,verifier)")
+    ap.add_argument("--check-passages", type=int, default=0,
+                    help="the grounding check sees each row's first N passages (0: all)")
     a = ap.parse_args()
+    global CHECK_PASSAGES
+    CHECK_PASSAGES = a.check_passages
     ag = agents(a.threads)
     suites = HERE.parents[1] / "src" / "slmflow" / "evals" / "datasets"
     jobs = [("router", "router", HERE / "data" / "router_eval.jsonl", {}, router_scores),

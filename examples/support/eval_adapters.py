@@ -159,6 +159,34 @@ def _check_passes(inp: dict) -> bool:
     return grounding_check(state) is None
 
 
+def bigger_verifier(v: Any, model: str, shots: int, threads: int) -> Any:
+    """The workflow's verifier on `model` without an adapter, `shots` examples from its training
+    file in its instructions (ok, then each fault kind; fixed seed), as a swapped agent would run."""
+    import random
+    from dataclasses import replace
+
+    from slmflow.models.catalog import resolve
+
+    rows = [json.loads(x) for x in (HERE / "data" / "verifier_train.jsonl").read_text()
+            .splitlines() if x.strip()]
+    random.Random(0).shuffle(rows)
+    kinds = ["ok", "off_topic", "wrong_id", "ok", "wrong_fact", "unsupported_promise",
+             "incomplete", "ok", "off_topic"]
+    ex: list[dict] = []
+    for kind in (kinds * 4)[:shots]:
+        ex += [r for r in rows if r["target"]["reason"] == kind and r not in ex][:1]
+
+    def render(r: dict) -> str:
+        x = r["input"]
+        rec = json.dumps(x["lookup"]) if x.get("lookup") else "None"
+        return (f"Customer: {x['text']}\nRecord: {rec}\nReply: {x['draft']}\nAnswer: "
+                + json.dumps(r["target"]))
+
+    instr = v.instructions + ("\n\nExamples:\n\n" + "\n\n".join(map(render, ex)) if ex else "")
+    return replace(v.with_model(resolve(model, n_threads=threads), adapter=None),
+                   instructions=instr)
+
+
 def main() -> int:
     from slmflow.finetune.data import load_examples
 
@@ -169,10 +197,19 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated job names (e.g. reasoner,verifier)")
     ap.add_argument("--check-passages", type=int, default=0,
                     help="the grounding check sees each row's first N passages (0: all)")
+    ap.add_argument("--verifier-model", default="",
+                    help="the verifier on another catalog model, no adapter (issue 18: the next "
+                         "size up for one agent)")
+    ap.add_argument("--verifier-shots", type=int, default=9,
+                    help="with --verifier-model: examples from verifier_train.jsonl in its "
+                         "instructions")
     a = ap.parse_args()
     global CHECK_PASSAGES
     CHECK_PASSAGES = a.check_passages
     ag = agents(a.threads)
+    if a.verifier_model:
+        ag["verifier"] = bigger_verifier(ag["verifier"], a.verifier_model, a.verifier_shots,
+                                         a.threads or 2)
     suites = HERE.parents[1] / "src" / "slmflow" / "evals" / "datasets"
     jobs = [("router", "router", HERE / "data" / "router_eval.jsonl", {}, router_scores),
             ("extractor", "extractor", HERE / "data" / "extraction_eval.jsonl", {},
@@ -197,7 +234,9 @@ def main() -> int:
         agent = ag[name]
         results[key] = {"eval_file": str(file.relative_to(HERE.parents[1])), "n": len(cases),
                         "adapter": Path(agent.adapter).name if agent.adapter else None}
-        for label, variant in (("with_adapter", agent), ("base", agent.with_adapter(None))):
+        variants = [("with_adapter", agent)] + ([("base", agent.with_adapter(None))]
+                                               if agent.adapter else [])
+        for label, variant in variants:  # an agent without an adapter is its own base
             t0 = time.perf_counter()
             s = scorer(outputs(variant, cases), cases)
             results[key][label] = {**s, "s_per_case": (time.perf_counter() - t0) / len(cases)}

@@ -115,8 +115,9 @@ TRAIN_PASSAGES = 2
 # reasoner named the first passage on each of bench/chain.py's 40 tickets, so one gives the same
 # answers there (0 of 40 differ), and the scenario suites pass and fail the same scenarios
 # (held-out 24/26, second held-out 19/20, dev 17/20 with either), for ~30-55 fewer prompt tokens
-# per ticket: reason call 358 -> 216 ms p50. The verifier no longer reads passages (session 12), which is what made one passage reject
-# the demo's double-charge reply in session 10.
+# per ticket: reason call 358 -> 216 ms p50. Row by row on its eval rows the reasoner never named
+# the second passage rightly. The verifier no longer reads passages (session 12), which is what
+# made one passage reject the demo's double-charge reply in session 10.
 PASSAGES = 1
 
 

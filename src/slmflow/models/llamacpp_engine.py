@@ -302,8 +302,8 @@ class LlamaSession:
                 b.pos[j] = pos0 + i + j
                 b.n_seq_id[j] = 1
                 b.seq_id[j][0] = 0
-                b.logits[j] = i + j >= first_row
-                if i + j >= first_row:
+                b.logits[j] = keep = i + j >= first_row
+                if keep:
                     want.append(j)
             rc = self._lc.llama_decode(self.ctx, b)
             if rc != 0:
@@ -381,16 +381,13 @@ class LlamaSession:
             out.extend(head)
             forced += len(head)
         ends = stopped()
-        if not head or (ends and not score_forced):
-            # nothing forced, or a forced answer nobody scores: the prompt alone (its state is
-            # still worth caching for the next call)
-            rows, reused = self._prefill(prompt, 1)
-        elif ends:  # scored, complete: each forced token's row, not the one after the last
-            rows, reused = self._prefill(np.concatenate([prompt, head[:-1]]).astype(np.int32),
-                                         len(head))
-        else:
-            rows, reused = self._prefill(np.concatenate([prompt, head]).astype(np.int32),
-                                         len(head) + 1 if score_forced else 1)
+        # a forced head that ends the answer is evaluated only to score it (its last token's row
+        # is never needed); the prompt's state is still worth caching for the next call
+        feed = head[:-1] if ends else head
+        if ends and not score_forced:
+            feed = []
+        tail = (len(feed) + 1) if score_forced else 1
+        rows, reused = self._prefill(np.concatenate([prompt, feed]).astype(np.int32), tail)
         if head and score_forced:
             lps.extend(_logprob(r, t) for r, t in zip(rows, head))
         logits = rows[-1]
